@@ -1,0 +1,202 @@
+// Package testdb gives each test its own PostgreSQL schema on a real server.
+//
+// The server is TEST_DATABASE_URL when set. Otherwise one container per test
+// binary is started with testcontainers-go's postgres module, from the image
+// named by AGENTSESSIONS_POSTGRES_IMAGE (default postgres:16-alpine); call
+// [Main] from TestMain so it is stopped when the tests end.
+//
+// Each [New] creates a fresh schema and points every connection made through
+// it there with search_path, so tests and packages can run in parallel on one
+// database without seeing each other's rows or migration history.
+package testdb
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/testcontainers/testcontainers-go"
+	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
+
+	"github.com/agentsessions/agentsessions/migrations"
+)
+
+// DefaultImage is the container image used when TEST_DATABASE_URL is unset
+// and AGENTSESSIONS_POSTGRES_IMAGE does not name another.
+const DefaultImage = "postgres:16-alpine"
+
+var (
+	serverOnce sync.Once
+	serverURL  string
+	serverErr  error
+	container  *tcpostgres.PostgresContainer
+	adminPool  *pgxpool.Pool
+)
+
+// Main runs the tests and then stops the container, if one was started.
+func Main(m *testing.M) {
+	code := m.Run()
+	if adminPool != nil {
+		adminPool.Close()
+	}
+	if container != nil {
+		if err := testcontainers.TerminateContainer(container); err != nil {
+			fmt.Fprintf(os.Stderr, "testdb: stopping container: %v\n", err)
+		}
+	}
+	os.Exit(code)
+}
+
+func server(t testing.TB) (string, *pgxpool.Pool) {
+	t.Helper()
+	serverOnce.Do(func() {
+		serverURL, serverErr = startServer()
+		if serverErr == nil {
+			adminPool, serverErr = pgxpool.New(context.Background(), serverURL)
+		}
+	})
+	if serverErr != nil {
+		t.Fatalf("testdb: no PostgreSQL for integration tests: %v\n"+
+			"Set TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test?sslmode=disable) "+
+			"or make a Docker engine available for testcontainers.", serverErr)
+	}
+	return serverURL, adminPool
+}
+
+func startServer() (string, error) {
+	if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
+		return u, nil
+	}
+	image := os.Getenv("AGENTSESSIONS_POSTGRES_IMAGE")
+	if image == "" {
+		image = DefaultImage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := tcpostgres.Run(ctx, image,
+		tcpostgres.WithDatabase("agentsessions"),
+		tcpostgres.WithUsername("postgres"),
+		tcpostgres.WithPassword("postgres"),
+		tcpostgres.BasicWaitStrategies(),
+	)
+	if c != nil {
+		container = c
+	}
+	if err != nil {
+		return "", fmt.Errorf("starting %s with testcontainers: %w", image, err)
+	}
+	return c.ConnectionString(ctx, "sslmode=disable")
+}
+
+// DB is one test's schema.
+type DB struct {
+	// URL connects to the test server with search_path set to Schema.
+	URL    string
+	Schema string
+}
+
+// New creates an empty schema with the migrations applied and drops it when
+// the test ends.
+func New(t testing.TB) *DB {
+	t.Helper()
+	d := NewEmpty(t)
+	p := d.Pool(t)
+	sqlDB := stdlib.OpenDBFromPool(p)
+	defer sqlDB.Close()
+	// No session locker: the schema is this test's alone, and goose's
+	// advisory lock is database-wide, which would serialise parallel tests.
+	prov, err := goose.NewProvider(goose.DialectPostgres, sqlDB, migrations.FS,
+		goose.WithTableName(migrations.VersionTable), goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		t.Fatalf("testdb: goose provider: %v", err)
+	}
+	if _, err := prov.Up(context.Background()); err != nil {
+		t.Fatalf("testdb: migrate %s: %v", d.Schema, err)
+	}
+	return d
+}
+
+// NewEmpty creates an empty schema (no migrations) and drops it when the
+// test ends.
+func NewEmpty(t testing.TB) *DB {
+	t.Helper()
+	base, admin := server(t)
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	schema := "t_" + hex.EncodeToString(b[:])
+	ctx := context.Background()
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatalf("testdb: create schema: %v", err)
+	}
+	t.Cleanup(func() {
+		if _, err := admin.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+			t.Errorf("testdb: drop schema %s: %v", schema, err)
+		}
+	})
+	u, err := withSearchPath(base, schema)
+	if err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	return &DB{URL: u, Schema: schema}
+}
+
+// Pool opens a new pool on the schema, closed when the test ends. Each
+// call stands in for one service instance.
+func (d *DB) Pool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(d.URL)
+	if err != nil {
+		t.Fatalf("testdb: parse url: %v", err)
+	}
+	return d.PoolWith(t, cfg)
+}
+
+// PoolWith opens a pool from cfg (parsed from URL, then adjusted by the
+// test), closed when the test ends.
+func (d *DB) PoolWith(t testing.TB, cfg *pgxpool.Config) *pgxpool.Pool {
+	t.Helper()
+	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("testdb: open pool: %v", err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// Conn opens a single connection on the schema, closed when the test ends.
+func (d *DB) Conn(t testing.TB) *pgx.Conn {
+	t.Helper()
+	c, err := pgx.Connect(context.Background(), d.URL)
+	if err != nil {
+		t.Fatalf("testdb: connect: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// withSearchPath adds search_path to a connection string in URL or
+// key=value form; pgx sends it as a run-time parameter.
+func withSearchPath(connString, schema string) (string, error) {
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		u, err := url.Parse(connString)
+		if err != nil {
+			return "", fmt.Errorf("parse TEST_DATABASE_URL: %w", err)
+		}
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	return connString + " search_path=" + schema, nil
+}

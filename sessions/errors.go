@@ -1,0 +1,130 @@
+package sessions
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Every error returned by this package matches exactly one
+// of the first group with [errors.Is]; typed errors carry the details.
+var (
+	// ErrInvalidConfig: a [Config] or store config was rejected. See [ConfigError].
+	ErrInvalidConfig = errors.New("sessions: invalid config")
+	// ErrInvalidAgentID: an agent ID is empty, too long ([MaxAgentIDLength]),
+	// not valid UTF-8, or contains a control character. Checked before any
+	// store access.
+	ErrInvalidAgentID = errors.New("sessions: invalid agent id")
+	// ErrInvalidSessionID: a session ID passed to Revoke is empty, too long
+	// ([MaxSessionIDLength]) or not valid UTF-8 without control characters.
+	ErrInvalidSessionID = errors.New("sessions: invalid session id")
+	// ErrLimitExceeded: the agent already holds its limit of live sessions.
+	// See [LimitError].
+	ErrLimitExceeded = errors.New("sessions: concurrent session limit exceeded")
+	// ErrInvalidTokenFormat: the token is too long, has no '.', or its
+	// payload (once the signature checks out) is not base64url JSON of the
+	// expected shape.
+	ErrInvalidTokenFormat = errors.New("sessions: invalid token format")
+	// ErrInvalidSignature: the signature part is not unpadded base64url or
+	// does not match the payload under the secret.
+	ErrInvalidSignature = errors.New("sessions: invalid token signature")
+	// ErrAccessDenied: the token is well formed and signed but may not be
+	// used: see [AccessDeniedError] for the reason.
+	ErrAccessDenied = errors.New("sessions: access denied")
+	// ErrSessionExpired: the token's expiry has passed. The session is
+	// deleted from the store when this is detected.
+	ErrSessionExpired = errors.New("sessions: session expired")
+	// ErrStore: the store failed (database unreachable, deadline exceeded,
+	// ...). See [StoreError]; the cause is in its chain too, so
+	// errors.Is(err, context.DeadlineExceeded) works.
+	ErrStore = errors.New("sessions: store failure")
+)
+
+// ErrRetriesExhausted is in the chain of a [StoreError] when the PostgreSQL
+// store gave up on a transaction that kept failing with serialization
+// failures or deadlocks (SQLSTATE 40001/40P01) after its configured number of
+// attempts. Callers may retry later; nothing was written.
+var ErrRetriesExhausted = errors.New("sessions: serialization retries exhausted")
+
+// ConfigError describes a rejected configuration field.
+type ConfigError struct {
+	Field  string
+	Reason string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("sessions: invalid config: %s %s", e.Field, e.Reason)
+}
+
+// Is reports whether target is [ErrInvalidConfig].
+func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// LimitError is returned by Issue when the agent is at its limit.
+type LimitError struct {
+	AgentID string
+	Limit   int
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("sessions: agent %q already holds its limit of %d live sessions", e.AgentID, e.Limit)
+}
+
+// Is reports whether target is [ErrLimitExceeded].
+func (e *LimitError) Is(target error) bool { return target == ErrLimitExceeded }
+
+// DenyReason says why an otherwise valid token was refused.
+type DenyReason string
+
+// The reasons Authenticate (or Issue, for the clock) denies access.
+const (
+	// ReasonAgentMismatch: the token was issued to another agent.
+	ReasonAgentMismatch DenyReason = "session token does not match requested agent"
+	// ReasonUnknownSession: no such session in the store (revoked, pruned,
+	// or never issued by this store).
+	ReasonUnknownSession DenyReason = "unknown session"
+	// ReasonMetadataMismatch: the stored session's agent or expiry differ
+	// from the token's.
+	ReasonMetadataMismatch DenyReason = "session metadata mismatch"
+	// ReasonDigestMismatch: the stored digest is not the SHA-256 of this
+	// token, e.g. the session was re-issued under another secret.
+	ReasonDigestMismatch DenyReason = "session token digest mismatch"
+	// ReasonClockBeforeEpoch: the configured clock reads before 1970, as in
+	// the reference implementation.
+	ReasonClockBeforeEpoch DenyReason = "system clock before unix epoch"
+)
+
+// AccessDeniedError carries the reason a token was refused.
+type AccessDeniedError struct {
+	Reason DenyReason
+}
+
+func (e *AccessDeniedError) Error() string { return "sessions: access denied: " + string(e.Reason) }
+
+// Is reports whether target is [ErrAccessDenied].
+func (e *AccessDeniedError) Is(target error) bool { return target == ErrAccessDenied }
+
+// StoreError wraps a failure of the underlying store.
+type StoreError struct {
+	Op  string // the store operation: "get", "delete", "insert"
+	Err error  // the cause
+}
+
+func (e *StoreError) Error() string { return fmt.Sprintf("sessions: store %s: %v", e.Op, e.Err) }
+
+// Is reports whether target is [ErrStore].
+func (e *StoreError) Is(target error) bool { return target == ErrStore }
+
+// Unwrap returns the cause.
+func (e *StoreError) Unwrap() error { return e.Err }
+
+// storeErr wraps err in a *StoreError unless it already is one.
+func storeErr(op string, err error) error {
+	var se *StoreError
+	if errors.As(err, &se) {
+		return err
+	}
+	return &StoreError{Op: op, Err: err}
+}
+
+// errDuplicateID is the cause inside a StoreError when a store already holds
+// a session with the new session's ID (a broken Config.NewID).
+var errDuplicateID = errors.New("a session with this id already exists")

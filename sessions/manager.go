@@ -1,0 +1,176 @@
+package sessions
+
+import (
+	"context"
+	"crypto/subtle"
+	"log/slog"
+	"math"
+	"time"
+)
+
+// Manager issues, authenticates and revokes agent sessions on a [Store]. It
+// is safe for concurrent use. Every manager sharing a store (and a secret)
+// sees the same sessions, and the per-agent limit holds across all of them.
+type Manager struct {
+	store Store
+	cfg   Config
+	ttl   uint64 // whole seconds
+}
+
+// Issued is a freshly issued session and the token to hand to the agent.
+// The token is the only copy: the store keeps its digest.
+type Issued struct {
+	Token   string
+	Session Session
+}
+
+// New returns a manager on store. It returns an error matching
+// [ErrInvalidConfig] when store is nil, Secret is empty, TTL is under one
+// second, or Limit is under 1.
+func New(store Store, cfg Config) (*Manager, error) {
+	if store == nil {
+		return nil, &ConfigError{Field: "store", Reason: "must not be nil"}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	return &Manager{store: store, cfg: cfg, ttl: uint64(cfg.TTL / time.Second)}, nil
+}
+
+// Issue creates a session for agentID and returns it with its token. It
+// fails with a [LimitError] when the agent already holds Limit live
+// sessions, with [ErrInvalidAgentID] for a malformed agent ID, and with a
+// [StoreError] when the store fails (nothing is stored then).
+func (m *Manager) Issue(ctx context.Context, agentID string) (Issued, error) {
+	if err := ValidateAgentID(agentID); err != nil {
+		return Issued{}, err
+	}
+	now, err := m.now()
+	if err != nil {
+		return Issued{}, err
+	}
+	sid, err := m.newID()
+	if err != nil {
+		return Issued{}, err
+	}
+	if m.ttl > maxExpiry-now {
+		return Issued{}, &ConfigError{Field: "TTL", Reason: "overflows the latest representable expiry at the current time"}
+	}
+	exp := now + m.ttl
+	token := encodeToken(m.cfg.Secret, payload{SID: sid, AID: agentID, Exp: exp})
+	s := Session{
+		ID:          sid,
+		AgentID:     agentID,
+		IssuedAt:    unixTime(now),
+		ExpiresAt:   unixTime(exp),
+		TokenDigest: tokenDigest(token),
+	}
+	ok, err := m.store.InsertIfBelowLimit(ctx, s, m.cfg.Limit, unixTime(now))
+	if err != nil {
+		m.cfg.Logger.WarnContext(ctx, "sessions: issue failed", slog.String("agent_id", agentID), slog.Any("error", err))
+		return Issued{}, storeErr("insert", err)
+	}
+	if !ok {
+		m.cfg.Logger.DebugContext(ctx, "sessions: limit reached", slog.String("agent_id", agentID), slog.Int("limit", m.cfg.Limit))
+		return Issued{}, &LimitError{AgentID: agentID, Limit: m.cfg.Limit}
+	}
+	return Issued{Token: token, Session: s}, nil
+}
+
+// Authenticate checks token for agentID and returns its session. Checks run
+// in the reference's order, cheapest first, and no store call is made
+// until the signature has been verified:
+//
+//  1. length and shape ([ErrInvalidTokenFormat]), signature
+//     ([ErrInvalidSignature]), payload ([ErrInvalidTokenFormat]);
+//  2. the token's agent is agentID ([ReasonAgentMismatch]);
+//  3. not expired by the manager's clock ([ErrSessionExpired]; the session
+//     is deleted from the store);
+//  4. the session is in the store ([ReasonUnknownSession]) with the
+//     token's agent and expiry ([ReasonMetadataMismatch]) and the token's
+//     digest ([ReasonDigestMismatch], compared in constant time).
+//
+// When the store fails the result is a [StoreError], never a session: it
+// fails closed.
+func (m *Manager) Authenticate(ctx context.Context, token, agentID string) (Session, error) {
+	if err := ValidateAgentID(agentID); err != nil {
+		return Session{}, err
+	}
+	p, err := parseToken(m.cfg.Secret, token)
+	if err != nil {
+		return Session{}, err
+	}
+	if p.AID != agentID {
+		return Session{}, m.deny(ctx, ReasonAgentMismatch)
+	}
+	now, err := m.now()
+	if err != nil {
+		return Session{}, err
+	}
+	if p.Exp <= now {
+		if err := m.store.Delete(ctx, p.SID); err != nil {
+			return Session{}, storeErr("delete", err)
+		}
+		return Session{}, ErrSessionExpired
+	}
+	s, found, err := m.store.Get(ctx, p.SID)
+	if err != nil {
+		m.cfg.Logger.WarnContext(ctx, "sessions: authenticate failed", slog.Any("error", err))
+		return Session{}, storeErr("get", err)
+	}
+	if !found {
+		return Session{}, m.deny(ctx, ReasonUnknownSession)
+	}
+	if s.AgentID != p.AID || s.ExpiresAt.Unix() < 0 || uint64(s.ExpiresAt.Unix()) != p.Exp {
+		return Session{}, m.deny(ctx, ReasonMetadataMismatch)
+	}
+	if subtle.ConstantTimeCompare([]byte(s.TokenDigest), []byte(tokenDigest(token))) != 1 {
+		return Session{}, m.deny(ctx, ReasonDigestMismatch)
+	}
+	return s, nil
+}
+
+// Revoke deletes the session with this ID. Revoking a session that does not
+// exist (already revoked, expired and pruned) is not an error.
+func (m *Manager) Revoke(ctx context.Context, sessionID string) error {
+	if err := validateSessionID(sessionID); err != nil {
+		return err
+	}
+	if err := m.store.Delete(ctx, sessionID); err != nil {
+		return storeErr("delete", err)
+	}
+	return nil
+}
+
+func (m *Manager) deny(ctx context.Context, reason DenyReason) error {
+	m.cfg.Logger.DebugContext(ctx, "sessions: access denied", slog.String("reason", string(reason)))
+	return &AccessDeniedError{Reason: reason}
+}
+
+// now reads the clock as whole Unix seconds.
+func (m *Manager) now() (uint64, error) {
+	secs := m.cfg.Clock().Unix()
+	if secs < 0 {
+		return 0, &AccessDeniedError{Reason: ReasonClockBeforeEpoch}
+	}
+	return uint64(secs), nil
+}
+
+func (m *Manager) newID() (string, error) {
+	sid, err := m.cfg.NewID()
+	if err != nil {
+		return "", &ConfigError{Field: "NewID", Reason: "failed: " + err.Error()}
+	}
+	if p := idProblem(sid, MaxSessionIDLength); p != "" {
+		return "", &ConfigError{Field: "NewID", Reason: "returned an id that " + p}
+	}
+	return sid, nil
+}
+
+func unixTime(secs uint64) time.Time {
+	if secs > math.MaxInt64 {
+		secs = math.MaxInt64
+	}
+	return time.Unix(int64(secs), 0).UTC()
+}

@@ -1,0 +1,211 @@
+package sessions
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// MaxTokenLength is the longest token Authenticate will look at, in bytes.
+// Longer input is refused with [ErrInvalidTokenFormat] before any decoding
+// or hashing. Tokens this package issues are far shorter: the payload holds
+// at most a [MaxSessionIDLength]-byte ID and a [MaxAgentIDLength]-byte agent
+// ID, each at most doubled by JSON escaping, plus base64 overhead.
+const MaxTokenLength = 4096
+
+// payload is the signed part of a token. Field order is the wire order.
+type payload struct {
+	SID string
+	AID string
+	Exp uint64
+}
+
+var b64 = base64.RawURLEncoding.Strict()
+
+// encodeToken returns base64url(JSON{sid,aid,exp}) + "." + base64url(HMAC).
+func encodeToken(secret []byte, p payload) string {
+	body := b64.EncodeToString(p.appendJSON(nil))
+	return body + "." + sign(secret, body)
+}
+
+func sign(secret []byte, body string) string {
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(body))
+	return b64.EncodeToString(mac.Sum(nil))
+}
+
+// tokenDigest is the lowercase hex SHA-256 of the whole token: what the
+// store keeps instead of the token.
+func tokenDigest(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// appendJSON writes {"sid":...,"aid":...,"exp":...} exactly as serde_json
+// does for the reference struct: keys in this order, no spaces, no HTML
+// escaping, and only '"', '\\' and control characters escaped.
+func (p payload) appendJSON(b []byte) []byte {
+	b = append(b, `{"sid":`...)
+	b = appendJSONString(b, p.SID)
+	b = append(b, `,"aid":`...)
+	b = appendJSONString(b, p.AID)
+	b = append(b, `,"exp":`...)
+	b = strconv.AppendUint(b, p.Exp, 10)
+	return append(b, '}')
+}
+
+func appendJSONString(b []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c == '\b':
+			b = append(b, `\b`...)
+		case c == '\f':
+			b = append(b, `\f`...)
+		case c == '\n':
+			b = append(b, `\n`...)
+		case c == '\r':
+			b = append(b, `\r`...)
+		case c == '\t':
+			b = append(b, `\t`...)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}
+
+// parseToken checks a token in the reference's order: shape, signature,
+// then payload. It does no I/O.
+func parseToken(secret []byte, token string) (payload, error) {
+	if len(token) > MaxTokenLength {
+		return payload{}, ErrInvalidTokenFormat
+	}
+	body, sig, ok := strings.Cut(token, ".")
+	if !ok {
+		return payload{}, ErrInvalidTokenFormat
+	}
+	if !verifySignature(secret, body, sig) {
+		return payload{}, ErrInvalidSignature
+	}
+	raw, ok := decodeB64(body)
+	if !ok {
+		return payload{}, ErrInvalidTokenFormat
+	}
+	p, ok := parsePayload(raw)
+	if !ok {
+		return payload{}, ErrInvalidTokenFormat
+	}
+	return p, nil
+}
+
+func verifySignature(secret []byte, body, sig string) bool {
+	provided, ok := decodeB64(sig)
+	if !ok {
+		return false
+	}
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(body))
+	return hmac.Equal(provided, mac.Sum(nil))
+}
+
+// decodeB64 decodes unpadded base64url strictly. Go's decoder skips '\r'
+// and '\n'; the reference's does not, so any byte outside the alphabet is
+// refused here first.
+func decodeB64(s string) ([]byte, bool) {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return nil, false
+		}
+	}
+	out, err := b64.DecodeString(s)
+	return out, err == nil
+}
+
+// parsePayload accepts what serde_json accepts for the reference struct:
+// one JSON object with string "sid", string "aid" and an unsigned 64-bit
+// integer "exp", each exactly once; keys are case-sensitive; unknown keys
+// are ignored; nothing may follow the object.
+func parsePayload(raw []byte) (payload, bool) {
+	var p payload
+	if !utf8.Valid(raw) {
+		return p, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return p, false
+	}
+	var seenSID, seenAID, seenExp bool
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return p, false
+		}
+		key, _ := tok.(string)
+		var ok bool
+		switch key {
+		case "sid":
+			ok = !seenSID && decodeString(dec, &p.SID)
+			seenSID = true
+		case "aid":
+			ok = !seenAID && decodeString(dec, &p.AID)
+			seenAID = true
+		case "exp":
+			ok = !seenExp && decodeUint(dec, &p.Exp)
+			seenExp = true
+		default:
+			var skip json.RawMessage
+			ok = dec.Decode(&skip) == nil
+		}
+		if !ok {
+			return p, false
+		}
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return p, false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return p, false // trailing data
+	}
+	return p, seenSID && seenAID && seenExp
+}
+
+func decodeString(dec *json.Decoder, dst *string) bool {
+	tok, err := dec.Token()
+	s, isString := tok.(string)
+	if err != nil || !isString {
+		return false
+	}
+	*dst = s
+	return true
+}
+
+func decodeUint(dec *json.Decoder, dst *uint64) bool {
+	tok, err := dec.Token()
+	n, isNumber := tok.(json.Number)
+	if err != nil || !isNumber {
+		return false
+	}
+	// ParseUint refuses "-1", "1.0" and "1e3", as serde does for u64.
+	v, err := strconv.ParseUint(string(n), 10, 64)
+	if err != nil {
+		return false
+	}
+	*dst = v
+	return true
+}
