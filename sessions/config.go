@@ -67,8 +67,6 @@ func (c *Config) validate() error {
 		return &ConfigError{Field: "TTL", Reason: "must be > 0"}
 	case c.TTL < time.Second:
 		return &ConfigError{Field: "TTL", Reason: "must be at least 1s (tokens carry whole seconds)"}
-	case uint64(c.TTL/time.Second) > maxExpiry:
-		return &ConfigError{Field: "TTL", Reason: "overflows the latest representable expiry"}
 	case c.Limit <= 0:
 		return &ConfigError{Field: "Limit", Reason: "must be > 0"}
 	}

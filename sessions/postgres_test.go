@@ -1,0 +1,361 @@
+package sessions_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/agentsessions/agentsessions/internal/testdb"
+	"github.com/agentsessions/agentsessions/sessions"
+)
+
+// instance is one simulated service instance: its own pool, store and
+// manager, sharing the database (and the clock) with the others.
+type instance struct {
+	store *sessions.PostgresStore
+	mgr   *sessions.Manager
+}
+
+func newInstances(t *testing.T, d *testdb.DB, n, limit int, clock *fakeClock) []instance {
+	t.Helper()
+	out := make([]instance, n)
+	for i := range out {
+		store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mgr, err := sessions.New(store, sessions.Config{
+			Secret: []byte(secret), TTL: time.Hour, Limit: limit, Clock: clock.Now,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = instance{store: store, mgr: mgr}
+	}
+	return out
+}
+
+type tally struct {
+	mu      sync.Mutex
+	ok      map[string]int
+	limited map[string]int
+	other   []error
+}
+
+// issueAtOnce starts one goroutine per (agent, attempt), spread round-robin
+// over the instances, releases them together and tallies the outcomes.
+func issueAtOnce(insts []instance, agents []string, perAgent int) *tally {
+	tl := &tally{ok: map[string]int{}, limited: map[string]int{}}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	n := 0
+	for _, a := range agents {
+		for range perAgent {
+			inst := insts[n%len(insts)]
+			n++
+			wg.Go(func() {
+				<-start
+				_, err := inst.mgr.Issue(context.Background(), a)
+				tl.mu.Lock()
+				defer tl.mu.Unlock()
+				switch {
+				case err == nil:
+					tl.ok[a]++
+				case errors.Is(err, sessions.ErrLimitExceeded):
+					tl.limited[a]++
+				default:
+					tl.other = append(tl.other, err)
+				}
+			})
+		}
+	}
+	close(start)
+	wg.Wait()
+	return tl
+}
+
+func retries(insts []instance) (tx, retried, exhausted uint64) {
+	for _, in := range insts {
+		s := in.store.Stats()
+		tx, retried, exhausted = tx+s.Transactions, retried+s.Retries, exhausted+s.Exhausted
+	}
+	return
+}
+
+// rowsPerAgent asks the database itself how many rows each agent holds.
+func rowsPerAgent(t *testing.T, pool *pgxpool.Pool) map[string]int {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), "SELECT agent_id, count(*) FROM agent_sessions GROUP BY agent_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var a string
+		var n int
+		if err := rows.Scan(&a, &n); err != nil {
+			t.Fatal(err)
+		}
+		out[a] = n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func checkNoRawErrors(t *testing.T, tl *tally) {
+	t.Helper()
+	for _, err := range tl.other {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			t.Errorf("raw PostgreSQL error escaped: %v (SQLSTATE %s)", err, pgErr.Code)
+		} else {
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+}
+
+// Four instances, 64 goroutines released at the same instant, one agent,
+// limit 5: exactly 5 sessions exist afterwards, by the callers' count and by
+// the database's.
+func TestInvariantOneAgentFourInstances(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	insts := newInstances(t, d, 4, 5, newClock(1_700_000_000))
+	tl := issueAtOnce(insts, []string{agent}, 64)
+	checkNoRawErrors(t, tl)
+	if tl.ok[agent] != 5 || tl.limited[agent] != 59 {
+		t.Fatalf("%d issued, %d limited; want 5 and 59", tl.ok[agent], tl.limited[agent])
+	}
+	if got := rowsPerAgent(t, d.Pool(t))[agent]; got != 5 {
+		t.Fatalf("database holds %d sessions for the agent, want 5", got)
+	}
+	tx, retried, exhausted := retries(insts)
+	t.Logf("one agent: %d transactions, %d serialization retries, %d exhausted", tx, retried, exhausted)
+}
+
+// The same with 24 agents at once, 12 attempts each over 4 instances:
+// every agent ends with exactly its limit.
+func TestInvariantManyAgentsFourInstances(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	insts := newInstances(t, d, 4, 5, newClock(1_700_000_000))
+	agents := make([]string, 24)
+	for i := range agents {
+		agents[i] = fmt.Sprintf("did:agentmesh:agent-%02d", i)
+	}
+	tl := issueAtOnce(insts, agents, 12)
+	checkNoRawErrors(t, tl)
+	db := rowsPerAgent(t, d.Pool(t))
+	for _, a := range agents {
+		if tl.ok[a] != 5 || tl.limited[a] != 7 || db[a] != 5 {
+			t.Errorf("%s: %d issued, %d limited, %d rows; want 5, 7, 5", a, tl.ok[a], tl.limited[a], db[a])
+		}
+	}
+	tx, retried, exhausted := retries(insts)
+	t.Logf("24 agents: %d transactions, %d serialization retries, %d exhausted", tx, retried, exhausted)
+}
+
+// Expired rows count for nothing: with the clock moved past expiry, a new
+// round across instances again admits exactly the limit.
+func TestInvariantAfterExpiry(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	clock := newClock(1_700_000_000)
+	insts := newInstances(t, d, 4, 3, clock)
+	if tl := issueAtOnce(insts, []string{agent}, 16); tl.ok[agent] != 3 || len(tl.other) > 0 {
+		t.Fatalf("first round: %d issued, errors %v", tl.ok[agent], tl.other)
+	}
+	clock.Advance(time.Hour)
+	tl := issueAtOnce(insts, []string{agent}, 16)
+	checkNoRawErrors(t, tl)
+	if tl.ok[agent] != 3 || rowsPerAgent(t, d.Pool(t))[agent] != 3 {
+		t.Fatalf("second round: %d issued, %d rows; want 3 and 3", tl.ok[agent], rowsPerAgent(t, d.Pool(t))[agent])
+	}
+}
+
+// conflictingInsert makes InsertIfBelowLimit hit a serialization failure
+// on its first attempt, deterministically: the agent has an expired row; a
+// second transaction deletes it and holds the row lock; the store's prune
+// blocks on that row; the second transaction commits; under SERIALIZABLE
+// the prune now fails with 40001 ("concurrent delete"). It returns the
+// store's result.
+func conflictingInsert(t *testing.T, d *testdb.DB, store *sessions.PostgresStore) (bool, error) {
+	t.Helper()
+	ctx := context.Background()
+	conn := d.Conn(t)
+	now := time.Unix(1_700_000_000, 0)
+	if _, err := conn.Exec(ctx, `INSERT INTO agent_sessions VALUES ('old', $1, $2, $3, $4)`,
+		agent, now.Add(-2*time.Hour), now.Add(-time.Hour), digest("x")); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `DELETE FROM agent_sessions WHERE id = 'old'`); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		ok  bool
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ok, err := store.InsertIfBelowLimit(ctx, sessions.Session{
+			ID: "new", AgentID: agent, IssuedAt: now, ExpiresAt: now.Add(time.Hour), TokenDigest: digest("y"),
+		}, 5, now)
+		done <- result{ok, err}
+	}()
+	waitForBlocked(t, d, conn.PgConn().PID())
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	return r.ok, r.err
+}
+
+// A transaction that hits a serialization failure on its only allowed
+// attempt reports ErrRetriesExhausted (inside a StoreError), never the raw
+// 40001, and stores nothing.
+func TestRetriesExhausted(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	store, err := sessions.NewPostgresStore(d.Pool(t), &sessions.PostgresConfig{MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := conflictingInsert(t, d, store)
+	var pgErr *pgconn.PgError
+	if ok || !errors.Is(err, sessions.ErrRetriesExhausted) || !errors.Is(err, sessions.ErrStore) ||
+		!errors.As(err, &pgErr) || pgErr.Code != "40001" {
+		t.Fatalf("got %v %v, want ErrRetriesExhausted in a StoreError, caused by 40001", ok, err)
+	}
+	if st := store.Stats(); st.Exhausted != 1 || st.Retries != 0 || st.Transactions != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if n := rowsPerAgent(t, d.Pool(t))[agent]; n != 0 {
+		t.Fatalf("the failed insert left %d rows", n)
+	}
+}
+
+// With retries allowed, the caller never sees the failure: the second
+// attempt finds the expired row gone and inserts.
+func TestRetryThenSucceeds(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := conflictingInsert(t, d, store)
+	if !ok || err != nil {
+		t.Fatalf("got %v %v, want inserted after a retry", ok, err)
+	}
+	if st := store.Stats(); st.Retries != 1 || st.Exhausted != 0 {
+		t.Fatalf("stats %+v, want exactly one retry", st)
+	}
+	if _, found, _ := store.Get(context.Background(), "new"); !found {
+		t.Fatal("session not stored")
+	}
+}
+
+// waitForBlocked returns once some backend waits on a lock held by the
+// backend with process ID blocker.
+func waitForBlocked(t *testing.T, d *testdb.DB, blocker uint32) {
+	t.Helper()
+	probe := d.Conn(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var n int
+		err := probe.QueryRow(context.Background(),
+			`SELECT count(*) FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))`, int32(blocker)).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("nothing ever waited on backend %d", blocker)
+}
+
+// A deadline that passes while the store waits on a lock comes back
+// promptly as a StoreError wrapping context.DeadlineExceeded.
+func TestDeadlineWhileBlocked(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := testdb.New(t)
+	store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocker := d.Conn(t)
+	tx, err := blocker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "LOCK TABLE agent_sessions IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = mgr.Issue(dctx, agent)
+	if !errors.Is(err, sessions.ErrStore) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want store error wrapping DeadlineExceeded", err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Fatalf("returned after %v, long past the 200ms deadline", waited)
+	}
+}
+
+// The schema refuses rows the library would never write.
+func TestSchemaConstraints(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn := testdb.New(t).Conn(t)
+	now := time.Unix(1_700_000_000, 0)
+	for name, args := range map[string][]any{
+		"expires before issued": {"a", agent, now, now, digest("x")},
+		"digest not hex":        {"b", agent, now, now.Add(time.Hour), "not-a-digest"},
+		"empty id":              {"", agent, now, now.Add(time.Hour), digest("x")},
+		"empty agent":           {"c", "", now, now.Add(time.Hour), digest("x")},
+	} {
+		_, err := conn.Exec(ctx, `INSERT INTO agent_sessions VALUES ($1, $2, $3, $4, $5)`, args...)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "23514" {
+			t.Errorf("%s: got %v, want check violation", name, err)
+		}
+	}
+}
+
+func TestPostgresConfigRejected(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t).Pool(t)
+	for _, c := range []sessions.PostgresConfig{
+		{MaxAttempts: -1}, {MinBackoff: -1}, {MinBackoff: time.Second, MaxBackoff: time.Millisecond},
+	} {
+		if _, err := sessions.NewPostgresStore(pool, &c); !errors.Is(err, sessions.ErrInvalidConfig) {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+	if _, err := sessions.NewPostgresStore(nil, nil); !errors.Is(err, sessions.ErrInvalidConfig) {
+		t.Errorf("nil pool: %v", err)
+	}
+}
