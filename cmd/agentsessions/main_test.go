@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/agentsessions/agentsessions/internal/testdb"
+)
+
+func TestMain(m *testing.M) { testdb.Main(m) }
+
+// cli runs the command in-process and returns its exit status and output.
+func cli(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestMigrateLifecycle(t *testing.T) {
+	d := testdb.NewEmpty(t)
+	conn := d.Conn(t)
+	tableExists := func() bool {
+		var ok bool
+		if err := conn.QueryRow(context.Background(), "SELECT to_regclass('agent_sessions') IS NOT NULL").Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	step := func(wantOut string, args ...string) {
+		t.Helper()
+		code, out, errOut := cli(t, append(args, "--database-url", d.URL)...)
+		if code != exitOK || !strings.Contains(out, wantOut) {
+			t.Fatalf("%v: exit %d, stdout %q, stderr %q; want %q in stdout", args, code, out, errOut, wantOut)
+		}
+	}
+	step("0", "migrate", "version")
+	step("pending", "migrate", "status")
+	step("up   00001_create_agent_sessions.sql", "migrate", "up")
+	if !tableExists() {
+		t.Fatal("no agent_sessions table after up")
+	}
+	step("no pending migrations", "migrate", "up")
+	step("1", "migrate", "version")
+	step("applied", "migrate", "status")
+	step("down 00001_create_agent_sessions.sql", "migrate", "down", "--to", "0")
+	if tableExists() {
+		t.Fatal("agent_sessions still there after down to 0")
+	}
+	step("0", "migrate", "version")
+	step("up   00001_create_agent_sessions.sql", "migrate", "up")
+	step("down 00001_create_agent_sessions.sql", "migrate", "down")
+	step("up   00001_create_agent_sessions.sql", "migrate", "up")
+	if !tableExists() {
+		t.Fatal("no agent_sessions table after second up")
+	}
+}
+
+func TestMigrateDatabaseURLFromEnv(t *testing.T) {
+	d := testdb.NewEmpty(t)
+	t.Setenv("DATABASE_URL", d.URL)
+	if code, out, errOut := cli(t, "migrate", "up"); code != exitOK || !strings.Contains(out, "up") {
+		t.Fatalf("exit %d, %q %q", code, out, errOut)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Setenv("DATABASE_URL", "")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"migrate"}, "needs a subcommand"},
+		{[]string{"migrate", "sideways"}, `unknown migrate subcommand "sideways"`},
+		{[]string{"migrate", "up"}, "pass --database-url or set DATABASE_URL"},
+		{[]string{"migrate", "up", "--nope"}, "unknown flag"},
+		{[]string{"migrate", "down", "--to", "-1", "--database-url", "postgres://127.0.0.1:1/x"}, ""},
+	} {
+		code, _, errOut := cli(t, c.args...)
+		if c.want == "" {
+			if code == exitOK {
+				t.Errorf("%v: exit 0", c.args)
+			}
+			continue
+		}
+		if code != exitUsage || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit 2 and %q", c.args, code, errOut, c.want)
+		}
+	}
+}
+
+func TestUnreachableDatabase(t *testing.T) {
+	code, _, errOut := cli(t, "migrate", "up", "--database-url", "postgres://postgres@127.0.0.1:1/x?connect_timeout=2")
+	if code != exitError || !strings.Contains(errOut, "cannot reach the database") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// The database URL may carry a password: help must not print it.
+func TestHelpDoesNotLeakDatabaseURL(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://u:hunter2@db/x")
+	_, out, errOut := cli(t, "migrate", "up", "--help")
+	if strings.Contains(out+errOut, "hunter2") {
+		t.Fatal("help output contains the database password")
+	}
+}
