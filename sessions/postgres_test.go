@@ -41,8 +41,14 @@ func newInstances(t *testing.T, d *testdb.DB, n, limit int, clock *fakeClock) []
 	return out
 }
 
+type issuedBy struct {
+	inst instance
+	iss  sessions.Issued
+}
+
 type tally struct {
 	mu      sync.Mutex
+	issued  []issuedBy
 	ok      map[string]int
 	limited map[string]int
 	other   []error
@@ -61,12 +67,13 @@ func issueAtOnce(insts []instance, agents []string, perAgent int) *tally {
 			n++
 			wg.Go(func() {
 				<-start
-				_, err := inst.mgr.Issue(context.Background(), a)
+				iss, err := inst.mgr.Issue(context.Background(), a)
 				tl.mu.Lock()
 				defer tl.mu.Unlock()
 				switch {
 				case err == nil:
 					tl.ok[a]++
+					tl.issued = append(tl.issued, issuedBy{inst, iss})
 				case errors.Is(err, sessions.ErrLimitExceeded):
 					tl.limited[a]++
 				default:
@@ -357,5 +364,32 @@ func TestPostgresConfigRejected(t *testing.T) {
 	}
 	if _, err := sessions.NewPostgresStore(nil, nil); !errors.Is(err, sessions.ErrInvalidConfig) {
 		t.Errorf("nil pool: %v", err)
+	}
+}
+
+// Instances whose clocks disagree by more than the TTL still cannot push an
+// agent over its limit: each issue counts every row the agent has left
+// after its own prune. (Skew only cuts sessions short: the instance running
+// ahead prunes rows the others still consider live.)
+func TestInvariantClockSkew(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	var insts []instance
+	for _, skew := range []time.Duration{0, 90 * time.Minute, -90 * time.Minute, 30 * time.Minute} {
+		insts = append(insts, newInstances(t, d, 1, 3, newClock(1_700_000_000+int64(skew/time.Second)))...)
+	}
+	pool := d.Pool(t)
+	for round := range 3 {
+		tl := issueAtOnce(insts, []string{agent}, 32)
+		checkNoRawErrors(t, tl)
+		usable := 0
+		for _, ib := range tl.issued {
+			if _, err := ib.inst.mgr.Authenticate(context.Background(), ib.iss.Token, agent); err == nil {
+				usable++
+			}
+		}
+		if n := rowsPerAgent(t, pool)[agent]; n > 3 || usable > 3 {
+			t.Fatalf("round %d: %d rows, %d usable tokens for an agent with limit 3", round, n, usable)
+		}
 	}
 }
