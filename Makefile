@@ -13,7 +13,7 @@ TEST_DB := export TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$(scripts/devdb.sh a
 		echo "make: no local PostgreSQL; tests will start one with testcontainers (needs Docker)" >&2; \
 	fi;
 
-.PHONY: help generate verify check-sqlc test test-race test-containers migrate lint build up down
+.PHONY: help generate verify check-sqlc test test-race test-containers fuzz migrate lint build up down
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | \
@@ -40,6 +40,12 @@ test-race: ## Repeat the concurrency tests (Invariant|Concurrent) 5 times with -
 
 test-containers: ## Run all tests against a PostgreSQL container (testcontainers, needs Docker)
 	TEST_DATABASE_URL= go test -race -count=1 ./...
+
+FUZZTIME ?= 5s
+fuzz: ## Run each fuzz target for FUZZTIME (default 5s); new finds land in the Go cache
+	@for target in $$(go test -list '^Fuzz' ./sessions | grep '^Fuzz'); do \
+		(set -x; go test ./sessions -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME)); \
+	done
 
 migrate: ## Apply migrations to DATABASE_URL, else to a local database from scripts/devdb.sh
 	@url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url="$$(scripts/devdb.sh agentsessions)"; \
