@@ -44,8 +44,12 @@ var (
 	adminPool  *pgxpool.Pool
 )
 
-// Main runs the tests and then stops the container, if one was started.
-func Main(m *testing.M) {
+// Main runs the tests, stops the container if one was started, and exits.
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run runs the tests, then closes the harness's pool and stops the
+// container, if one was started; it returns the exit code for os.Exit.
+func Run(m *testing.M) int {
 	code := m.Run()
 	if adminPool != nil {
 		adminPool.Close()
@@ -55,7 +59,7 @@ func Main(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "testdb: stopping container: %v\n", err)
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 func server(t testing.TB) (string, *pgxpool.Pool) {

@@ -1,0 +1,157 @@
+package sessions
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/agentsessions/agentsessions/db"
+)
+
+// PruneLockID is the default PostgreSQL advisory lock key that makes one
+// pruner at a time, cluster-wide, do the work.
+const PruneLockID int64 = 0x6167_656e_7470_726e // "agentprn"
+
+// PruneConfig configures [PostgresStore.Prune] and [PostgresStore.RunPruner].
+// The zero value gives the defaults.
+type PruneConfig struct {
+	// BatchSize is the most rows one DELETE removes. Small batches keep
+	// each statement short. Default: 1000; at most 1<<20.
+	BatchSize int
+
+	// Interval is the wait between passes in RunPruner. Default: 1 minute.
+	Interval time.Duration
+
+	// Clock decides what has expired. Use the managers' clock. Default:
+	// time.Now.
+	Clock func() time.Time
+
+	// LockID is the advisory lock key pruners take (pg_try_advisory_lock);
+	// a pass that finds it held by another session skips. Default:
+	// PruneLockID. Deployments sharing one database but not one table
+	// should use different keys.
+	LockID int64
+
+	// OnPrune, if set, is called by RunPruner after every pass.
+	OnPrune func(PruneResult, error)
+
+	// Logger receives one record per RunPruner pass that deleted rows or
+	// failed. Default: discards.
+	Logger *slog.Logger
+}
+
+// PruneResult reports one prune pass.
+type PruneResult struct {
+	Deleted int64 // expired rows removed
+	Batches int   // DELETE statements run
+	Skipped bool  // another session held the prune lock; nothing was done
+}
+
+func (c PruneConfig) withDefaults() (PruneConfig, error) {
+	switch {
+	case c.BatchSize < 0 || c.BatchSize > 1<<20:
+		return c, &ConfigError{Field: "PruneConfig.BatchSize", Reason: "must be between 0 (default) and 1048576"}
+	case c.Interval < 0:
+		return c, &ConfigError{Field: "PruneConfig.Interval", Reason: "must not be negative"}
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 1000
+	}
+	if c.Interval == 0 {
+		c.Interval = time.Minute
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.LockID == 0 {
+		c.LockID = PruneLockID
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// Prune deletes every session that expired at or before cfg.Clock(), in
+// batches of cfg.BatchSize, unless another session holds the prune lock, in
+// which case it returns at once with Skipped set. Rows locked by running
+// issue transactions are skipped and left for the next pass.
+func (p *PostgresStore) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return PruneResult{}, err
+	}
+	return p.prune(ctx, cfg)
+}
+
+func (p *PostgresStore) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, err error) {
+	// A session-level lock lives on one connection: hold that connection
+	// for the whole pass.
+	conn, err := p.pool.Acquire(ctx)
+	if err != nil {
+		return res, p.wrap(ctx, "prune", err)
+	}
+	defer conn.Release()
+	q := db.New(conn)
+	locked, err := q.TryAdvisoryLock(ctx, cfg.LockID)
+	if err != nil {
+		return res, p.wrap(ctx, "prune", err)
+	}
+	if !locked {
+		return PruneResult{Skipped: true}, nil
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, uerr := q.AdvisoryUnlock(uctx, cfg.LockID); uerr != nil {
+			// Never return a connection that may still hold the lock to
+			// the pool: closing it releases the lock server-side.
+			_ = conn.Conn().Close(uctx)
+		}
+	}()
+	now := cfg.Clock()
+	for {
+		n, err := q.DeleteExpiredBatch(ctx, db.DeleteExpiredBatchParams{Now: now, BatchSize: int32(cfg.BatchSize)})
+		if err != nil {
+			return res, p.wrap(ctx, "prune", err)
+		}
+		res.Deleted += n
+		res.Batches++
+		if n < int64(cfg.BatchSize) {
+			return res, nil
+		}
+	}
+}
+
+// RunPruner prunes every cfg.Interval until ctx ends, then returns nil.
+// Run it in every instance: the lock makes one of them do each pass. Pass
+// failures (database down) are reported through OnPrune and the logger, and
+// the next pass runs on schedule.
+func (p *PostgresStore) RunPruner(ctx context.Context, cfg PruneConfig) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	t := time.NewTicker(cfg.Interval)
+	defer t.Stop()
+	for {
+		res, err := p.prune(ctx, cfg)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if cfg.OnPrune != nil {
+			cfg.OnPrune(res, err)
+		}
+		switch {
+		case err != nil:
+			cfg.Logger.WarnContext(ctx, "sessions: prune failed", slog.Any("error", err))
+		case res.Deleted > 0:
+			cfg.Logger.InfoContext(ctx, "sessions: pruned expired sessions", slog.Int64("deleted", res.Deleted), slog.Int("batches", res.Batches))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
