@@ -1,6 +1,7 @@
 // Command agentsessions operates an agentsessions PostgreSQL session store.
 //
 //	agentsessions migrate up|down|status|version [--database-url URL]
+//	agentsessions prune [--batch-size N] [--database-url URL]
 //
 // The database URL defaults to $DATABASE_URL. Exit status: 0 on success, 1
 // when the operation failed, 2 on a usage error.
@@ -71,7 +72,7 @@ func newRootCmd() *cobra.Command {
 	// The default is read at use, not shown in --help: it may hold a password.
 	root.PersistentFlags().StringVar(&opts.databaseURL, "database-url", "",
 		"PostgreSQL connection URL (default $DATABASE_URL)")
-	root.AddCommand(newMigrateCmd(opts))
+	root.AddCommand(newMigrateCmd(opts), newPruneCmd(opts))
 	return root
 }
 

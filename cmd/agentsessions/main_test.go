@@ -106,3 +106,33 @@ func TestHelpDoesNotLeakDatabaseURL(t *testing.T) {
 		t.Fatal("help output contains the database password")
 	}
 }
+
+func TestPrune(t *testing.T) {
+	d := testdb.New(t)
+	ctx := context.Background()
+	conn := d.Conn(t)
+	// Two expired rows and one that expires in a day.
+	if _, err := conn.Exec(ctx, `INSERT INTO agent_sessions VALUES
+		('a', 'x', now() - interval '2 hours', now() - interval '1 hour', repeat('0', 64)),
+		('b', 'y', now() - interval '2 hours', now() - interval '1 second', repeat('0', 64)),
+		('c', 'x', now(), now() + interval '1 day', repeat('0', 64))`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := cli(t, "prune", "--batch-size", "1", "--database-url", d.URL)
+	if code != exitOK || !strings.Contains(out, "deleted 2 expired sessions in 3 batches") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	var left []string
+	rows, _ := conn.Query(ctx, "SELECT id FROM agent_sessions")
+	for rows.Next() {
+		var id string
+		_ = rows.Scan(&id)
+		left = append(left, id)
+	}
+	if rows.Err() != nil || len(left) != 1 || left[0] != "c" {
+		t.Fatalf("rows left: %v (%v)", left, rows.Err())
+	}
+	if code, _, errOut := cli(t, "prune", "--batch-size", "-5", "--database-url", d.URL); code != exitUsage || !strings.Contains(errOut, "--batch-size must be") {
+		t.Fatalf("negative batch size: exit %d, %q", code, errOut)
+	}
+}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/agentsessions/agentsessions/sessions"
+)
+
+func newPruneCmd(opts *globalOpts) *cobra.Command {
+	var batch int
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Delete expired sessions once (for cron); skips if another instance is pruning",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if batch < 1 || batch > 1<<20 {
+				return usageError{fmt.Errorf("--batch-size must be between 1 and %d, got %d", 1<<20, batch)}
+			}
+			url, err := opts.requireDatabaseURL()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			pool, err := pgxpool.New(ctx, url)
+			if err != nil {
+				return usageError{fmt.Errorf("bad database url: %w", err)}
+			}
+			defer pool.Close()
+			store, err := sessions.NewPostgresStore(pool, nil)
+			if err != nil {
+				return err
+			}
+			res, err := store.Prune(ctx, sessions.PruneConfig{BatchSize: batch})
+			if err != nil {
+				return err
+			}
+			if res.Skipped {
+				fmt.Fprintln(cmd.OutOrStdout(), "skipped: another instance holds the prune lock")
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deleted %d expired sessions in %d batches\n", res.Deleted, res.Batches)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&batch, "batch-size", 1000, "rows per DELETE statement")
+	return cmd
+}
