@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -66,6 +67,7 @@ type pgStats struct {
 	transactions atomic.Uint64
 	retries      atomic.Uint64
 	exhausted    atomic.Uint64
+	reconnects   atomic.Uint64
 }
 
 // PostgresStats counts the limit-check transactions of one store.
@@ -73,6 +75,7 @@ type PostgresStats struct {
 	Transactions uint64 // InsertIfBelowLimit calls that ran a transaction
 	Retries      uint64 // transaction attempts retried after 40001/40P01
 	Exhausted    uint64 // calls that gave up with ErrRetriesExhausted
+	Reconnects   uint64 // attempts rerun because their connection broke before commit
 }
 
 // NewPostgresStore returns a store on pool. The pool is the caller's to
@@ -98,33 +101,39 @@ func (p *PostgresStore) Stats() PostgresStats {
 		Transactions: p.stats.transactions.Load(),
 		Retries:      p.stats.retries.Load(),
 		Exhausted:    p.stats.exhausted.Load(),
+		Reconnects:   p.stats.reconnects.Load(),
 	}
 }
 
 // Get implements [Store].
-func (p *PostgresStore) Get(ctx context.Context, id string) (Session, bool, error) {
-	row, err := p.q.GetSession(ctx, id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Session{}, false, nil
-	}
-	if err != nil {
-		return Session{}, false, p.wrap(ctx, "get", err)
-	}
-	return Session{
-		ID:          row.ID,
-		AgentID:     row.AgentID,
-		IssuedAt:    row.IssuedAt.UTC(),
-		ExpiresAt:   row.ExpiresAt.UTC(),
-		TokenDigest: row.TokenDigest,
-	}, true, nil
+func (p *PostgresStore) Get(ctx context.Context, id string) (s Session, found bool, err error) {
+	err = p.retry(ctx, "get", func() error {
+		row, err := p.q.GetSession(ctx, id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			found = false
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		s, found = Session{
+			ID:          row.ID,
+			AgentID:     row.AgentID,
+			IssuedAt:    row.IssuedAt.UTC(),
+			ExpiresAt:   row.ExpiresAt.UTC(),
+			TokenDigest: row.TokenDigest,
+		}, true
+		return nil
+	})
+	return s, found, err
 }
 
 // Delete implements [Store].
 func (p *PostgresStore) Delete(ctx context.Context, id string) error {
-	if _, err := p.q.DeleteSession(ctx, id); err != nil {
-		return p.wrap(ctx, "delete", err)
-	}
-	return nil
+	return p.retry(ctx, "delete", func() error {
+		_, err := p.q.DeleteSession(ctx, id)
+		return err
+	})
 }
 
 // InsertIfBelowLimit implements [Store] with one SERIALIZABLE transaction:
@@ -132,27 +141,53 @@ func (p *PostgresStore) Delete(ctx context.Context, id string) error {
 // Serialization failures and deadlocks are retried with jittered
 // exponential backoff up to MaxAttempts; the caller sees them only as
 // [ErrRetriesExhausted].
-func (p *PostgresStore) InsertIfBelowLimit(ctx context.Context, s Session, limit int, now time.Time) (bool, error) {
+func (p *PostgresStore) InsertIfBelowLimit(ctx context.Context, s Session, limit int, now time.Time) (inserted bool, err error) {
 	p.stats.transactions.Add(1)
-	var lastErr error
-	for attempt := 0; attempt < p.cfg.MaxAttempts; attempt++ {
-		if attempt > 0 {
-			p.stats.retries.Add(1)
-			if err := sleepCtx(ctx, p.backoff(attempt)); err != nil {
-				return false, p.wrap(ctx, "insert", errors.Join(err, lastErr))
+	err = p.retry(ctx, "insert", func() (err error) {
+		inserted, err = p.insertTx(ctx, s, limit, now)
+		return err
+	})
+	return inserted && err == nil, err
+}
+
+// maxReconnects bounds how often one call is rerun because its connection
+// broke before commit: enough to get past the stale connections a pool
+// holds after a server restart or pg_terminate_backend, few enough that a
+// real outage fails fast.
+const maxReconnects = 4
+
+// retry runs attempt until it succeeds or fails for good. It reruns
+// attempts that certainly did not commit: serialization failures and
+// deadlocks (with backoff, up to MaxAttempts) and broken connections (at
+// once, up to maxReconnects).
+func (p *PostgresStore) retry(ctx context.Context, op string, attempt func() error) error {
+	var conflicts, reconnects int
+	for {
+		err := attempt()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return p.wrap(ctx, op, err)
+		case isSerializationFailure(err):
+			conflicts++
+			if conflicts >= p.cfg.MaxAttempts {
+				p.stats.exhausted.Add(1)
+				return &StoreError{Op: op, Err: fmt.Errorf("%w after %d attempts: %w", ErrRetriesExhausted, conflicts, err)}
 			}
+			p.stats.retries.Add(1)
+			if err := sleepCtx(ctx, p.backoff(conflicts)); err != nil {
+				// The serialization failure stays out of the chain: callers
+				// see one only as ErrRetriesExhausted.
+				return &StoreError{Op: op, Err: fmt.Errorf("%w while waiting to retry a serialization failure", err)}
+			}
+		case brokenBeforeCommit(err) && reconnects < maxReconnects:
+			reconnects++
+			p.stats.reconnects.Add(1)
+		default:
+			return p.wrap(ctx, op, err)
 		}
-		inserted, err := p.insertTx(ctx, s, limit, now)
-		if err == nil {
-			return inserted, nil
-		}
-		if !isSerializationFailure(err) {
-			return false, p.wrap(ctx, "insert", err)
-		}
-		lastErr = err
 	}
-	p.stats.exhausted.Add(1)
-	return false, &StoreError{Op: "insert", Err: fmt.Errorf("%w after %d attempts: %w", ErrRetriesExhausted, p.cfg.MaxAttempts, lastErr)}
 }
 
 func (p *PostgresStore) insertTx(ctx context.Context, s Session, limit int, now time.Time) (inserted bool, err error) {
@@ -179,7 +214,7 @@ func (p *PostgresStore) insertTx(ctx context.Context, s Session, limit int, now 
 		// Commit, not roll back: the prune above is worth keeping, and a
 		// commit is what lets PostgreSQL check this read against
 		// concurrent inserts (it may still fail with 40001 and be retried).
-		return false, tx.Commit(ctx)
+		return false, commit(ctx, tx)
 	}
 	err = q.InsertSession(ctx, db.InsertSessionParams{
 		ID:          s.ID,
@@ -191,10 +226,50 @@ func (p *PostgresStore) insertTx(ctx context.Context, s Session, limit int, now 
 	if err != nil {
 		return false, err
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := commit(ctx, tx); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// commitError marks a failure of COMMIT itself: unless PostgreSQL answered
+// with an error, the transaction may have committed.
+type commitError struct{ err error }
+
+func (e *commitError) Error() string { return "commit: " + e.err.Error() }
+func (e *commitError) Unwrap() error { return e.err }
+
+func commit(ctx context.Context, tx pgx.Tx) error {
+	if err := tx.Commit(ctx); err != nil {
+		return &commitError{err}
+	}
+	return nil
+}
+
+// brokenBeforeCommit reports whether err means the connection failed (not
+// the statement), at a point where nothing can have been committed: before
+// COMMIT was sent, or with nothing sent at all.
+func brokenBeforeCommit(err error) bool {
+	var ce *commitError
+	if errors.As(err, &ce) && !pgconn.SafeToRetry(err) {
+		var pgErr *pgconn.PgError
+		return errors.As(err, &pgErr) && connectionGone(pgErr.Code)
+	}
+	if pgconn.SafeToRetry(err) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return connectionGone(pgErr.Code)
+	}
+	// Not a server error: the network, EOF, or a closed connection.
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// connectionGone: the server ended the session (admin or crash shutdown,
+// not accepting connections yet) or reports a connection exception.
+func connectionGone(code string) bool {
+	return code == "57P01" || code == "57P02" || code == "57P03" || strings.HasPrefix(code, "08")
 }
 
 // backoff returns the jittered wait before retry number attempt (>= 1).
