@@ -15,9 +15,11 @@ CREATE TABLE agent_sessions (
 );
 
 -- "Live sessions of agent X" (the limit check) and "agent X's expired rows"
--- (the in-transaction prune) are both range scans on this index. It is also
--- what SERIALIZABLE takes its predicate locks on, so transactions for
--- different agents rarely touch the same index pages.
+-- (the in-transaction prune) are both range scans on this index, and it is
+-- what SERIALIZABLE takes its predicate locks on. Those locks cover index
+-- pages, not keys, so agents whose IDs sort onto the same page can still
+-- make each other's transactions retry (false positives, never wrong
+-- answers).
 CREATE INDEX agent_sessions_agent_expires_idx ON agent_sessions (agent_id, expires_at);
 
 -- Table-wide cleanup of expired rows in batches.

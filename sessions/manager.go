@@ -41,7 +41,14 @@ func New(store Store, cfg Config) (*Manager, error) {
 // Issue creates a session for agentID and returns it with its token. It
 // fails with a [LimitError] when the agent already holds Limit live
 // sessions, with [ErrInvalidAgentID] for a malformed agent ID, and with a
-// [StoreError] when the store fails (nothing is stored then).
+// [StoreError] when the store fails. After a StoreError the session is
+// normally not stored; only if the connection broke while COMMIT was in
+// flight may it have been, and then its token was never handed out, so it
+// merely holds one of the agent's slots until it expires (the limit errs
+// on the safe side).
+//
+// Unlike the reference, Issue and Authenticate validate agentID first
+// ([ValidateAgentID]), before any token check.
 func (m *Manager) Issue(ctx context.Context, agentID string) (Issued, error) {
 	if err := ValidateAgentID(agentID); err != nil {
 		return Issued{}, err

@@ -76,6 +76,22 @@ func (m *MemoryStore) InsertIfBelowLimit(ctx context.Context, s Session, limit i
 	return true, nil
 }
 
+// PruneExpired deletes every session that expired at or before now and
+// returns how many. InsertIfBelowLimit prunes only the issuing agent's
+// sessions, so a long-running process should call this now and then.
+func (m *MemoryStore) PruneExpired(now time.Time) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for id, s := range m.byID {
+		if !s.ExpiresAt.After(now) {
+			m.deleteLocked(id)
+			n++
+		}
+	}
+	return n
+}
+
 func (m *MemoryStore) deleteLocked(id string) {
 	s, ok := m.byID[id]
 	if !ok {

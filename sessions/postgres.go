@@ -24,10 +24,10 @@ type PostgresConfig struct {
 	// Default: 20.
 	MaxAttempts int
 
-	// MinBackoff and MaxBackoff bound the wait before a retry: attempt n
-	// waits a uniformly random time in [MinBackoff, min(MaxBackoff,
-	// MinBackoff*2^n)], so contending instances spread out instead of
-	// colliding again. Defaults: 2ms and 200ms.
+	// MinBackoff and MaxBackoff bound the wait before a retry: retry n
+	// (from 1) waits a uniformly random time in [MinBackoff,
+	// min(MaxBackoff, MinBackoff*2^n)], so contending instances spread out
+	// instead of colliding again. Defaults: 2ms and 200ms.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 }
@@ -272,18 +272,20 @@ func connectionGone(code string) bool {
 	return code == "57P01" || code == "57P02" || code == "57P03" || strings.HasPrefix(code, "08")
 }
 
-// backoff returns the jittered wait before retry number attempt (>= 1).
+// backoff returns the jittered wait before retry number attempt (>= 1):
+// uniform in [MinBackoff, min(MaxBackoff, MinBackoff*2^attempt)], so even
+// the first retries of transactions that failed together spread out.
 func (p *PostgresStore) backoff(attempt int) time.Duration {
 	ceil := p.cfg.MaxBackoff
-	if shift := attempt - 1; shift < 30 {
-		if d := p.cfg.MinBackoff << shift; d > 0 && d < ceil {
+	if attempt < 30 {
+		if d := p.cfg.MinBackoff << attempt; d > 0 && d < ceil {
 			ceil = d
 		}
 	}
 	if ceil <= p.cfg.MinBackoff {
 		return p.cfg.MinBackoff
 	}
-	return p.cfg.MinBackoff + rand.N(ceil-p.cfg.MinBackoff)
+	return p.cfg.MinBackoff + rand.N(ceil-p.cfg.MinBackoff+1)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -139,10 +139,15 @@ func decodeB64(s string) ([]byte, bool) {
 // parsePayload accepts what serde_json accepts for the reference struct:
 // one JSON object with string "sid", string "aid" and an unsigned 64-bit
 // integer "exp", each exactly once; keys are case-sensitive; unknown keys
-// are ignored; nothing may follow the object.
+// are ignored; nothing may follow the object; escapes may not encode lone
+// UTF-16 surrogates. Where it differs from serde it is stricter: it refuses
+// the array form ["sid","aid",exp] (serde's derived structs take it; the
+// reference never emits it) and invalid UTF-8 anywhere in the payload
+// (serde tolerates it inside ignored fields). Only a holder of the secret
+// can present a payload at all, so these cases are defence in depth.
 func parsePayload(raw []byte) (payload, bool) {
 	var p payload
-	if !utf8.Valid(raw) {
+	if !utf8.Valid(raw) || hasLoneSurrogate(raw) {
 		return p, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
@@ -208,4 +213,60 @@ func decodeUint(dec *json.Decoder, dst *uint64) bool {
 	}
 	*dst = v
 	return true
+}
+
+// hasLoneSurrogate reports whether a JSON text has a \uXXXX escape for a
+// UTF-16 surrogate that is not half of a high+low pair. Go's decoder turns
+// such escapes into U+FFFD; serde_json refuses them.
+func hasLoneSurrogate(raw []byte) bool {
+	inString := false
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; {
+		case c == '"':
+			inString = !inString
+		case c == '\\' && inString && i+1 < len(raw):
+			if raw[i+1] != 'u' {
+				i++ // skip the escaped character, which may be '"' or '\\'
+				continue
+			}
+			r, ok := hex4(raw, i+2)
+			switch {
+			case !ok:
+				return false // malformed escape: the decoder rejects it
+			case r >= 0xdc00 && r <= 0xdfff:
+				return true // low half first
+			case r >= 0xd800 && r <= 0xdbff:
+				if i+11 >= len(raw) || raw[i+6] != '\\' || raw[i+7] != 'u' {
+					return true
+				}
+				if lo, ok := hex4(raw, i+8); !ok || lo < 0xdc00 || lo > 0xdfff {
+					return true
+				}
+				i += 11
+			default:
+				i += 5
+			}
+		}
+	}
+	return false
+}
+
+func hex4(b []byte, at int) (rune, bool) {
+	if at+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[at : at+4] {
+		switch {
+		case '0' <= c && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case 'a' <= c && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case 'A' <= c && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
 }

@@ -151,7 +151,11 @@ func TestParseTokenRejects(t *testing.T) {
 		{"upper-case key", body(`{"SID":"s","aid":"a","exp":60}`), ErrInvalidTokenFormat},
 		{"trailing garbage", body(`{"sid":"s","aid":"a","exp":60}x`), ErrInvalidTokenFormat},
 		{"two objects", body(`{"sid":"s","aid":"a","exp":60}{}`), ErrInvalidTokenFormat},
-		{"array", body(`["s","a",60]`), ErrInvalidTokenFormat},
+		{"array form (serde takes it; deliberately refused)", body(`["s","a",60]`), ErrInvalidTokenFormat},
+		{"lone high surrogate", body(`{"sid":"\ud800","aid":"a","exp":60}`), ErrInvalidTokenFormat},
+		{"lone low surrogate", body(`{"sid":"\udc00x","aid":"a","exp":60}`), ErrInvalidTokenFormat},
+		{"high surrogate then non-low", body(`{"sid":"\ud800\u0041","aid":"a","exp":60}`), ErrInvalidTokenFormat},
+		{"lone surrogate in ignored field", body(`{"sid":"s","aid":"a","exp":60,"x":"\uDBFF"}`), ErrInvalidTokenFormat},
 		{"invalid utf-8", body("{\"sid\":\"\xff\",\"aid\":\"a\",\"exp\":60}"), ErrInvalidTokenFormat},
 		{"null", body(`null`), ErrInvalidTokenFormat},
 	}
@@ -166,10 +170,12 @@ func TestParseTokenAccepts(t *testing.T) {
 	const secret = "k"
 	body := func(json string) string { return signed(secret, b64.EncodeToString([]byte(json))) }
 	cases := map[string]string{
-		"unknown field ignored":  `{"sid":"s","aid":"a","exp":60,"x":{"y":[1,2]}}`,
-		"other key order":        `{"exp":60,"aid":"a","sid":"s"}`,
-		"whitespace":             " { \"sid\" : \"s\" , \"aid\":\"a\",\"exp\":60 } \n",
-		"escaped chars in value": `{"sid":"\u0073","aid":"a","exp":60}`,
+		"unknown field ignored":      `{"sid":"s","aid":"a","exp":60,"x":{"y":[1,2]}}`,
+		"other key order":            `{"exp":60,"aid":"a","sid":"s"}`,
+		"whitespace":                 " { \"sid\" : \"s\" , \"aid\":\"a\",\"exp\":60 } \n",
+		"escaped chars in value":     `{"sid":"\u0073","aid":"a","exp":60}`,
+		"escaped backslash before u": `{"sid":"s","aid":"a","exp":60,"x":"\\ud800"}`,
+		"escaped quote":              `{"sid":"s","aid":"a","exp":60,"x":"\"\\"}`,
 	}
 	for name, js := range cases {
 		p, err := parseToken([]byte(secret), body(js))
@@ -191,5 +197,12 @@ func TestPayloadJSONMatchesSerde(t *testing.T) {
 	var back struct{ Sid, Aid string }
 	if err := json.Unmarshal([]byte(got), &back); err != nil || back.Sid != "a\"b\\c\b\f\n\r\t\x01\x1f\x7f" {
 		t.Fatalf("not valid JSON or wrong round trip: %v %q", err, back.Sid)
+	}
+}
+
+func TestParsePayloadSurrogatePair(t *testing.T) {
+	p, ok := parsePayload([]byte(`{"sid":"\ud83d\ude00","aid":"\u00e9","exp":1}`))
+	if !ok || p.SID != "😀" || p.AID != "é" {
+		t.Fatalf("got %+v %v", p, ok)
 	}
 }

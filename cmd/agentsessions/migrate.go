@@ -95,11 +95,11 @@ func newMigrateDownCmd(opts *globalOpts) *cobra.Command {
 		Short: "Roll back the latest migration, or down to --to VERSION (0 drops everything)",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if to < 0 {
+				return usageError{fmt.Errorf("--to must be >= 0, got %d", to)}
+			}
 			return withProvider(cmd.Context(), opts, func(p *goose.Provider) error {
 				if cmd.Flags().Changed("to") {
-					if to < 0 {
-						return usageError{fmt.Errorf("--to must be >= 0, got %d", to)}
-					}
 					res, err := p.DownTo(cmd.Context(), to)
 					printResults(cmd.OutOrStdout(), res)
 					return err
