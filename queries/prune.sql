@@ -1,14 +1,15 @@
 -- name: DeleteExpiredBatch :execrows
--- Oldest first, at most batch_size rows, skipping rows another transaction
--- holds: each batch is a short statement that never waits on an issue
--- transaction and never takes a table-wide lock.
+-- Oldest first, at most batch_size rows per statement, so each batch is a
+-- short statement and never a table-wide delete. No FOR UPDATE SKIP
+-- LOCKED: it would need UPDATE privilege, which the runtime role does not
+-- get. At worst a batch waits for an issue transaction that is deleting
+-- the same expired row, which takes milliseconds.
 DELETE FROM agent_sessions
 WHERE id IN (
     SELECT expired.id FROM agent_sessions AS expired
     WHERE expired.expires_at <= @now
     ORDER BY expired.expires_at
     LIMIT @batch_size
-    FOR UPDATE SKIP LOCKED
 );
 
 -- name: TryAdvisoryLock :one

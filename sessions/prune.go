@@ -74,8 +74,7 @@ func (c PruneConfig) withDefaults() (PruneConfig, error) {
 
 // Prune deletes every session that expired at or before cfg.Clock(), in
 // batches of cfg.BatchSize, unless another session holds the prune lock, in
-// which case it returns at once with Skipped set. Rows locked by running
-// issue transactions are skipped and left for the next pass.
+// which case it returns at once with Skipped set.
 func (p *PostgresStore) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
