@@ -416,3 +416,51 @@ func TestInvariantClockSkew(t *testing.T) {
 		}
 	}
 }
+
+// Extreme same-agent contention (4 instances x 16 connections, 128
+// goroutines, one agent) with no retries allowed: calls give up, but only
+// as ErrRetriesExhausted inside ErrStore, never as a raw 40001, and the
+// limit still holds.
+func TestExtremeContentionNoRetries(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	var insts []instance
+	for range 4 {
+		cfg, err := pgxpool.ParseConfig(d.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.MaxConns = 16
+		store, err := sessions.NewPostgresStore(d.PoolWith(t, cfg), &sessions.PostgresConfig{MaxAttempts: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mgr, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		insts = append(insts, instance{store: store, mgr: mgr})
+	}
+	tl := issueAtOnce(insts, []string{agent}, 128)
+	var exhaustedErrs int
+	for _, err := range tl.other {
+		var pgErr *pgconn.PgError
+		switch {
+		case errors.Is(err, sessions.ErrRetriesExhausted) && errors.Is(err, sessions.ErrStore):
+			exhaustedErrs++
+		case errors.As(err, &pgErr):
+			t.Errorf("raw PostgreSQL error escaped: %v", err)
+		default:
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	if n := rowsPerAgent(t, d.Pool(t))[agent]; tl.ok[agent] > 5 || n != tl.ok[agent] {
+		t.Fatalf("%d issued, %d rows, limit 5", tl.ok[agent], n)
+	}
+	_, retried, exhausted := retries(insts)
+	if uint64(exhaustedErrs) != exhausted {
+		t.Fatalf("%d callers saw ErrRetriesExhausted, stores counted %d", exhaustedErrs, exhausted)
+	}
+	t.Logf("128 goroutines, no retries: %d issued, %d limited, %d gave up (ErrRetriesExhausted), %d retries",
+		tl.ok[agent], tl.limited[agent], exhaustedErrs, retried)
+}
