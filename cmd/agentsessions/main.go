@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 )
 
@@ -86,6 +87,24 @@ func (o *globalOpts) requireDatabaseURL() (string, error) {
 			"(e.g. postgres://postgres@127.0.0.1:5432/agentsessions?sslmode=disable)")}
 	}
 	return o.databaseURL, nil
+}
+
+// openPool connects to the database URL, checking it is reachable, so
+// every command fails the same clear way when it is not.
+func (o *globalOpts) openPool(ctx context.Context) (*pgxpool.Pool, error) {
+	url, err := o.requireDatabaseURL()
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("bad database url: %w", err)}
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("cannot reach the database: %w", err)
+	}
+	return pool, nil
 }
 
 // exactArgs is cobra.ExactArgs reporting a usage error.

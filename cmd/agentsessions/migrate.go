@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"io"
 	"text/tabwriter"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/spf13/cobra"
@@ -117,19 +115,12 @@ func newMigrateDownCmd(opts *globalOpts) *cobra.Command {
 }
 
 func withProvider(ctx context.Context, opts *globalOpts, fn func(*goose.Provider) error) error {
-	url, err := opts.requireDatabaseURL()
+	pool, err := opts.openPool(ctx)
 	if err != nil {
 		return err
 	}
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		return usageError{fmt.Errorf("bad database url: %w", err)}
-	}
 	defer pool.Close()
-	if err := pool.Ping(ctx); err != nil {
-		return fmt.Errorf("cannot reach the database: %w", err)
-	}
-	var db *sql.DB = stdlib.OpenDBFromPool(pool)
+	db := stdlib.OpenDBFromPool(pool)
 	defer db.Close()
 	p, err := migrations.NewProvider(db)
 	if err != nil {

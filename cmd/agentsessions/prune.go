@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/agentsessions/agentsessions/sessions"
@@ -19,14 +18,10 @@ func newPruneCmd(opts *globalOpts) *cobra.Command {
 			if batch < 1 || batch > 1<<20 {
 				return usageError{fmt.Errorf("--batch-size must be between 1 and %d, got %d", 1<<20, batch)}
 			}
-			url, err := opts.requireDatabaseURL()
+			ctx := cmd.Context()
+			pool, err := opts.openPool(ctx)
 			if err != nil {
 				return err
-			}
-			ctx := cmd.Context()
-			pool, err := pgxpool.New(ctx, url)
-			if err != nil {
-				return usageError{fmt.Errorf("bad database url: %w", err)}
 			}
 			defer pool.Close()
 			store, err := sessions.NewPostgresStore(pool, nil)
