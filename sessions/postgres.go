@@ -250,13 +250,14 @@ func commit(ctx context.Context, tx pgx.Tx) error {
 // the statement), at a point where nothing can have been committed: before
 // COMMIT was sent, or with nothing sent at all.
 func brokenBeforeCommit(err error) bool {
-	var ce *commitError
-	if errors.As(err, &ce) && !pgconn.SafeToRetry(err) {
-		var pgErr *pgconn.PgError
-		return errors.As(err, &pgErr) && connectionGone(pgErr.Code)
-	}
 	if pgconn.SafeToRetry(err) {
-		return true
+		return true // nothing reached the server
+	}
+	var ce *commitError
+	if errors.As(err, &ce) {
+		// Even a FATAL in reply to COMMIT is ambiguous: the backend can be
+		// terminated after the commit record is flushed.
+		return false
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
