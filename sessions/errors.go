@@ -40,9 +40,10 @@ var (
 )
 
 // ErrRetriesExhausted is in the chain of a [StoreError] when the PostgreSQL
-// store gave up on a transaction that kept failing with serialization
-// failures or deadlocks (SQLSTATE 40001/40P01) after its configured number of
-// attempts. Callers may retry later; nothing was written.
+// store gave up on a call that kept failing with serialization failures or
+// deadlocks (SQLSTATE 40001/40P01) after its configured number of attempts
+// (PostgresConfig.MaxAttempts). Callers may retry later; nothing was
+// written.
 var ErrRetriesExhausted = errors.New("sessions: serialization retries exhausted")
 
 // ConfigError describes a rejected configuration field.

@@ -18,10 +18,10 @@ import (
 
 // PostgresConfig tunes a [PostgresStore]. The zero value gives the defaults.
 type PostgresConfig struct {
-	// MaxAttempts is how many times InsertIfBelowLimit runs its transaction
-	// when PostgreSQL aborts it with a serialization failure or deadlock
-	// (SQLSTATE 40001/40P01) before giving up with [ErrRetriesExhausted].
-	// Default: 20.
+	// MaxAttempts is how many times a call (the limit transaction, Get or
+	// Delete) runs when PostgreSQL aborts it with a serialization failure
+	// or deadlock (SQLSTATE 40001/40P01) before giving up with
+	// [ErrRetriesExhausted]. Default: 20.
 	MaxAttempts int
 
 	// MinBackoff and MaxBackoff bound the wait before a retry: retry n
@@ -70,10 +70,11 @@ type pgStats struct {
 	reconnects   atomic.Uint64
 }
 
-// PostgresStats counts the limit-check transactions of one store.
+// PostgresStats counts one store's limit-check transactions and the reruns
+// of all its calls.
 type PostgresStats struct {
-	Transactions uint64 // InsertIfBelowLimit calls that ran a transaction
-	Retries      uint64 // transaction attempts retried after 40001/40P01
+	Transactions uint64 // InsertIfBelowLimit calls
+	Retries      uint64 // attempts retried after 40001/40P01 (any call)
 	Exhausted    uint64 // calls that gave up with ErrRetriesExhausted
 	Reconnects   uint64 // attempts rerun because their connection broke before commit
 }
@@ -110,8 +111,7 @@ func (p *PostgresStore) Get(ctx context.Context, id string) (s Session, found bo
 	err = p.retry(ctx, "get", func() error {
 		row, err := p.q.GetSession(ctx, id)
 		if errors.Is(err, pgx.ErrNoRows) {
-			found = false
-			return nil
+			return nil // found stays false
 		}
 		if err != nil {
 			return err
@@ -232,8 +232,9 @@ func (p *PostgresStore) insertTx(ctx context.Context, s Session, limit int, now 
 	return true, nil
 }
 
-// commitError marks a failure of COMMIT itself: unless PostgreSQL answered
-// with an error, the transaction may have committed.
+// commitError marks a failure of COMMIT itself. A serialization failure
+// reported by COMMIT means it did not commit; after any other failure it
+// may have.
 type commitError struct{ err error }
 
 func (e *commitError) Error() string { return "commit: " + e.err.Error() }
