@@ -103,7 +103,7 @@ func TestFaultBackendsTerminated(t *testing.T) {
 	go checkInvariant(ctx, d.Pool(t), limit, 20*time.Millisecond, stats)
 	(&load{mgrs: mgrs, agents: agents, limit: limit, workers: 16, stats: stats}).run(ctx)
 	n := <-killed
-	reconnects := sumReconnects(stores)
+	reconnects := totalStats(stores).Reconnects
 	t.Logf("terminated %d backends; %d calls rerun on a fresh connection; %s", n, reconnects, stats)
 	stats.check(t)
 	if n == 0 || reconnects+uint64(stats.storeErrs.Load()) == 0 {
@@ -207,7 +207,7 @@ func TestFaultDatabaseRestart(t *testing.T) {
 		c.start()
 	}()
 	(&load{mgrs: mgrs, agents: agents, limit: limit, workers: 16, stats: stats}).run(lctx)
-	t.Logf("%d calls rerun on a fresh connection; %s", sumReconnects(stores), stats)
+	t.Logf("%d calls rerun on a fresh connection; %s", totalStats(stores).Reconnects, stats)
 	stats.check(t)
 	if stats.storeErrs.Load() == 0 {
 		t.Fatal("no store errors during a one-second outage: the test proves nothing")
@@ -264,12 +264,4 @@ func TestFaultDeadlineLeavesNoOpenTransaction(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func sumReconnects(stores []*sessions.PostgresStore) uint64 {
-	var n uint64
-	for _, s := range stores {
-		n += s.Stats().Reconnects
-	}
-	return n
 }

@@ -177,3 +177,16 @@ func checkInvariant(ctx context.Context, pool *pgxpool.Pool, limit int, interval
 func isDeadline(err error) bool {
 	return errors.Is(err, sessions.ErrStore) && errors.Is(err, context.DeadlineExceeded)
 }
+
+// totalStats adds up the counters of several instances' stores.
+func totalStats(stores []*sessions.PostgresStore) sessions.PostgresStats {
+	var sum sessions.PostgresStats
+	for _, s := range stores {
+		st := s.Stats()
+		sum.Transactions += st.Transactions
+		sum.Retries += st.Retries
+		sum.Exhausted += st.Exhausted
+		sum.Reconnects += st.Reconnects
+	}
+	return sum
+}

@@ -88,11 +88,12 @@ func issueAtOnce(insts []instance, agents []string, perAgent int) *tally {
 }
 
 func retries(insts []instance) (tx, retried, exhausted uint64) {
+	var stores []*sessions.PostgresStore
 	for _, in := range insts {
-		s := in.store.Stats()
-		tx, retried, exhausted = tx+s.Transactions, retried+s.Retries, exhausted+s.Exhausted
+		stores = append(stores, in.store)
 	}
-	return
+	st := totalStats(stores)
+	return st.Transactions, st.Retries, st.Exhausted
 }
 
 // rowsPerAgent asks the database itself how many rows each agent holds.

@@ -64,14 +64,7 @@ func soak(t *testing.T, url string, pool *pgxpool.Pool, d time.Duration, fault f
 	(&load{mgrs: mgrs, agents: agentNames(300), limit: limit, workers: 32, stats: stats}).run(ctx)
 	bg.Wait()
 
-	var pg sessions.PostgresStats
-	for _, s := range stores {
-		st := s.Stats()
-		pg.Transactions += st.Transactions
-		pg.Retries += st.Retries
-		pg.Exhausted += st.Exhausted
-		pg.Reconnects += st.Reconnects
-	}
+	pg := totalStats(stores)
 	t.Logf("soak %v: %s; issue transactions=%d serialization_retries=%d (%.1f per 1000) exhausted=%d reconnects=%d; prune passes=%d rows_pruned=%d",
 		d, stats, pg.Transactions, pg.Retries, 1000*float64(pg.Retries)/float64(max(pg.Transactions, 1)),
 		pg.Exhausted, pg.Reconnects, passes.Load(), pruned.Load())
