@@ -8,10 +8,17 @@ import (
 	"time"
 )
 
+type AgentLimit struct {
+	AgentID     string
+	MaxSessions int32
+	UpdatedAt   time.Time
+}
+
 type AgentSession struct {
 	ID          string
 	AgentID     string
 	IssuedAt    time.Time
 	ExpiresAt   time.Time
 	TokenDigest string
+	Metadata    []byte
 }

@@ -11,17 +11,38 @@ import (
 )
 
 const countAgentSessions = `-- name: CountAgentSessions :one
-SELECT count(*) FROM agent_sessions
+SELECT count(*) AS live,
+       coalesce((SELECT max_sessions FROM agent_limits l WHERE l.agent_id = $1), 0)::integer AS override
+FROM agent_sessions
+WHERE agent_sessions.agent_id = $1
+`
+
+type CountAgentSessionsRow struct {
+	Live     int64
+	Override int32
+}
+
+// Runs right after DeleteExpiredAgentSessions in the same transaction, so
+// every row left for the agent is live by the caller's clock. The agent's
+// limit override (0 when there is none) comes back in the same round trip.
+func (q *Queries) CountAgentSessions(ctx context.Context, agentID string) (CountAgentSessionsRow, error) {
+	row := q.db.QueryRow(ctx, countAgentSessions, agentID)
+	var i CountAgentSessionsRow
+	err := row.Scan(&i.Live, &i.Override)
+	return i, err
+}
+
+const deleteAgentSessions = `-- name: DeleteAgentSessions :execrows
+DELETE FROM agent_sessions
 WHERE agent_id = $1
 `
 
-// Runs right after DeleteExpiredAgentSessions in the same transaction, so
-// every row left for the agent is live by the caller's clock.
-func (q *Queries) CountAgentSessions(ctx context.Context, agentID string) (int64, error) {
-	row := q.db.QueryRow(ctx, countAgentSessions, agentID)
-	var count int64
-	err := row.Scan(&count)
-	return count, err
+func (q *Queries) DeleteAgentSessions(ctx context.Context, agentID string) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteAgentSessions, agentID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const deleteExpiredAgentSessions = `-- name: DeleteExpiredAgentSessions :execrows
@@ -57,8 +78,77 @@ func (q *Queries) DeleteSession(ctx context.Context, id string) (int64, error) {
 	return result.RowsAffected(), nil
 }
 
+const evictOldestAgentSessions = `-- name: EvictOldestAgentSessions :many
+DELETE FROM agent_sessions
+WHERE id IN (
+    SELECT s.id FROM agent_sessions s
+    WHERE s.agent_id = $1
+    ORDER BY s.issued_at, s.id
+    LIMIT $2
+)
+RETURNING id
+`
+
+type EvictOldestAgentSessionsParams struct {
+	AgentID string
+	N       int32
+}
+
+// Makes room under the evict-oldest policy: the agent's n oldest sessions,
+// ties broken by ID so every instance picks the same ones.
+func (q *Queries) EvictOldestAgentSessions(ctx context.Context, arg EvictOldestAgentSessionsParams) ([]string, error) {
+	rows, err := q.db.Query(ctx, evictOldestAgentSessions, arg.AgentID, arg.N)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const extendSession = `-- name: ExtendSession :execrows
+UPDATE agent_sessions
+SET expires_at = $1, token_digest = $2
+WHERE id = $3 AND token_digest = $4 AND expires_at > $5
+`
+
+type ExtendSessionParams struct {
+	ExpiresAt time.Time
+	NewDigest string
+	ID        string
+	OldDigest string
+	Now       time.Time
+}
+
+// Refresh: only the holder of the current token (its digest) can extend a
+// live session, and concurrent refreshes of one token cannot both win: the
+// second re-checks the WHERE clause after the first commits.
+func (q *Queries) ExtendSession(ctx context.Context, arg ExtendSessionParams) (int64, error) {
+	result, err := q.db.Exec(ctx, extendSession,
+		arg.ExpiresAt,
+		arg.NewDigest,
+		arg.ID,
+		arg.OldDigest,
+		arg.Now,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const getSession = `-- name: GetSession :one
-SELECT id, agent_id, issued_at, expires_at, token_digest
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
 FROM agent_sessions
 WHERE id = $1
 `
@@ -72,13 +162,14 @@ func (q *Queries) GetSession(ctx context.Context, id string) (AgentSession, erro
 		&i.IssuedAt,
 		&i.ExpiresAt,
 		&i.TokenDigest,
+		&i.Metadata,
 	)
 	return i, err
 }
 
 const insertSession = `-- name: InsertSession :exec
-INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
+VALUES ($1, $2, $3, $4, $5, $6)
 `
 
 type InsertSessionParams struct {
@@ -87,6 +178,7 @@ type InsertSessionParams struct {
 	IssuedAt    time.Time
 	ExpiresAt   time.Time
 	TokenDigest string
+	Metadata    []byte
 }
 
 func (q *Queries) InsertSession(ctx context.Context, arg InsertSessionParams) error {
@@ -96,6 +188,46 @@ func (q *Queries) InsertSession(ctx context.Context, arg InsertSessionParams) er
 		arg.IssuedAt,
 		arg.ExpiresAt,
 		arg.TokenDigest,
+		arg.Metadata,
 	)
 	return err
+}
+
+const listAgentSessions = `-- name: ListAgentSessions :many
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
+FROM agent_sessions
+WHERE agent_id = $1 AND expires_at > $2
+ORDER BY issued_at, id
+`
+
+type ListAgentSessionsParams struct {
+	AgentID string
+	Now     time.Time
+}
+
+func (q *Queries) ListAgentSessions(ctx context.Context, arg ListAgentSessionsParams) ([]AgentSession, error) {
+	rows, err := q.db.Query(ctx, listAgentSessions, arg.AgentID, arg.Now)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []AgentSession
+	for rows.Next() {
+		var i AgentSession
+		if err := rows.Scan(
+			&i.ID,
+			&i.AgentID,
+			&i.IssuedAt,
+			&i.ExpiresAt,
+			&i.TokenDigest,
+			&i.Metadata,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -1,5 +1,5 @@
 -- name: GetSession :one
-SELECT id, agent_id, issued_at, expires_at, token_digest
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
 FROM agent_sessions
 WHERE id = $1;
 
@@ -15,10 +15,43 @@ WHERE agent_id = @agent_id AND expires_at <= @now;
 
 -- name: CountAgentSessions :one
 -- Runs right after DeleteExpiredAgentSessions in the same transaction, so
--- every row left for the agent is live by the caller's clock.
-SELECT count(*) FROM agent_sessions
-WHERE agent_id = @agent_id;
+-- every row left for the agent is live by the caller's clock. The agent's
+-- limit override (0 when there is none) comes back in the same round trip.
+SELECT count(*) AS live,
+       coalesce((SELECT max_sessions FROM agent_limits l WHERE l.agent_id = @agent_id), 0)::integer AS override
+FROM agent_sessions
+WHERE agent_sessions.agent_id = @agent_id;
+
+-- name: EvictOldestAgentSessions :many
+-- Makes room under the evict-oldest policy: the agent's n oldest sessions,
+-- ties broken by ID so every instance picks the same ones.
+DELETE FROM agent_sessions
+WHERE id IN (
+    SELECT s.id FROM agent_sessions s
+    WHERE s.agent_id = @agent_id
+    ORDER BY s.issued_at, s.id
+    LIMIT @n
+)
+RETURNING id;
 
 -- name: InsertSession :exec
-INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest)
-VALUES (@id, @agent_id, @issued_at, @expires_at, @token_digest);
+INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
+VALUES (@id, @agent_id, @issued_at, @expires_at, @token_digest, @metadata);
+
+-- name: ListAgentSessions :many
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
+FROM agent_sessions
+WHERE agent_id = @agent_id AND expires_at > @now
+ORDER BY issued_at, id;
+
+-- name: DeleteAgentSessions :execrows
+DELETE FROM agent_sessions
+WHERE agent_id = @agent_id;
+
+-- name: ExtendSession :execrows
+-- Refresh: only the holder of the current token (its digest) can extend a
+-- live session, and concurrent refreshes of one token cannot both win: the
+-- second re-checks the WHERE clause after the first commits.
+UPDATE agent_sessions
+SET expires_at = @expires_at, token_digest = @new_digest
+WHERE id = @id AND token_digest = @old_digest AND expires_at > @now;
