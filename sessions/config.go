@@ -20,6 +20,44 @@ const (
 	MaxSessionIDLength = 128
 )
 
+// DefaultMaxLifetime is [Config.MaxLifetime]'s default when TTL is shorter.
+const DefaultMaxLifetime = 24 * time.Hour
+
+// LimitPolicy says what Issue does for an agent already at its limit.
+type LimitPolicy int
+
+const (
+	// PolicyReject refuses the new session with a [LimitError], as the
+	// reference does. Existing sessions are never disturbed.
+	PolicyReject LimitPolicy = iota
+	// PolicyEvictOldest revokes the agent's oldest live session(s) to make
+	// room, in the same atomic step as the insert, so the limit still holds
+	// across instances. Issue reports the revoked IDs in [Issued.Evicted].
+	PolicyEvictOldest
+)
+
+// String returns the policy's name as [ParseLimitPolicy] accepts it.
+func (p LimitPolicy) String() string {
+	switch p {
+	case PolicyReject:
+		return "reject"
+	case PolicyEvictOldest:
+		return "evict-oldest"
+	}
+	return fmt.Sprintf("LimitPolicy(%d)", int(p))
+}
+
+// ParseLimitPolicy returns the policy named "reject" or "evict-oldest".
+func ParseLimitPolicy(name string) (LimitPolicy, error) {
+	switch name {
+	case "reject":
+		return PolicyReject, nil
+	case "evict-oldest":
+		return PolicyEvictOldest, nil
+	}
+	return 0, &ConfigError{Field: "Policy", Reason: fmt.Sprintf("%q is not one of reject, evict-oldest", name)}
+}
+
 // maxExpiry is the latest expiry a session may have: 9999-12-31T23:59:59Z.
 // Both stores can represent it, and a clock or TTL that goes beyond it is a
 // configuration error rather than a store failure at issue time.
@@ -52,6 +90,24 @@ type Config struct {
 	// unique. Default: 128 bits from crypto/rand as 32 lowercase hex digits.
 	NewID func() (string, error)
 
+	// PreviousSecrets are secrets tokens may still be signed with while the
+	// secret is being rotated: Authenticate, Verify and Refresh accept a
+	// token signed with Secret or any of these; Issue and Refresh sign with
+	// Secret only. To rotate, deploy the new Secret with the old one here,
+	// then drop the old one once every token signed with it has expired
+	// (at most MaxLifetime later). Default: none.
+	PreviousSecrets [][]byte
+
+	// Policy is what Issue does when the agent is at its limit. Default:
+	// PolicyReject, the reference's behaviour.
+	Policy LimitPolicy
+
+	// MaxLifetime bounds how long a session can live from issue, however
+	// often it is refreshed: Refresh never sets an expiry past IssuedAt +
+	// MaxLifetime. Must not be below TTL. Default: 24 hours, or TTL if
+	// that is longer (so refreshing extends nothing).
+	MaxLifetime time.Duration
+
 	// Logger receives debug records about denials and warnings about store
 	// failures. It never receives tokens or the secret. Default: discards.
 	Logger *slog.Logger
@@ -69,12 +125,29 @@ func (c *Config) validate() error {
 		return &ConfigError{Field: "TTL", Reason: "must be at least 1s (tokens carry whole seconds)"}
 	case c.Limit <= 0:
 		return &ConfigError{Field: "Limit", Reason: "must be > 0"}
+	case c.MaxLifetime != 0 && c.MaxLifetime < c.TTL:
+		return &ConfigError{Field: "MaxLifetime", Reason: "must not be below TTL"}
+	case c.Policy != PolicyReject && c.Policy != PolicyEvictOldest:
+		return &ConfigError{Field: "Policy", Reason: fmt.Sprintf("unknown policy %d", c.Policy)}
+	}
+	for i, prev := range c.PreviousSecrets {
+		if len(prev) == 0 {
+			return &ConfigError{Field: fmt.Sprintf("PreviousSecrets[%d]", i), Reason: "must not be empty"}
+		}
 	}
 	return nil
 }
 
 func (c Config) withDefaults() Config {
 	c.Secret = append([]byte(nil), c.Secret...)
+	prev := make([][]byte, len(c.PreviousSecrets))
+	for i, p := range c.PreviousSecrets {
+		prev[i] = append([]byte(nil), p...)
+	}
+	c.PreviousSecrets = prev
+	if c.MaxLifetime == 0 {
+		c.MaxLifetime = max(DefaultMaxLifetime, c.TTL)
+	}
 	if c.Clock == nil {
 		c.Clock = time.Now
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,9 +48,9 @@ func (c *countingStore) Delete(ctx context.Context, id string) error {
 	c.calls.Add(1)
 	return c.Store.Delete(ctx, id)
 }
-func (c *countingStore) InsertIfBelowLimit(ctx context.Context, s sessions.Session, limit int, now time.Time) (bool, error) {
+func (c *countingStore) Insert(ctx context.Context, s sessions.Session, req sessions.InsertRequest) (sessions.InsertResult, error) {
 	c.calls.Add(1)
-	return c.Store.InsertIfBelowLimit(ctx, s, limit, now)
+	return c.Store.Insert(ctx, s, req)
 }
 
 const (
@@ -81,9 +82,9 @@ func newEnv(t *testing.T, store sessions.Store, limit int) *contractEnv {
 	return &contractEnv{store: store, clock: clock, mgr: m}
 }
 
-func mustIssue(t *testing.T, m *sessions.Manager, agentID string) sessions.Issued {
+func mustIssue(t *testing.T, m *sessions.Manager, agentID string, opts ...sessions.IssueOption) sessions.Issued {
 	t.Helper()
-	iss, err := m.Issue(context.Background(), agentID)
+	iss, err := m.Issue(context.Background(), agentID, opts...)
 	if err != nil {
 		t.Fatalf("issue for %s: %v", agentID, err)
 	}
@@ -115,11 +116,11 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s != iss.Session {
+		if !reflect.DeepEqual(s, iss.Session) {
 			t.Fatalf("authenticated %+v, issued %+v", s, iss.Session)
 		}
 		stored, found, err := e.store.Get(ctx, iss.Session.ID)
-		if err != nil || !found || stored != iss.Session {
+		if err != nil || !found || !reflect.DeepEqual(stored, iss.Session) {
 			t.Fatalf("store has %+v %v %v", stored, found, err)
 		}
 	})
@@ -324,8 +325,8 @@ func replace(t *testing.T, store sessions.Store, s sessions.Session, mutate func
 		t.Fatal(err)
 	}
 	mutate(&s)
-	if ok, err := store.InsertIfBelowLimit(ctx, s, 100, s.IssuedAt); err != nil || !ok {
-		t.Fatalf("re-insert: %v %v", ok, err)
+	if res, err := store.Insert(ctx, s, sessions.InsertRequest{Limit: 100, Now: s.IssuedAt}); err != nil || !res.Inserted {
+		t.Fatalf("re-insert: %+v %v", res, err)
 	}
 }
 
@@ -367,7 +368,7 @@ func TestDuplicateIDRefused(t *testing.T) {
 		if _, err := m.Issue(context.Background(), other); !errors.Is(err, sessions.ErrStore) {
 			t.Errorf("%s: second issue with the same id: %v, want ErrStore", name, err)
 		}
-		if s, _, _ := store.Get(context.Background(), "same"); s != first.Session {
+		if s, _, _ := store.Get(context.Background(), "same"); !reflect.DeepEqual(s, first.Session) {
 			t.Errorf("%s: first session was overwritten: %+v", name, s)
 		}
 	}

@@ -37,6 +37,15 @@ var (
 	// ...). See [StoreError]; the cause is in its chain too, so
 	// errors.Is(err, context.DeadlineExceeded) works.
 	ErrStore = errors.New("sessions: store failure")
+	// ErrInvalidMetadata: metadata given to [WithMetadata] has an empty
+	// key, invalid UTF-8, or is over [MaxMetadataBytes] encoded.
+	ErrInvalidMetadata = errors.New("sessions: invalid session metadata")
+	// ErrInvalidLimit: a per-agent limit is below 1 or above 2^31-1.
+	ErrInvalidLimit = errors.New("sessions: invalid limit")
+	// ErrLifetimeExceeded: Refresh was asked to extend a session that
+	// already expires at the end of its absolute lifetime
+	// ([Config.MaxLifetime]). The agent needs a new session.
+	ErrLifetimeExceeded = errors.New("sessions: session lifetime exceeded")
 )
 
 // ErrRetriesExhausted is in the chain of a [StoreError] when the PostgreSQL
@@ -105,7 +114,7 @@ func (e *AccessDeniedError) Is(target error) bool { return target == ErrAccessDe
 
 // StoreError wraps a failure of the underlying store.
 type StoreError struct {
-	Op  string // the store operation: "get", "delete", "insert"
+	Op  string // the store operation: "get", "delete", "insert", "list", "extend", ...
 	Err error  // the cause
 }
 

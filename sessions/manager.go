@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"log/slog"
+	"maps"
 	"math"
 	"time"
 )
@@ -12,16 +13,21 @@ import (
 // is safe for concurrent use. Every manager sharing a store (and a secret)
 // sees the same sessions, and the per-agent limit holds across all of them.
 type Manager struct {
-	store Store
-	cfg   Config
-	ttl   uint64 // whole seconds
+	store       Store
+	cfg         Config
+	ttl         uint64 // whole seconds
+	maxLifetime uint64 // whole seconds
 }
 
-// Issued is a freshly issued session and the token to hand to the agent.
-// The token is the only copy: the store keeps its digest.
+// Issued is a freshly issued (or refreshed) session and the token to hand
+// to the agent. The token is the only copy: the store keeps its digest.
 type Issued struct {
 	Token   string
 	Session Session
+
+	// Evicted lists the sessions Issue revoked to make room under
+	// PolicyEvictOldest; empty otherwise.
+	Evicted []string
 }
 
 // New returns a manager on store. It returns an error matching
@@ -35,22 +41,36 @@ func New(store Store, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	return &Manager{store: store, cfg: cfg, ttl: uint64(cfg.TTL / time.Second)}, nil
+	return &Manager{
+		store:       store,
+		cfg:         cfg,
+		ttl:         uint64(cfg.TTL / time.Second),
+		maxLifetime: uint64(cfg.MaxLifetime / time.Second),
+	}, nil
 }
 
-// Issue creates a session for agentID and returns it with its token. It
-// fails with a [LimitError] when the agent already holds Limit live
-// sessions, with [ErrInvalidAgentID] for a malformed agent ID, and with a
-// [StoreError] when the store fails. After a StoreError the session is
-// normally not stored; only if the connection broke while COMMIT was in
+// Issue creates a session for agentID and returns it with its token. At
+// the agent's limit (its override, else Config.Limit) it fails with a
+// [LimitError] under PolicyReject, and revokes the oldest sessions to make
+// room under PolicyEvictOldest. It fails with [ErrInvalidAgentID] for a
+// malformed agent ID, [ErrInvalidMetadata] for bad [WithMetadata] input,
+// and a [StoreError] when the store fails. After a StoreError the session
+// is normally not stored; only if the connection broke while COMMIT was in
 // flight may it have been, and then its token was never handed out, so it
 // merely holds one of the agent's slots until it expires (the limit errs
 // on the safe side).
 //
 // Unlike the reference, Issue and Authenticate validate agentID first
 // ([ValidateAgentID]), before any token check.
-func (m *Manager) Issue(ctx context.Context, agentID string) (Issued, error) {
+func (m *Manager) Issue(ctx context.Context, agentID string, opts ...IssueOption) (Issued, error) {
+	var o issueOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if err := ValidateAgentID(agentID); err != nil {
+		return Issued{}, err
+	}
+	if _, err := encodeMetadata(o.metadata); err != nil {
 		return Issued{}, err
 	}
 	now, err := m.now()
@@ -64,25 +84,29 @@ func (m *Manager) Issue(ctx context.Context, agentID string) (Issued, error) {
 	if m.ttl > maxExpiry-now {
 		return Issued{}, &ConfigError{Field: "TTL", Reason: "overflows the latest representable expiry at the current time"}
 	}
-	exp := now + m.ttl
-	token := encodeToken(m.cfg.Secret, payload{SID: sid, AID: agentID, Exp: exp})
-	s := Session{
-		ID:          sid,
-		AgentID:     agentID,
-		IssuedAt:    unixTime(now),
-		ExpiresAt:   unixTime(exp),
-		TokenDigest: tokenDigest(token),
-	}
-	ok, err := m.store.InsertIfBelowLimit(ctx, s, m.cfg.Limit, unixTime(now))
+	token, s := m.sign(Session{ID: sid, AgentID: agentID, IssuedAt: unixTime(now), Metadata: maps.Clone(o.metadata)}, now+m.ttl)
+	res, err := m.store.Insert(ctx, s, InsertRequest{Limit: m.cfg.Limit, Policy: m.cfg.Policy, Now: unixTime(now)})
 	if err != nil {
 		m.cfg.Logger.WarnContext(ctx, "sessions: issue failed", slog.String("agent_id", agentID), slog.Any("error", err))
 		return Issued{}, storeErr("insert", err)
 	}
-	if !ok {
-		m.cfg.Logger.DebugContext(ctx, "sessions: limit reached", slog.String("agent_id", agentID), slog.Int("limit", m.cfg.Limit))
-		return Issued{}, &LimitError{AgentID: agentID, Limit: m.cfg.Limit}
+	if !res.Inserted {
+		m.cfg.Logger.DebugContext(ctx, "sessions: limit reached", slog.String("agent_id", agentID), slog.Int("limit", res.Limit))
+		return Issued{}, &LimitError{AgentID: agentID, Limit: res.Limit}
 	}
-	return Issued{Token: token, Session: s}, nil
+	if len(res.Evicted) > 0 {
+		m.cfg.Logger.InfoContext(ctx, "sessions: evicted oldest sessions", slog.String("agent_id", agentID), slog.Int("evicted", len(res.Evicted)))
+	}
+	return Issued{Token: token, Session: s, Evicted: res.Evicted}, nil
+}
+
+// sign returns the token for s expiring at exp, and s with its expiry and
+// digest set.
+func (m *Manager) sign(s Session, exp uint64) (string, Session) {
+	token := encodeToken(m.cfg.Secret, payload{SID: s.ID, AID: s.AgentID, Exp: exp})
+	s.ExpiresAt = unixTime(exp)
+	s.TokenDigest = tokenDigest(token)
+	return token, s
 }
 
 // Authenticate checks token for agentID and returns its session. Checks run
@@ -104,38 +128,53 @@ func (m *Manager) Authenticate(ctx context.Context, token, agentID string) (Sess
 	if err := ValidateAgentID(agentID); err != nil {
 		return Session{}, err
 	}
-	p, err := parseToken(m.cfg.Secret, token)
+	s, _, err := m.authenticate(ctx, token, &agentID)
+	return s, err
+}
+
+// Verify is Authenticate for whichever agent the token names: for callers
+// that hold only the token, such as a transport whose session ID is the
+// token. The signature is checked before the token's agent ID is trusted.
+func (m *Manager) Verify(ctx context.Context, token string) (Session, error) {
+	s, _, err := m.authenticate(ctx, token, nil)
+	return s, err
+}
+
+// authenticate implements Authenticate (agentID set) and Verify (nil),
+// returning the session, the token's payload and the manager's clock.
+func (m *Manager) authenticate(ctx context.Context, token string, agentID *string) (Session, uint64, error) {
+	p, err := parseTokenRotating(m.cfg.Secret, m.cfg.PreviousSecrets, token)
 	if err != nil {
-		return Session{}, err
+		return Session{}, 0, err
 	}
-	if p.AID != agentID {
-		return Session{}, m.deny(ctx, ReasonAgentMismatch)
+	if agentID != nil && p.AID != *agentID {
+		return Session{}, 0, m.deny(ctx, ReasonAgentMismatch)
 	}
 	now, err := m.now()
 	if err != nil {
-		return Session{}, err
+		return Session{}, 0, err
 	}
 	if p.Exp <= now {
 		if err := m.store.Delete(ctx, p.SID); err != nil {
-			return Session{}, storeErr("delete", err)
+			return Session{}, 0, storeErr("delete", err)
 		}
-		return Session{}, ErrSessionExpired
+		return Session{}, 0, ErrSessionExpired
 	}
 	s, found, err := m.store.Get(ctx, p.SID)
 	if err != nil {
 		m.cfg.Logger.WarnContext(ctx, "sessions: authenticate failed", slog.Any("error", err))
-		return Session{}, storeErr("get", err)
+		return Session{}, 0, storeErr("get", err)
 	}
 	if !found {
-		return Session{}, m.deny(ctx, ReasonUnknownSession)
+		return Session{}, 0, m.deny(ctx, ReasonUnknownSession)
 	}
 	if s.AgentID != p.AID || s.ExpiresAt.Unix() < 0 || uint64(s.ExpiresAt.Unix()) != p.Exp {
-		return Session{}, m.deny(ctx, ReasonMetadataMismatch)
+		return Session{}, 0, m.deny(ctx, ReasonMetadataMismatch)
 	}
 	if subtle.ConstantTimeCompare([]byte(s.TokenDigest), []byte(tokenDigest(token))) != 1 {
-		return Session{}, m.deny(ctx, ReasonDigestMismatch)
+		return Session{}, 0, m.deny(ctx, ReasonDigestMismatch)
 	}
-	return s, nil
+	return s, now, nil
 }
 
 // Revoke deletes the session with this ID. Revoking a session that does not

@@ -1,7 +1,10 @@
 package sessions
 
 import (
+	"cmp"
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -9,18 +12,27 @@ import (
 // MemoryStore is a [Store] held in process memory, with the reference
 // implementation's semantics. It suits tests and single-instance services:
 // sessions are lost on restart and the limit holds only within the process.
+// It implements [AgentStore], [RefreshStore] and [LimitStore].
 // The zero value is not usable; call [NewMemoryStore].
 type MemoryStore struct {
 	mu      sync.Mutex
 	byID    map[string]Session
 	byAgent map[string]map[string]struct{} // agent ID -> session IDs
+	limits  map[string]int
 }
+
+var (
+	_ AgentStore   = (*MemoryStore)(nil)
+	_ RefreshStore = (*MemoryStore)(nil)
+	_ LimitStore   = (*MemoryStore)(nil)
+)
 
 // NewMemoryStore returns an empty in-memory store.
 func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{
 		byID:    make(map[string]Session),
 		byAgent: make(map[string]map[string]struct{}),
+		limits:  make(map[string]int),
 	}
 }
 
@@ -32,7 +44,7 @@ func (m *MemoryStore) Get(ctx context.Context, id string) (Session, bool, error)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s, ok := m.byID[id]
-	return s, ok, nil
+	return cloneSession(s), ok, nil
 }
 
 // Delete implements [Store].
@@ -46,39 +58,137 @@ func (m *MemoryStore) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-// InsertIfBelowLimit implements [Store]. Unlike the reference, which prunes
-// every agent's expired sessions here, it prunes only s.AgentID's, as the
+// Insert implements [Store]. Unlike the reference, which prunes every
+// agent's expired sessions here, it prunes only s.AgentID's, as the
 // PostgreSQL store does; other agents' expired sessions stay until looked up
 // or pruned.
-func (m *MemoryStore) InsertIfBelowLimit(ctx context.Context, s Session, limit int, now time.Time) (bool, error) {
+func (m *MemoryStore) Insert(ctx context.Context, s Session, req InsertRequest) (InsertResult, error) {
+	if err := ctx.Err(); err != nil {
+		return InsertResult{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id := range m.byAgent[s.AgentID] {
+		if !m.byID[id].ExpiresAt.After(req.Now) {
+			m.deleteLocked(id)
+		}
+	}
+	res := InsertResult{Limit: req.Limit}
+	if n, ok := m.limits[s.AgentID]; ok {
+		res.Limit = n
+	}
+	if _, dup := m.byID[s.ID]; dup {
+		return InsertResult{}, &StoreError{Op: "insert", Err: errDuplicateID}
+	}
+	if excess := len(m.byAgent[s.AgentID]) - res.Limit + 1; excess > 0 {
+		if req.Policy != PolicyEvictOldest {
+			return res, nil
+		}
+		for _, old := range m.agentLocked(s.AgentID, time.Time{})[:excess] {
+			m.deleteLocked(old.ID)
+			res.Evicted = append(res.Evicted, old.ID)
+		}
+	}
+	m.byID[s.ID] = cloneSession(s)
+	if m.byAgent[s.AgentID] == nil {
+		m.byAgent[s.AgentID] = make(map[string]struct{})
+	}
+	m.byAgent[s.AgentID][s.ID] = struct{}{}
+	res.Inserted = true
+	return res, nil
+}
+
+// ListAgent implements [AgentStore].
+func (m *MemoryStore) ListAgent(ctx context.Context, agentID string, now time.Time) ([]Session, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.agentLocked(agentID, now), nil
+}
+
+// DeleteAgent implements [AgentStore].
+func (m *MemoryStore) DeleteAgent(ctx context.Context, agentID string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := len(m.byAgent[agentID])
+	for id := range m.byAgent[agentID] {
+		m.deleteLocked(id)
+	}
+	return n, nil
+}
+
+// Extend implements [RefreshStore].
+func (m *MemoryStore) Extend(ctx context.Context, id, oldDigest string, expiresAt time.Time, newDigest string, now time.Time) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	ids := m.byAgent[s.AgentID]
-	for id := range ids {
-		if !m.byID[id].ExpiresAt.After(now) {
-			m.deleteLocked(id)
-		}
-	}
-	if len(m.byAgent[s.AgentID]) >= limit {
+	s, ok := m.byID[id]
+	if !ok || s.TokenDigest != oldDigest || !s.ExpiresAt.After(now) {
 		return false, nil
 	}
-	if _, dup := m.byID[s.ID]; dup {
-		return false, &StoreError{Op: "insert", Err: errDuplicateID}
-	}
-	m.byID[s.ID] = s
-	if m.byAgent[s.AgentID] == nil {
-		m.byAgent[s.AgentID] = make(map[string]struct{})
-	}
-	m.byAgent[s.AgentID][s.ID] = struct{}{}
+	s.ExpiresAt, s.TokenDigest = expiresAt, newDigest
+	m.byID[id] = s
 	return true, nil
 }
 
+// AgentLimit implements [LimitStore].
+func (m *MemoryStore) AgentLimit(ctx context.Context, agentID string) (int, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, ok := m.limits[agentID]
+	return n, ok, nil
+}
+
+// SetAgentLimit implements [LimitStore].
+func (m *MemoryStore) SetAgentLimit(ctx context.Context, agentID string, limit int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.limits[agentID] = limit
+	return nil
+}
+
+// DeleteAgentLimit implements [LimitStore].
+func (m *MemoryStore) DeleteAgentLimit(ctx context.Context, agentID string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.limits[agentID]
+	delete(m.limits, agentID)
+	return ok, nil
+}
+
+// AgentLimits implements [LimitStore].
+func (m *MemoryStore) AgentLimits(ctx context.Context) ([]AgentLimitOverride, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]AgentLimitOverride, 0, len(m.limits))
+	for _, id := range slices.Sorted(maps.Keys(m.limits)) {
+		out = append(out, AgentLimitOverride{AgentID: id, Limit: m.limits[id]})
+	}
+	return out, nil
+}
+
 // PruneExpired deletes every session that expired at or before now and
-// returns how many. InsertIfBelowLimit prunes only the issuing agent's
-// sessions, so a long-running process should call this now and then.
+// returns how many. Insert prunes only the issuing agent's sessions, so a
+// long-running process should call this now and then.
 func (m *MemoryStore) PruneExpired(now time.Time) int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -92,6 +202,20 @@ func (m *MemoryStore) PruneExpired(now time.Time) int {
 	return n
 }
 
+// agentLocked returns the agent's sessions expiring after now, oldest first.
+func (m *MemoryStore) agentLocked(agentID string, now time.Time) []Session {
+	var out []Session
+	for id := range m.byAgent[agentID] {
+		if s := m.byID[id]; s.ExpiresAt.After(now) {
+			out = append(out, cloneSession(s))
+		}
+	}
+	slices.SortFunc(out, func(a, b Session) int {
+		return cmp.Or(a.IssuedAt.Compare(b.IssuedAt), cmp.Compare(a.ID, b.ID))
+	})
+	return out
+}
+
 func (m *MemoryStore) deleteLocked(id string) {
 	s, ok := m.byID[id]
 	if !ok {
@@ -103,4 +227,11 @@ func (m *MemoryStore) deleteLocked(id string) {
 	if len(ids) == 0 {
 		delete(m.byAgent, s.AgentID)
 	}
+}
+
+// cloneSession copies the metadata map so callers cannot change what the
+// store holds.
+func cloneSession(s Session) Session {
+	s.Metadata = maps.Clone(s.Metadata)
+	return s
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"sync/atomic"
@@ -73,7 +74,7 @@ type pgStats struct {
 // PostgresStats counts one store's limit-check transactions and the reruns
 // of all its calls.
 type PostgresStats struct {
-	Transactions uint64 // InsertIfBelowLimit calls
+	Transactions uint64 // Insert calls
 	Retries      uint64 // attempts retried after 40001/40P01 (any call)
 	Exhausted    uint64 // calls that gave up with ErrRetriesExhausted
 	Reconnects   uint64 // attempts rerun because their connection broke before commit
@@ -116,14 +117,9 @@ func (p *PostgresStore) Get(ctx context.Context, id string) (s Session, found bo
 		if err != nil {
 			return err
 		}
-		s, found = Session{
-			ID:          row.ID,
-			AgentID:     row.AgentID,
-			IssuedAt:    row.IssuedAt.UTC(),
-			ExpiresAt:   row.ExpiresAt.UTC(),
-			TokenDigest: row.TokenDigest,
-		}, true
-		return nil
+		s, err = sessionFromRow(row)
+		found = err == nil
+		return err
 	})
 	return s, found, err
 }
@@ -136,18 +132,111 @@ func (p *PostgresStore) Delete(ctx context.Context, id string) error {
 	})
 }
 
-// InsertIfBelowLimit implements [Store] with one SERIALIZABLE transaction:
-// delete the agent's expired rows, count the rest, insert if below limit.
-// Serialization failures and deadlocks are retried with jittered
-// exponential backoff up to MaxAttempts; the caller sees them only as
-// [ErrRetriesExhausted].
-func (p *PostgresStore) InsertIfBelowLimit(ctx context.Context, s Session, limit int, now time.Time) (inserted bool, err error) {
+// Insert implements [Store] with one SERIALIZABLE transaction: delete the
+// agent's expired rows, count the rest and read its override, evict or
+// give up at the limit, insert. Serialization failures and deadlocks are
+// retried with jittered exponential backoff up to MaxAttempts; the caller
+// sees them only as [ErrRetriesExhausted].
+func (p *PostgresStore) Insert(ctx context.Context, s Session, req InsertRequest) (res InsertResult, err error) {
+	md, err := encodeMetadata(s.Metadata)
+	if err != nil {
+		return InsertResult{}, err
+	}
 	p.stats.transactions.Add(1)
 	err = p.retry(ctx, "insert", func() (err error) {
-		inserted, err = p.insertTx(ctx, s, limit, now)
+		res, err = p.insertTx(ctx, s, md, req)
 		return err
 	})
-	return inserted && err == nil, err
+	if err != nil {
+		return InsertResult{}, err
+	}
+	return res, nil
+}
+
+// ListAgent implements [AgentStore].
+func (p *PostgresStore) ListAgent(ctx context.Context, agentID string, now time.Time) (out []Session, err error) {
+	err = p.retry(ctx, "list", func() error {
+		rows, err := p.q.ListAgentSessions(ctx, db.ListAgentSessionsParams{AgentID: agentID, Now: now})
+		if err != nil {
+			return err
+		}
+		out = make([]Session, len(rows))
+		for i, row := range rows {
+			if out[i], err = sessionFromRow(row); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// DeleteAgent implements [AgentStore].
+func (p *PostgresStore) DeleteAgent(ctx context.Context, agentID string) (n int, err error) {
+	err = p.retry(ctx, "delete agent", func() error {
+		rows, err := p.q.DeleteAgentSessions(ctx, agentID)
+		n = int(rows)
+		return err
+	})
+	return n, err
+}
+
+// Extend implements [RefreshStore] with one UPDATE.
+func (p *PostgresStore) Extend(ctx context.Context, id, oldDigest string, expiresAt time.Time, newDigest string, now time.Time) (ok bool, err error) {
+	err = p.retry(ctx, "extend", func() error {
+		rows, err := p.q.ExtendSession(ctx, db.ExtendSessionParams{
+			ID: id, OldDigest: oldDigest, ExpiresAt: expiresAt, NewDigest: newDigest, Now: now,
+		})
+		ok = rows == 1
+		return err
+	})
+	return ok, err
+}
+
+// AgentLimit implements [LimitStore].
+func (p *PostgresStore) AgentLimit(ctx context.Context, agentID string) (limit int, found bool, err error) {
+	err = p.retry(ctx, "get limit", func() error {
+		n, err := p.q.GetAgentLimit(ctx, agentID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		limit, found = int(n), err == nil
+		return err
+	})
+	return limit, found, err
+}
+
+// SetAgentLimit implements [LimitStore].
+func (p *PostgresStore) SetAgentLimit(ctx context.Context, agentID string, limit int) error {
+	if limit < 1 || limit > math.MaxInt32 {
+		return fmt.Errorf("limit %d out of range [1, %d]", limit, math.MaxInt32)
+	}
+	return p.retry(ctx, "set limit", func() error {
+		return p.q.SetAgentLimit(ctx, db.SetAgentLimitParams{AgentID: agentID, MaxSessions: int32(limit)})
+	})
+}
+
+// DeleteAgentLimit implements [LimitStore].
+func (p *PostgresStore) DeleteAgentLimit(ctx context.Context, agentID string) (found bool, err error) {
+	err = p.retry(ctx, "delete limit", func() error {
+		n, err := p.q.DeleteAgentLimit(ctx, agentID)
+		found = n > 0
+		return err
+	})
+	return found, err
+}
+
+// AgentLimits implements [LimitStore].
+func (p *PostgresStore) AgentLimits(ctx context.Context) (out []AgentLimitOverride, err error) {
+	err = p.retry(ctx, "list limits", func() error {
+		rows, err := p.q.ListAgentLimits(ctx)
+		out = make([]AgentLimitOverride, len(rows))
+		for i, r := range rows {
+			out[i] = AgentLimitOverride{AgentID: r.AgentID, Limit: int(r.MaxSessions)}
+		}
+		return err
+	})
+	return out, err
 }
 
 // maxReconnects bounds how often one call is rerun because its connection
@@ -167,6 +256,9 @@ func (p *PostgresStore) retry(ctx context.Context, op string, attempt func() err
 		switch {
 		case err == nil:
 			return nil
+		case ctx.Err() != nil && isSerializationFailure(err):
+			// As below: a serialization failure never reaches callers raw.
+			return &StoreError{Op: op, Err: fmt.Errorf("%w while retrying a serialization failure", ctx.Err())}
 		case ctx.Err() != nil:
 			return p.wrap(ctx, op, err)
 		case isSerializationFailure(err):
@@ -190,31 +282,44 @@ func (p *PostgresStore) retry(ctx context.Context, op string, attempt func() err
 	}
 }
 
-func (p *PostgresStore) insertTx(ctx context.Context, s Session, limit int, now time.Time) (inserted bool, err error) {
+func (p *PostgresStore) insertTx(ctx context.Context, s Session, md []byte, req InsertRequest) (res InsertResult, err error) {
 	tx, err := p.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable})
 	if err != nil {
-		return false, err
+		return res, err
 	}
 	defer func() {
-		if err != nil || !inserted {
+		if err != nil || !res.Inserted {
 			// Rollback on a broken connection fails too; the server aborts
 			// the transaction when the connection closes either way.
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
 	q := p.q.WithTx(tx)
-	if _, err := q.DeleteExpiredAgentSessions(ctx, db.DeleteExpiredAgentSessionsParams{AgentID: s.AgentID, Now: now}); err != nil {
-		return false, err
+	if _, err := q.DeleteExpiredAgentSessions(ctx, db.DeleteExpiredAgentSessionsParams{AgentID: s.AgentID, Now: req.Now}); err != nil {
+		return res, err
 	}
-	n, err := q.CountAgentSessions(ctx, s.AgentID)
+	row, err := q.CountAgentSessions(ctx, s.AgentID)
 	if err != nil {
-		return false, err
+		return res, err
 	}
-	if n >= int64(limit) {
-		// Commit, not roll back: the prune above is worth keeping, and a
-		// commit is what lets PostgreSQL check this read against
-		// concurrent inserts (it may still fail with 40001 and be retried).
-		return false, commit(ctx, tx)
+	res.Limit = req.Limit
+	if row.Override > 0 {
+		res.Limit = int(row.Override)
+	}
+	if excess := row.Live - int64(res.Limit) + 1; excess > 0 {
+		if req.Policy != PolicyEvictOldest {
+			// Commit, not roll back: the prune above is worth keeping, and
+			// a commit is what lets PostgreSQL check this read against
+			// concurrent inserts (it may still fail with 40001 and be
+			// retried).
+			return res, commit(ctx, tx)
+		}
+		res.Evicted, err = q.EvictOldestAgentSessions(ctx, db.EvictOldestAgentSessionsParams{
+			AgentID: s.AgentID, N: int32(min(excess, math.MaxInt32)),
+		})
+		if err != nil {
+			return res, err
+		}
 	}
 	err = q.InsertSession(ctx, db.InsertSessionParams{
 		ID:          s.ID,
@@ -222,14 +327,31 @@ func (p *PostgresStore) insertTx(ctx context.Context, s Session, limit int, now 
 		IssuedAt:    s.IssuedAt,
 		ExpiresAt:   s.ExpiresAt,
 		TokenDigest: s.TokenDigest,
+		Metadata:    md,
 	})
 	if err != nil {
-		return false, err
+		return res, err
 	}
 	if err := commit(ctx, tx); err != nil {
-		return false, err
+		return res, err
 	}
-	return true, nil
+	res.Inserted = true
+	return res, nil
+}
+
+func sessionFromRow(row db.AgentSession) (Session, error) {
+	md, err := decodeMetadata(row.Metadata)
+	if err != nil {
+		return Session{}, err
+	}
+	return Session{
+		ID:          row.ID,
+		AgentID:     row.AgentID,
+		IssuedAt:    row.IssuedAt.UTC(),
+		ExpiresAt:   row.ExpiresAt.UTC(),
+		TokenDigest: row.TokenDigest,
+		Metadata:    md,
+	}, nil
 }
 
 // commitError marks a failure of COMMIT itself. A serialization failure

@@ -213,7 +213,7 @@ func TestInvariantAfterExpiry(t *testing.T) {
 	}
 }
 
-// conflictingInsert makes InsertIfBelowLimit hit a serialization failure
+// conflictingInsert makes Insert hit a serialization failure
 // on its first attempt, deterministically: the agent has an expired row; a
 // second transaction deletes it and holds the row lock; the store's prune
 // blocks on that row; the second transaction commits; under SERIALIZABLE
@@ -242,10 +242,10 @@ func conflictingInsert(t *testing.T, d *testdb.DB, store *sessions.PostgresStore
 	}
 	done := make(chan result, 1)
 	go func() {
-		ok, err := store.InsertIfBelowLimit(ctx, sessions.Session{
+		res, err := store.Insert(ctx, sessions.Session{
 			ID: "new", AgentID: agent, IssuedAt: now, ExpiresAt: now.Add(time.Hour), TokenDigest: digest("y"),
-		}, 5, now)
-		done <- result{ok, err}
+		}, sessions.InsertRequest{Limit: 5, Now: now})
+		done <- result{res.Inserted, err}
 	}()
 	waitForBlocked(t, d, conn.PgConn().PID())
 	if err := tx.Commit(ctx); err != nil {

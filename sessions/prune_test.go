@@ -26,8 +26,8 @@ func seed(t *testing.T, store sessions.Store, expired, live int, now time.Time) 
 			ID: fmt.Sprintf("seed-%d", i), AgentID: fmt.Sprintf("agent-%d", i%7),
 			IssuedAt: exp.Add(-2 * time.Hour), ExpiresAt: exp, TokenDigest: digest(fmt.Sprint(i)),
 		}
-		if ok, err := store.InsertIfBelowLimit(ctx, s, 1<<20, s.IssuedAt); err != nil || !ok {
-			t.Fatalf("seed %d: %v %v", i, ok, err)
+		if res, err := store.Insert(ctx, s, sessions.InsertRequest{Limit: 1 << 20, Now: s.IssuedAt}); err != nil || !res.Inserted {
+			t.Fatalf("seed %d: %+v %v", i, res, err)
 		}
 	}
 }

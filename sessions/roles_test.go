@@ -16,8 +16,9 @@ import (
 )
 
 // The runtime role SECURITY.md recommends (USAGE on the schema; SELECT,
-// INSERT, DELETE on agent_sessions; nothing else) can do everything the
-// library does, and cannot change the schema or rewrite sessions.
+// INSERT, DELETE and UPDATE of the expiry and digest on agent_sessions;
+// SELECT on agent_limits) can do everything a service instance does, and
+// cannot change the schema, rewrite whose a session is, or change limits.
 func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -27,7 +28,8 @@ func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 	for _, stmt := range []string{
 		"CREATE ROLE " + role + " NOLOGIN",
 		"GRANT USAGE ON SCHEMA " + d.Schema + " TO " + role,
-		"GRANT SELECT, INSERT, DELETE ON agent_sessions TO " + role,
+		"GRANT SELECT, INSERT, DELETE, UPDATE (expires_at, token_digest) ON agent_sessions TO " + role,
+		"GRANT SELECT ON agent_limits TO " + role,
 	} {
 		if _, err := admin.Exec(ctx, stmt); err != nil {
 			t.Fatal(err)
@@ -50,7 +52,8 @@ func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 	}
 	pool := d.PoolWith(t, cfg)
 	store, _ := sessions.NewPostgresStore(pool, nil)
-	m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Minute, Limit: 1})
+	clock := newClock(1_700_000_000)
+	m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Minute, Limit: 1, Clock: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,14 +61,32 @@ func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 	if _, err := m.Authenticate(ctx, iss.Token, agent); err != nil {
 		t.Fatal(err)
 	}
+	clock.Advance(10 * time.Second)
+	if iss, err = m.Refresh(ctx, iss.Token, agent); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := m.List(ctx, agent); err != nil || len(list) != 1 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	if _, err := m.AgentLimit(ctx, agent); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetAgentLimit(ctx, agent, 9); !errors.Is(err, sessions.ErrStore) {
+		t.Errorf("runtime role could set a limit: %v", err)
+	}
 	if err := m.Revoke(ctx, iss.Session.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.RevokeAgent(ctx, agent); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := store.Prune(ctx, sessions.PruneConfig{LockID: rand.Int64()}); err != nil {
 		t.Fatal(err)
 	}
 	for _, stmt := range []string{
-		"UPDATE agent_sessions SET expires_at = expires_at + interval '1 year'",
+		"UPDATE agent_sessions SET agent_id = 'someone-else'",
+		"UPDATE agent_limits SET max_sessions = 1000",
+		"DELETE FROM agent_limits",
 		"TRUNCATE agent_sessions",
 		"DROP TABLE agent_sessions",
 		"CREATE TABLE t (x int)",

@@ -13,12 +13,22 @@ type Session struct {
 	IssuedAt    time.Time // whole seconds, UTC
 	ExpiresAt   time.Time // whole seconds, UTC; the token's exp
 	TokenDigest string
+
+	// Metadata is what the issuer attached with [WithMetadata]; nil when
+	// nothing was. It is descriptive only: nothing here is checked.
+	Metadata map[string]string
 }
 
 // Store persists sessions. Implementations must be safe for concurrent use,
-// and InsertIfBelowLimit must be atomic with respect to every other caller
-// of the same store, including those in other processes: that is what makes
-// the per-agent limit hold across instances.
+// and Insert must be atomic with respect to every other caller of the same
+// store, including those in other processes: that is what makes the
+// per-agent limit hold across instances.
+//
+// Store is all Issue, Authenticate, Verify and Revoke need. The [Manager]'s
+// other features need the optional [AgentStore], [RefreshStore] and
+// [LimitStore]; [MemoryStore] and [PostgresStore] implement all three, and
+// a manager on a store without one returns an error matching
+// [errors.ErrUnsupported] from the methods that need it.
 //
 // Errors returned by a Store are wrapped in a [StoreError] by the [Manager].
 type Store interface {
@@ -30,9 +40,69 @@ type Store interface {
 	// not exist is not an error.
 	Delete(ctx context.Context, id string) error
 
-	// InsertIfBelowLimit deletes s.AgentID's sessions that expired at or
-	// before now, counts the agent's remaining sessions and inserts s if
-	// there are fewer than limit, as one atomic step. It reports whether s
-	// was inserted.
-	InsertIfBelowLimit(ctx context.Context, s Session, limit int, now time.Time) (inserted bool, err error)
+	// Insert, as one atomic step: deletes s.AgentID's sessions that expired
+	// at or before req.Now; finds the agent's limit (its override in a
+	// LimitStore, else req.Limit); if the agent holds that many sessions or
+	// more, either gives up (PolicyReject) or deletes the oldest (by
+	// IssuedAt, then ID) until one slot is free (PolicyEvictOldest); then
+	// inserts s.
+	Insert(ctx context.Context, s Session, req InsertRequest) (InsertResult, error)
+}
+
+// InsertRequest says how [Store.Insert] enforces the limit.
+type InsertRequest struct {
+	Limit  int         // the default limit, used when the agent has no override
+	Policy LimitPolicy // what to do at the limit
+	Now    time.Time   // the caller's clock: sessions expiring at or before it are dead
+}
+
+// InsertResult reports what [Store.Insert] did.
+type InsertResult struct {
+	Inserted bool     // false only under PolicyReject, at the limit
+	Limit    int      // the limit that was applied
+	Evicted  []string // IDs of the sessions deleted to make room
+}
+
+// AgentStore is a [Store] that can list and delete one agent's sessions.
+type AgentStore interface {
+	// ListAgent returns the agent's sessions that expire after now, oldest
+	// (by IssuedAt, then ID) first.
+	ListAgent(ctx context.Context, agentID string, now time.Time) ([]Session, error)
+
+	// DeleteAgent deletes all of the agent's sessions, live or not, and
+	// returns how many it deleted.
+	DeleteAgent(ctx context.Context, agentID string) (int, error)
+}
+
+// RefreshStore is a [Store] that can extend a session.
+type RefreshStore interface {
+	// Extend sets the session's expiry and token digest, if it expires
+	// after now and its digest is still oldDigest, as one atomic step. It
+	// reports whether it did: false means the session is gone, expired, or
+	// was refreshed (or re-issued) by someone else first.
+	Extend(ctx context.Context, id, oldDigest string, expiresAt time.Time, newDigest string, now time.Time) (bool, error)
+}
+
+// LimitStore is a [Store] that keeps per-agent limit overrides, which its
+// Insert applies instead of [InsertRequest.Limit].
+type LimitStore interface {
+	// AgentLimit returns the agent's override; found is false when it has
+	// none.
+	AgentLimit(ctx context.Context, agentID string) (limit int, found bool, err error)
+
+	// SetAgentLimit creates or replaces the agent's override (limit >= 1).
+	SetAgentLimit(ctx context.Context, agentID string, limit int) error
+
+	// DeleteAgentLimit removes the agent's override and reports whether
+	// there was one.
+	DeleteAgentLimit(ctx context.Context, agentID string) (bool, error)
+
+	// AgentLimits returns every override, ordered by agent ID.
+	AgentLimits(ctx context.Context) ([]AgentLimitOverride, error)
+}
+
+// AgentLimitOverride is one agent's limit override.
+type AgentLimitOverride struct {
+	AgentID string
+	Limit   int
 }

@@ -91,6 +91,12 @@ func appendJSONString(b []byte, s string) []byte {
 // parseToken checks a token in the reference's order: shape, signature,
 // then payload. It does no I/O.
 func parseToken(secret []byte, token string) (payload, error) {
+	return parseTokenRotating(secret, nil, token)
+}
+
+// parseTokenRotating is parseToken accepting a signature by secret or by
+// any of previous (secret rotation).
+func parseTokenRotating(secret []byte, previous [][]byte, token string) (payload, error) {
 	if len(token) > MaxTokenLength {
 		return payload{}, ErrInvalidTokenFormat
 	}
@@ -98,7 +104,7 @@ func parseToken(secret []byte, token string) (payload, error) {
 	if !ok {
 		return payload{}, ErrInvalidTokenFormat
 	}
-	if !verifySignature(secret, body, sig) {
+	if !verifySignature(secret, previous, body, sig) {
 		return payload{}, ErrInvalidSignature
 	}
 	raw, ok := decodeB64(body)
@@ -112,11 +118,26 @@ func parseToken(secret []byte, token string) (payload, error) {
 	return p, nil
 }
 
-func verifySignature(secret []byte, body, sig string) bool {
+// verifySignature compares in constant time against each secret in turn.
+// Which secret matched may show in the timing; that tells an attacker
+// nothing about any secret.
+func verifySignature(secret []byte, previous [][]byte, body, sig string) bool {
 	provided, ok := decodeB64(sig)
 	if !ok {
 		return false
 	}
+	if macMatches(secret, body, provided) {
+		return true
+	}
+	for _, prev := range previous {
+		if macMatches(prev, body, provided) {
+			return true
+		}
+	}
+	return false
+}
+
+func macMatches(secret []byte, body string, provided []byte) bool {
 	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte(body))
 	return hmac.Equal(provided, mac.Sum(nil))

@@ -1,0 +1,188 @@
+package sessions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+)
+
+// unsupported is the error for a manager feature its store lacks.
+func unsupported(iface string) error {
+	return fmt.Errorf("%w: the store does not implement sessions.%s: %w", ErrInvalidConfig, iface, errors.ErrUnsupported)
+}
+
+// List returns the agent's live sessions, oldest first. It needs an
+// [AgentStore].
+func (m *Manager) List(ctx context.Context, agentID string) ([]Session, error) {
+	as, ok := m.store.(AgentStore)
+	if !ok {
+		return nil, unsupported("AgentStore")
+	}
+	if err := ValidateAgentID(agentID); err != nil {
+		return nil, err
+	}
+	now, err := m.now()
+	if err != nil {
+		return nil, err
+	}
+	out, err := as.ListAgent(ctx, agentID, unixTime(now))
+	if err != nil {
+		return nil, storeErr("list", err)
+	}
+	return out, nil
+}
+
+// RevokeAgent revokes every session of the agent ("log out everywhere")
+// and returns how many it deleted, expired ones included. It needs an
+// [AgentStore]. A session issued concurrently may survive: call it again
+// after stopping issuance if that matters.
+func (m *Manager) RevokeAgent(ctx context.Context, agentID string) (int, error) {
+	as, ok := m.store.(AgentStore)
+	if !ok {
+		return 0, unsupported("AgentStore")
+	}
+	if err := ValidateAgentID(agentID); err != nil {
+		return 0, err
+	}
+	n, err := as.DeleteAgent(ctx, agentID)
+	if err != nil {
+		return 0, storeErr("delete agent", err)
+	}
+	return n, nil
+}
+
+// Refresh extends a live session (sliding expiry) and returns a new token
+// for the same session ID. The token carries its expiry, so extending a
+// session means re-issuing its token: the new expiry is now+TTL, capped at
+// IssuedAt+MaxLifetime, and from then on only the new token is accepted.
+// The old one fails with [ReasonDigestMismatch] (or [ReasonMetadataMismatch])
+// like any superseded token; of two concurrent refreshes of one token
+// exactly one succeeds.
+//
+// token is checked exactly as Authenticate checks it. A session already at
+// the end of its lifetime gives [ErrLifetimeExceeded]; a refresh within
+// the same second as the token's expiry was set returns the token
+// unchanged. Refresh needs a [RefreshStore].
+func (m *Manager) Refresh(ctx context.Context, token, agentID string) (Issued, error) {
+	rs, ok := m.store.(RefreshStore)
+	if !ok {
+		return Issued{}, unsupported("RefreshStore")
+	}
+	if err := ValidateAgentID(agentID); err != nil {
+		return Issued{}, err
+	}
+	s, now, err := m.authenticate(ctx, token, &agentID)
+	if err != nil {
+		return Issued{}, err
+	}
+	exp, err := m.refreshedExpiry(s, now)
+	if err != nil {
+		return Issued{}, err
+	}
+	if exp == uint64(s.ExpiresAt.Unix()) {
+		return Issued{Token: token, Session: s}, nil
+	}
+	newToken, ns := m.sign(s, exp)
+	extended, err := rs.Extend(ctx, s.ID, s.TokenDigest, ns.ExpiresAt, ns.TokenDigest, unixTime(now))
+	if err != nil {
+		return Issued{}, storeErr("extend", err)
+	}
+	if !extended {
+		// Revoked, expired or refreshed by someone else since we looked.
+		return Issued{}, m.deny(ctx, ReasonDigestMismatch)
+	}
+	return Issued{Token: newToken, Session: ns}, nil
+}
+
+// refreshedExpiry returns min(now+TTL, IssuedAt+MaxLifetime), never less
+// than the current expiry.
+func (m *Manager) refreshedExpiry(s Session, now uint64) (uint64, error) {
+	cur := uint64(s.ExpiresAt.Unix())
+	issued := uint64(max(s.IssuedAt.Unix(), 0))
+	limit := min(issued+min(m.maxLifetime, maxExpiry-issued), maxExpiry)
+	if cur >= limit {
+		return 0, fmt.Errorf("%w: session %s expires at the end of its %s lifetime", ErrLifetimeExceeded, s.ID, m.cfg.MaxLifetime)
+	}
+	return max(cur, min(now+min(m.ttl, maxExpiry-now), limit)), nil
+}
+
+// AgentLimit is an agent's effective session limit.
+type AgentLimit struct {
+	Limit    int  // the override if there is one, else Config.Limit
+	Override bool // whether Limit comes from a per-agent override
+}
+
+// AgentLimit returns the limit Issue applies to the agent. It needs a
+// [LimitStore].
+func (m *Manager) AgentLimit(ctx context.Context, agentID string) (AgentLimit, error) {
+	ls, err := m.limitStore(agentID)
+	if err != nil {
+		return AgentLimit{}, err
+	}
+	n, found, err := ls.AgentLimit(ctx, agentID)
+	if err != nil {
+		return AgentLimit{}, storeErr("get limit", err)
+	}
+	if !found {
+		return AgentLimit{Limit: m.cfg.Limit}, nil
+	}
+	return AgentLimit{Limit: n, Override: true}, nil
+}
+
+// SetAgentLimit overrides Config.Limit for one agent, for every manager
+// sharing the store. Lowering a limit revokes nothing: the agent simply
+// cannot issue until it is under the new limit (or, under
+// PolicyEvictOldest, its next Issue evicts down to it). It fails with
+// [ErrInvalidLimit] unless 1 <= limit <= 2^31-1. It needs a [LimitStore].
+func (m *Manager) SetAgentLimit(ctx context.Context, agentID string, limit int) error {
+	ls, err := m.limitStore(agentID)
+	if err != nil {
+		return err
+	}
+	if limit < 1 || limit > math.MaxInt32 {
+		return fmt.Errorf("%w: %d is not in [1, %d]", ErrInvalidLimit, limit, math.MaxInt32)
+	}
+	if err := ls.SetAgentLimit(ctx, agentID, limit); err != nil {
+		return storeErr("set limit", err)
+	}
+	m.cfg.Logger.InfoContext(ctx, "sessions: agent limit set", slog.String("agent_id", agentID), slog.Int("limit", limit))
+	return nil
+}
+
+// DeleteAgentLimit removes the agent's override, so Config.Limit applies
+// again, and reports whether there was one. It needs a [LimitStore].
+func (m *Manager) DeleteAgentLimit(ctx context.Context, agentID string) (bool, error) {
+	ls, err := m.limitStore(agentID)
+	if err != nil {
+		return false, err
+	}
+	found, err := ls.DeleteAgentLimit(ctx, agentID)
+	if err != nil {
+		return false, storeErr("delete limit", err)
+	}
+	return found, nil
+}
+
+// ListAgentLimits returns every per-agent override, ordered by agent ID.
+// It needs a [LimitStore].
+func (m *Manager) ListAgentLimits(ctx context.Context) ([]AgentLimitOverride, error) {
+	ls, ok := m.store.(LimitStore)
+	if !ok {
+		return nil, unsupported("LimitStore")
+	}
+	out, err := ls.AgentLimits(ctx)
+	if err != nil {
+		return nil, storeErr("list limits", err)
+	}
+	return out, nil
+}
+
+func (m *Manager) limitStore(agentID string) (LimitStore, error) {
+	ls, ok := m.store.(LimitStore)
+	if !ok {
+		return nil, unsupported("LimitStore")
+	}
+	return ls, ValidateAgentID(agentID)
+}
