@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -93,4 +97,50 @@ func ExampleManager_Authenticate() {
 		fmt.Println("503: try again")
 	}
 	// Output: 401: bad token
+}
+
+// Protect an agent-facing HTTP API: requests carry the session token as a
+// bearer token and the agent ID in X-Agent-ID; handlers read the session
+// from the request context.
+func ExampleMiddleware() {
+	ctx := context.Background()
+	m, err := sessions.New(sessions.NewMemoryStore(), sessions.Config{
+		Secret: []byte("use-32-random-bytes-in-production"),
+		TTL:    15 * time.Minute,
+		Limit:  2,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	tools := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := sessions.SessionFromContext(r.Context())
+		fmt.Fprintf(w, "hello %s", s.AgentID)
+	})
+	srv := httptest.NewServer(sessions.Middleware(m, sessions.MiddlewareConfig{})(tools))
+	defer srv.Close()
+
+	issued, err := m.Issue(ctx, "did:agentmesh:planner")
+	if err != nil {
+		log.Fatal(err)
+	}
+	call := func(token, agentID string) {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/tools", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("X-Agent-ID", agentID)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		fmt.Println(resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	call(issued.Token, "did:agentmesh:planner")
+	call(issued.Token, "did:agentmesh:critic")
+	_ = m.Revoke(ctx, issued.Session.ID)
+	call(issued.Token, "did:agentmesh:planner")
+	// Output:
+	// 200 hello did:agentmesh:planner
+	// 403 {"error":{"code":"forbidden","message":"the token belongs to another agent"}}
+	// 401 {"error":{"code":"unauthorized","message":"the session is unknown or has been revoked"}}
 }
