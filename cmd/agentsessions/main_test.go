@@ -43,17 +43,17 @@ func TestMigrateLifecycle(t *testing.T) {
 		t.Fatal("no agent_sessions table after up")
 	}
 	step("no pending migrations", "migrate", "up")
-	step("2", "migrate", "version")
+	step("3", "migrate", "version")
 	step("applied", "migrate", "status")
 	step("down 00001_create_agent_sessions.sql", "migrate", "down", "--to", "0")
 	if tableExists() {
 		t.Fatal("agent_sessions still there after down to 0")
 	}
 	step("0", "migrate", "version")
-	step("up   00002_lifecycle.sql", "migrate", "up")
-	step("down 00002_lifecycle.sql", "migrate", "down")
-	step("1", "migrate", "version")
-	step("up   00002_lifecycle.sql", "migrate", "up")
+	step("up   00003_revocation_notify.sql", "migrate", "up")
+	step("down 00003_revocation_notify.sql", "migrate", "down")
+	step("2", "migrate", "version")
+	step("up   00003_revocation_notify.sql", "migrate", "up")
 	if !tableExists() {
 		t.Fatal("no agent_sessions table after second up")
 	}

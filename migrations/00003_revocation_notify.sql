@@ -1,0 +1,23 @@
+-- +goose Up
+-- Every deleted or updated session row (revoke, revoke-all, eviction,
+-- pruning, refresh) is announced on the agentsessions_invalidate channel
+-- with the session ID as payload. Instances that cache verified sessions
+-- (PostgresStore.RunCache) listen there. NOTIFY is transactional: the
+-- notice goes out only if the change commits, and in commit order.
+-- +goose StatementBegin
+CREATE FUNCTION agent_sessions_notify_invalidate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('agentsessions_invalidate', OLD.id);
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+
+CREATE TRIGGER agent_sessions_notify_invalidate
+    AFTER DELETE OR UPDATE ON agent_sessions
+    FOR EACH ROW EXECUTE FUNCTION agent_sessions_notify_invalidate();
+
+-- +goose Down
+DROP TRIGGER agent_sessions_notify_invalidate ON agent_sessions;
+DROP FUNCTION agent_sessions_notify_invalidate();
