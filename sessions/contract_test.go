@@ -82,7 +82,7 @@ func newEnv(t *testing.T, store sessions.Store, limit int) *contractEnv {
 	return &contractEnv{store: store, clock: clock, mgr: m}
 }
 
-func mustIssue(t *testing.T, m *sessions.Manager, agentID string, opts ...sessions.IssueOption) sessions.Issued {
+func mustIssue(t testing.TB, m *sessions.Manager, agentID string, opts ...sessions.IssueOption) sessions.Issued {
 	t.Helper()
 	iss, err := m.Issue(context.Background(), agentID, opts...)
 	if err != nil {

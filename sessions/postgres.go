@@ -62,6 +62,7 @@ type PostgresStore struct {
 	q     *db.Queries
 	cfg   PostgresConfig
 	stats pgStats
+	cache atomic.Pointer[sessionCache] // set while RunCache runs
 }
 
 type pgStats struct {
@@ -107,8 +108,25 @@ func (p *PostgresStore) Stats() PostgresStats {
 	}
 }
 
-// Get implements [Store].
-func (p *PostgresStore) Get(ctx context.Context, id string) (s Session, found bool, err error) {
+// Get implements [Store]. While [PostgresStore.RunCache] runs, it answers
+// from the cache when it can.
+func (p *PostgresStore) Get(ctx context.Context, id string) (Session, bool, error) {
+	c := p.cache.Load()
+	if c == nil {
+		return p.get(ctx, id)
+	}
+	s, ok, ticket := c.get(id)
+	if ok {
+		return s, true, nil
+	}
+	s, found, err := p.get(ctx, id)
+	if found {
+		c.fill(s, ticket)
+	}
+	return s, found, err
+}
+
+func (p *PostgresStore) get(ctx context.Context, id string) (s Session, found bool, err error) {
 	err = p.retry(ctx, "get", func() error {
 		row, err := p.q.GetSession(ctx, id)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -126,10 +144,21 @@ func (p *PostgresStore) Get(ctx context.Context, id string) (s Session, found bo
 
 // Delete implements [Store].
 func (p *PostgresStore) Delete(ctx context.Context, id string) error {
+	defer p.invalidate(id)
 	return p.retry(ctx, "delete", func() error {
 		_, err := p.q.DeleteSession(ctx, id)
 		return err
 	})
+}
+
+// invalidate drops sessions from this instance's cache at once; the
+// trigger's notification does the same everywhere else.
+func (p *PostgresStore) invalidate(ids ...string) {
+	if c := p.cache.Load(); c != nil {
+		for _, id := range ids {
+			c.invalidate(id)
+		}
+	}
 }
 
 // Insert implements [Store] with one SERIALIZABLE transaction: delete the
@@ -150,6 +179,7 @@ func (p *PostgresStore) Insert(ctx context.Context, s Session, req InsertRequest
 	if err != nil {
 		return InsertResult{}, err
 	}
+	p.invalidate(res.Evicted...)
 	return res, nil
 }
 
@@ -173,6 +203,11 @@ func (p *PostgresStore) ListAgent(ctx context.Context, agentID string, now time.
 
 // DeleteAgent implements [AgentStore].
 func (p *PostgresStore) DeleteAgent(ctx context.Context, agentID string) (n int, err error) {
+	defer func() {
+		if c := p.cache.Load(); c != nil {
+			c.invalidateAgent(agentID)
+		}
+	}()
 	err = p.retry(ctx, "delete agent", func() error {
 		rows, err := p.q.DeleteAgentSessions(ctx, agentID)
 		n = int(rows)
@@ -183,6 +218,7 @@ func (p *PostgresStore) DeleteAgent(ctx context.Context, agentID string) (n int,
 
 // Extend implements [RefreshStore] with one UPDATE.
 func (p *PostgresStore) Extend(ctx context.Context, id, oldDigest string, expiresAt time.Time, newDigest string, now time.Time) (ok bool, err error) {
+	defer p.invalidate(id)
 	err = p.retry(ctx, "extend", func() error {
 		rows, err := p.q.ExtendSession(ctx, db.ExtendSessionParams{
 			ID: id, OldDigest: oldDigest, ExpiresAt: expiresAt, NewDigest: newDigest, Now: now,

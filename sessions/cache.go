@@ -1,0 +1,381 @@
+package sessions
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/agentsessions/agentsessions/db"
+)
+
+// Defaults of [CacheConfig].
+const (
+	DefaultCacheMaxStaleness = time.Second
+	DefaultCacheMaxEntries   = 100_000
+)
+
+// Channels of the invalidation trigger (migration 00003) and of the
+// cache's heartbeats.
+const (
+	invalidateChannel = "agentsessions_invalidate"
+	heartbeatChannel  = "agentsessions_heartbeat"
+)
+
+// CacheConfig configures the verified-session cache; see
+// [PostgresStore.RunCache]. The zero value gives the defaults.
+type CacheConfig struct {
+	// MaxStaleness bounds how long after a revocation commits, on any
+	// instance, this instance may still accept the revoked token from its
+	// cache. The cache answers only while a heartbeat sent within the last
+	// MaxStaleness has come back on its listener connection; NOTIFY is
+	// delivered in commit order, so that proves every revocation committed
+	// before the heartbeat has been applied. Heartbeats go out every
+	// MaxStaleness/4. Default: [DefaultCacheMaxStaleness] (1s); at least
+	// 20ms.
+	MaxStaleness time.Duration
+
+	// MaxEntries bounds how many sessions are cached; past it, arbitrary
+	// entries make room. Default: [DefaultCacheMaxEntries] (100,000).
+	MaxEntries int
+
+	// Logger receives a warning when the listener connection is lost and
+	// an info record when it is back. Default: discards.
+	Logger *slog.Logger
+}
+
+func (c CacheConfig) withDefaults() (CacheConfig, error) {
+	if c.MaxStaleness == 0 {
+		c.MaxStaleness = DefaultCacheMaxStaleness
+	}
+	if c.MaxEntries == 0 {
+		c.MaxEntries = DefaultCacheMaxEntries
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case c.MaxStaleness < 20*time.Millisecond:
+		return c, &ConfigError{Field: "CacheConfig.MaxStaleness", Reason: "must be at least 20ms"}
+	case c.MaxEntries < 0:
+		return c, &ConfigError{Field: "CacheConfig.MaxEntries", Reason: "must not be negative"}
+	}
+	return c, nil
+}
+
+// CacheStats counts the cache's work since [PostgresStore.RunCache] began.
+type CacheStats struct {
+	Running       bool   // RunCache is running
+	Fresh         bool   // the cache answers now (listener confirmed within MaxStaleness)
+	Entries       int    // sessions cached now
+	Hits          uint64 // Get calls answered from memory
+	Misses        uint64 // Get calls that went to the database
+	Invalidations uint64 // notifications and local revocations applied
+	Resyncs       uint64 // listener (re)connections, each emptying the cache
+}
+
+// RunCache keeps a cache of verified sessions in this store until ctx
+// ends, then returns nil. While it runs, [PostgresStore.Get] (and so
+// Manager.Authenticate) answers from memory when it can: a cached session
+// needs no database round trip. It is opt-in because it trades a bounded
+// window of staleness for that round trip:
+//
+//   - Every revocation, eviction, refresh and prune, by any instance or by
+//     hand, fires a trigger (migration 00003) whose NOTIFY reaches every
+//     cache through a dedicated listener connection (outside the pool).
+//   - A revoked token is never accepted from the cache after the
+//     notification arrived, nor later than cfg.MaxStaleness after the
+//     revocation committed, even if notifications stall: the cache then
+//     stops answering and every Get goes to the database.
+//   - When the listener connection drops, the cache is bypassed until a
+//     new connection listens again; it starts empty (notifications sent
+//     while it was away are lost) and refills from the database.
+//
+// Run one RunCache per store; a second one returns an error. It fails at
+// once if the invalidation trigger is missing or disabled.
+func (p *PostgresStore) RunCache(ctx context.Context, cfg CacheConfig) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	enabled, err := p.q.InvalidationTriggerEnabled(ctx)
+	if err != nil {
+		return p.wrap(ctx, "cache check", err)
+	}
+	if !enabled {
+		return &ConfigError{Field: "RunCache", Reason: "agent_sessions has no enabled invalidation trigger; apply the migrations (00003)"}
+	}
+	c, err := newSessionCache(cfg)
+	if err != nil {
+		return err
+	}
+	if !p.cache.CompareAndSwap(nil, c) {
+		return &ConfigError{Field: "RunCache", Reason: "a cache is already running on this store"}
+	}
+	defer p.cache.CompareAndSwap(c, nil)
+
+	wait := 50 * time.Millisecond
+	for {
+		connected, err := c.listen(ctx, p)
+		c.stale()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if connected {
+			wait = 50 * time.Millisecond
+		}
+		cfg.Logger.WarnContext(ctx, "sessions: cache listener lost; bypassing the cache until it is back",
+			slog.Any("error", err), slog.Duration("retry_in", wait))
+		if sleepCtx(ctx, wait) != nil {
+			return nil
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// CacheStats reports on the cache of [PostgresStore.RunCache].
+func (p *PostgresStore) CacheStats() CacheStats {
+	c := p.cache.Load()
+	if c == nil {
+		return CacheStats{}
+	}
+	return c.statsNow()
+}
+
+const cacheShards = 64
+
+type sessionCache struct {
+	cfg      CacheConfig
+	nonce    string        // tells our heartbeats from other instances'
+	base     time.Time     // origin of the monotonic readings below
+	conn     atomic.Uint64 // listener connection number, in heartbeats
+	epoch    atomic.Uint64 // bumped by every resync
+	fresh    atomic.Int64  // ns since base a confirmed heartbeat was sent; 0: not fresh
+	seed     maphash.Seed
+	pid      atomic.Uint32 // listener's backend, for tests
+	perShard int
+	shards   [cacheShards]cacheShard
+
+	hits, misses, invalidations, resyncs atomic.Uint64
+}
+
+type cacheShard struct {
+	mu  sync.Mutex
+	seq uint64 // bumped by every invalidation in the shard
+	m   map[string]Session
+}
+
+// fillTicket is taken before a database read: the read's result may be
+// cached only if nothing in its shard was invalidated since.
+type fillTicket struct{ epoch, seq uint64 }
+
+func newSessionCache(cfg CacheConfig) (*sessionCache, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	c := &sessionCache{cfg: cfg, nonce: hex.EncodeToString(b[:]), base: time.Now(), seed: maphash.MakeSeed(),
+		perShard: max(1, cfg.MaxEntries/cacheShards)}
+	for i := range c.shards {
+		c.shards[i].m = make(map[string]Session)
+	}
+	return c, nil
+}
+
+func (c *sessionCache) shard(id string) *cacheShard {
+	return &c.shards[maphash.String(c.seed, id)%cacheShards]
+}
+
+func (c *sessionCache) now() int64 { return int64(time.Since(c.base)) }
+
+func (c *sessionCache) isFresh() bool {
+	f := c.fresh.Load()
+	return f != 0 && c.now()-f < int64(c.cfg.MaxStaleness)
+}
+
+// get returns the cached session, or a ticket for filling the cache
+// after reading the database.
+func (c *sessionCache) get(id string) (Session, bool, fillTicket) {
+	sh := c.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	t := fillTicket{epoch: c.epoch.Load(), seq: sh.seq}
+	if s, ok := sh.m[id]; ok && c.isFresh() {
+		c.hits.Add(1)
+		return cloneSession(s), true, t
+	}
+	c.misses.Add(1)
+	return Session{}, false, t
+}
+
+func (c *sessionCache) fill(s Session, t fillTicket) {
+	sh := c.shard(s.ID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if c.epoch.Load() != t.epoch || sh.seq != t.seq {
+		return // invalidated while we read: the row may be stale
+	}
+	if len(sh.m) >= c.perShard {
+		for k := range sh.m { // arbitrary victim
+			delete(sh.m, k)
+			break
+		}
+	}
+	sh.m[s.ID] = cloneSession(s)
+}
+
+func (c *sessionCache) invalidate(id string) {
+	sh := c.shard(id)
+	sh.mu.Lock()
+	delete(sh.m, id)
+	sh.seq++
+	sh.mu.Unlock()
+	c.invalidations.Add(1)
+}
+
+func (c *sessionCache) invalidateAgent(agentID string) {
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		for id, s := range sh.m {
+			if s.AgentID == agentID {
+				delete(sh.m, id)
+			}
+		}
+		sh.seq++
+		sh.mu.Unlock()
+	}
+	c.invalidations.Add(1)
+}
+
+// resync empties the cache and refuses fills begun before it.
+func (c *sessionCache) resync() {
+	c.epoch.Add(1)
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		clear(sh.m)
+		sh.seq++
+		sh.mu.Unlock()
+	}
+	c.resyncs.Add(1)
+}
+
+func (c *sessionCache) stale() { c.fresh.Store(0) }
+
+func (c *sessionCache) statsNow() CacheStats {
+	n := 0
+	for i := range c.shards {
+		c.shards[i].mu.Lock()
+		n += len(c.shards[i].m)
+		c.shards[i].mu.Unlock()
+	}
+	return CacheStats{Running: true, Fresh: c.isFresh(), Entries: n, Hits: c.hits.Load(), Misses: c.misses.Load(),
+		Invalidations: c.invalidations.Load(), Resyncs: c.resyncs.Load()}
+}
+
+// listen runs one listener connection until it fails or ctx ends;
+// connected reports whether it got as far as listening.
+func (c *sessionCache) listen(ctx context.Context, p *PostgresStore) (connected bool, err error) {
+	cc := p.pool.Config().ConnConfig.Copy()
+	cc.RuntimeParams["application_name"] = "agentsessions-cache"
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	c.pid.Store(conn.PgConn().PID())
+	q := db.New(conn)
+	if err := q.ListenInvalidations(ctx); err != nil {
+		return false, err
+	}
+	if err := q.ListenHeartbeats(ctx); err != nil {
+		return false, err
+	}
+	// Revocations committed before LISTEN never reach us: start empty.
+	c.resync()
+	connNo := c.conn.Add(1)
+	c.cfg.Logger.InfoContext(ctx, "sessions: cache listener connected")
+
+	hbCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { c.heartbeats(hbCtx, p, connNo) })
+	defer wg.Wait()
+	defer stop()
+	return true, c.receive(ctx, conn, connNo)
+}
+
+// heartbeats sends a heartbeat through the pool every MaxStaleness/4. Its
+// payload carries the time it was sent; when it comes back, every
+// notification committed before that time has been received.
+func (c *sessionCache) heartbeats(ctx context.Context, p *PostgresStore, connNo uint64) {
+	t := time.NewTicker(c.cfg.MaxStaleness / 4)
+	defer t.Stop()
+	for {
+		payload := c.nonce + "/" + strconv.FormatUint(connNo, 10) + "/" + strconv.FormatInt(c.now(), 10)
+		if err := p.q.NotifyHeartbeat(ctx, payload); err != nil && ctx.Err() == nil {
+			c.cfg.Logger.DebugContext(ctx, "sessions: cache heartbeat failed", slog.Any("error", err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// receive applies notifications until the connection fails, falls
+// silent for 2×MaxStaleness (a half-open connection), or ctx ends.
+func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint64) error {
+	lastHeard := c.now()
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, c.cfg.MaxStaleness)
+		n, err := conn.WaitForNotification(waitCtx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded):
+			if c.now()-lastHeard > 2*int64(c.cfg.MaxStaleness) {
+				return fmt.Errorf("no heartbeat came back for %v", time.Duration(c.now()-lastHeard))
+			}
+			continue
+		case err != nil:
+			return err
+		}
+		switch n.Channel {
+		case invalidateChannel:
+			c.invalidate(n.Payload)
+		case heartbeatChannel:
+			if sent, ok := c.ownHeartbeat(n.Payload, connNo); ok {
+				lastHeard = c.now()
+				if sent > c.fresh.Load() {
+					c.fresh.Store(sent)
+				}
+			}
+		}
+	}
+}
+
+func (c *sessionCache) ownHeartbeat(payload string, connNo uint64) (sent int64, ok bool) {
+	rest, ok := strings.CutPrefix(payload, c.nonce+"/"+strconv.FormatUint(connNo, 10)+"/")
+	if !ok {
+		return 0, false
+	}
+	sent, err := strconv.ParseInt(rest, 10, 64)
+	return sent, err == nil && sent > 0
+}

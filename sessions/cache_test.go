@@ -1,0 +1,354 @@
+package sessions_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/agentsessions/agentsessions/internal/testdb"
+	"github.com/agentsessions/agentsessions/sessions"
+)
+
+// cachedInstance is one service instance: its own pool, store, running
+// cache and manager, over a database shared with the others.
+type cachedInstance struct {
+	store *sessions.PostgresStore
+	mgr   *sessions.Manager
+	clock *fakeClock // shared by all instances
+}
+
+func startCachedInstances(t testing.TB, d *testdb.DB, n int, cfg sessions.CacheConfig) []cachedInstance {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	out := make([]cachedInstance, n)
+	clock := newClock(time.Now().Unix()) // session time only; the cache runs on real time
+	for i := range out {
+		store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 1000, Clock: clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = cachedInstance{store: store, mgr: m, clock: clock}
+		wg.Go(func() {
+			if err := store.RunCache(ctx, cfg); err != nil {
+				t.Errorf("instance %d: RunCache: %v", i, err)
+			}
+		})
+	}
+	for i, in := range out {
+		waitFor(t, 10*time.Second, fmt.Sprintf("instance %d cache fresh", i), func() bool { return in.store.CacheStats().Fresh })
+	}
+	return out
+}
+
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %v waiting for: %s", limit, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Four instances cache verified sessions. Revocations, revoke-all and
+// refreshes on one instance reach the others; no instance accepts a
+// revoked token after MaxStaleness, and the visibility latency is logged.
+func TestCacheRevocationAcrossInstances(t *testing.T) {
+	const staleness = 500 * time.Millisecond
+	ctx := context.Background()
+	d := testdb.New(t)
+	in := startCachedInstances(t, d, 4, sessions.CacheConfig{MaxStaleness: staleness})
+
+	// Hits: after one authentication fills a cache, the next needs no query.
+	iss := mustIssue(t, in[0].mgr, agent)
+	for _, x := range in {
+		for range 2 {
+			if _, err := x.mgr.Authenticate(ctx, iss.Token, agent); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if st := x.store.CacheStats(); st.Hits < 1 || st.Entries < 1 {
+			t.Fatalf("no cache hit after two authentications: %+v", st)
+		}
+	}
+
+	var latencies []time.Duration
+	for round := range 30 {
+		iss := mustIssue(t, in[round%4].mgr, agent)
+		for _, x := range in {
+			if _, err := x.mgr.Authenticate(ctx, iss.Token, agent); err != nil {
+				t.Fatal(err)
+			}
+		}
+		revoker := (round + 1) % 4
+		if err := in[revoker].mgr.Revoke(ctx, iss.Session.ID); err != nil {
+			t.Fatal(err)
+		}
+		revoked := time.Now()
+		for i, x := range in {
+			for {
+				start := time.Now()
+				_, err := x.mgr.Authenticate(ctx, iss.Token, agent)
+				if err != nil {
+					wantDenied(t, err, sessions.ReasonUnknownSession)
+					if i != revoker {
+						latencies = append(latencies, start.Sub(revoked))
+					}
+					break
+				}
+				if start.Sub(revoked) > staleness {
+					t.Fatalf("round %d: instance %d accepted a token revoked %v earlier (bound %v)", round, i, start.Sub(revoked), staleness)
+				}
+				time.Sleep(200 * time.Microsecond)
+			}
+		}
+	}
+	slices.Sort(latencies)
+	t.Logf("revocation visible on the other instances (%d samples): p50 %v, p99 %v, max %v",
+		len(latencies), latencies[len(latencies)/2], latencies[len(latencies)*99/100], latencies[len(latencies)-1])
+
+	// Revoke-all and refresh go through the same trigger.
+	a, b := mustIssue(t, in[0].mgr, "did:agentmesh:all"), mustIssue(t, in[0].mgr, "did:agentmesh:refresh")
+	for _, x := range in {
+		for _, iss := range []sessions.Issued{a, b} {
+			if _, err := x.mgr.Authenticate(ctx, iss.Token, iss.Session.AgentID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n, err := in[1].mgr.RevokeAgent(ctx, "did:agentmesh:all"); err != nil || n != 1 {
+		t.Fatalf("revoke agent: %d, %v", n, err)
+	}
+	in[0].clock.Advance(time.Minute) // so the refreshed token differs
+	refreshed, err := in[2].mgr.Refresh(ctx, b.Token, "did:agentmesh:refresh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, x := range in {
+		waitFor(t, staleness, fmt.Sprintf("instance %d refuses a revoked-all token", i), func() bool {
+			_, err := x.mgr.Authenticate(ctx, a.Token, "did:agentmesh:all")
+			return errors.Is(err, sessions.ErrAccessDenied)
+		})
+		waitFor(t, staleness, fmt.Sprintf("instance %d refuses the token replaced by a refresh", i), func() bool {
+			_, err := x.mgr.Authenticate(ctx, b.Token, "did:agentmesh:refresh")
+			return errors.Is(err, sessions.ErrAccessDenied)
+		})
+		if _, err := x.mgr.Authenticate(ctx, refreshed.Token, "did:agentmesh:refresh"); err != nil {
+			t.Fatalf("instance %d: refreshed token: %v", i, err)
+		}
+	}
+}
+
+// Under concurrent authentication and revocation on four instances, no
+// authentication that starts more than MaxStaleness after a revocation
+// returned accepts the revoked token.
+func TestCacheConcurrentRevocations(t *testing.T) {
+	const staleness = 300 * time.Millisecond
+	ctx := context.Background()
+	d := testdb.New(t)
+	in := startCachedInstances(t, d, 4, sessions.CacheConfig{MaxStaleness: staleness})
+
+	const n = 200
+	tokens := make([]sessions.Issued, n)
+	for i := range tokens {
+		tokens[i] = mustIssue(t, in[i%4].mgr, fmt.Sprintf("did:agentmesh:c%d", i%10))
+	}
+	var revokedAt [n]atomic.Int64 // unix nanos when Revoke returned; 0: live
+	stop := make(chan struct{})
+	var accepted, refused, violations atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Go(func() {
+			x := in[w%4]
+			r := rand.New(rand.NewPCG(uint64(w), 1))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				i := r.IntN(n)
+				start := time.Now()
+				_, err := x.mgr.Authenticate(ctx, tokens[i].Token, tokens[i].Session.AgentID)
+				switch {
+				case err == nil:
+					accepted.Add(1)
+					if at := revokedAt[i].Load(); at != 0 && start.UnixNano()-at > int64(staleness) {
+						violations.Add(1)
+						t.Errorf("session %d accepted %v after its revocation", i, time.Duration(start.UnixNano()-at))
+					}
+				case errors.Is(err, sessions.ErrAccessDenied):
+					refused.Add(1)
+				default:
+					t.Errorf("authenticate: %v", err)
+				}
+			}
+		})
+	}
+	order := rand.New(rand.NewPCG(7, 7)).Perm(n)[:n/2]
+	for k, i := range order {
+		if err := in[k%4].mgr.Revoke(ctx, tokens[i].Session.ID); err != nil {
+			t.Fatal(err)
+		}
+		revokedAt[i].Store(time.Now().UnixNano())
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(2 * staleness)
+	close(stop)
+	wg.Wait()
+	var hits, misses uint64
+	for _, x := range in {
+		st := x.store.CacheStats()
+		hits, misses = hits+st.Hits, misses+st.Misses
+	}
+	t.Logf("accepted %d, refused %d, cache hits %d, misses %d, violations %d", accepted.Load(), refused.Load(), hits, misses, violations.Load())
+	if hits == 0 {
+		t.Fatal("the cache never answered")
+	}
+	for i := range tokens {
+		_, err := in[i%4].mgr.Authenticate(ctx, tokens[i].Token, tokens[i].Session.AgentID)
+		if revoked := revokedAt[i].Load() != 0; revoked != errors.Is(err, sessions.ErrAccessDenied) {
+			t.Fatalf("session %d: revoked %v, authenticate: %v", i, revoked, err)
+		}
+	}
+}
+
+// When the listener connection is killed, revocations made meanwhile are
+// still refused within MaxStaleness; the listener comes back, the cache is
+// emptied and serves again.
+func TestCacheListenerLoss(t *testing.T) {
+	const staleness = 300 * time.Millisecond
+	ctx := context.Background()
+	d := testdb.New(t)
+	in := startCachedInstances(t, d, 1, sessions.CacheConfig{MaxStaleness: staleness})[0]
+	plain, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := sessions.New(plain, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1, s2 := mustIssue(t, other, agent), mustIssue(t, other, agent)
+	for range 2 {
+		if _, err := in.mgr.Authenticate(ctx, s1.Token, agent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pid := sessions.CacheListenerPID(in.store)
+	if _, err := d.Conn(t).Exec(ctx, "SELECT pg_terminate_backend($1)", int32(pid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Revoke(ctx, s1.Session.ID); err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	waitFor(t, 5*time.Second, "revoked session refused", func() bool {
+		start := time.Now()
+		_, err := in.mgr.Authenticate(ctx, s1.Token, agent)
+		if err == nil && start.Sub(revoked) > staleness {
+			t.Fatalf("accepted %v after revocation with the listener down", start.Sub(revoked))
+		}
+		return err != nil
+	})
+	waitFor(t, 10*time.Second, "listener back", func() bool {
+		st := in.store.CacheStats()
+		return st.Resyncs >= 2 && st.Fresh && sessions.CacheListenerPID(in.store) != pid
+	})
+	before := in.store.CacheStats().Hits
+	for range 2 {
+		if _, err := in.mgr.Authenticate(ctx, s2.Token, agent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if in.store.CacheStats().Hits == before {
+		t.Fatal("no cache hit after the listener came back")
+	}
+	if _, err := in.mgr.Authenticate(ctx, s1.Token, agent); !errors.Is(err, sessions.ErrAccessDenied) {
+		t.Fatalf("revoked session after resync: %v", err)
+	}
+}
+
+func TestCacheRefusals(t *testing.T) {
+	ctx := context.Background()
+	d := testdb.New(t)
+	store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.RunCache(ctx, sessions.CacheConfig{MaxStaleness: time.Millisecond}); !errors.Is(err, sessions.ErrInvalidConfig) {
+		t.Fatalf("1ms staleness: %v", err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- store.RunCache(runCtx, sessions.CacheConfig{}) }()
+	waitFor(t, 10*time.Second, "cache running", func() bool { return store.CacheStats().Running })
+	if err := store.RunCache(ctx, sessions.CacheConfig{}); !errors.Is(err, sessions.ErrInvalidConfig) {
+		t.Fatalf("second RunCache: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("RunCache after cancel: %v", err)
+	}
+	if store.CacheStats().Running {
+		t.Fatal("cache still running after RunCache returned")
+	}
+
+	// Without the trigger, notifications would never come: refuse to cache.
+	if _, err := d.Conn(t).Exec(ctx, "ALTER TABLE agent_sessions DISABLE TRIGGER agent_sessions_notify_invalidate"); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.RunCache(ctx, sessions.CacheConfig{}); !errors.Is(err, sessions.ErrInvalidConfig) {
+		t.Fatalf("RunCache without trigger: %v", err)
+	}
+}
+
+// Authenticate on PostgreSQL with and without the cache, same sessions.
+func BenchmarkAuthenticatePostgres(b *testing.B) {
+	for _, cached := range []bool{false, true} {
+		b.Run(fmt.Sprintf("cached=%v", cached), func(b *testing.B) {
+			d := testdb.New(b)
+			var m *sessions.Manager
+			if cached {
+				m = startCachedInstances(b, d, 1, sessions.CacheConfig{})[0].mgr
+			} else {
+				store, err := sessions.NewPostgresStore(d.Pool(b), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if m, err = sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 1000}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			tokens := make([]sessions.Issued, 256)
+			for i := range tokens {
+				tokens[i] = mustIssue(b, m, fmt.Sprintf("did:agentmesh:b%d", i))
+			}
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := rand.IntN(len(tokens))
+				for pb.Next() {
+					iss := tokens[i%len(tokens)]
+					if _, err := m.Authenticate(context.Background(), iss.Token, iss.Session.AgentID); err != nil {
+						b.Error(err)
+						return
+					}
+					i++
+				}
+			})
+		})
+	}
+}

@@ -1,0 +1,10 @@
+package sessions
+
+// CacheListenerPID is the backend PID of the store's cache listener
+// connection (0 before the first connection), so tests can terminate it.
+func CacheListenerPID(p *PostgresStore) uint32 {
+	if c := p.cache.Load(); c != nil {
+		return c.pid.Load()
+	}
+	return 0
+}
