@@ -25,6 +25,7 @@ generate: check-sqlc ## Regenerate db/ from queries/ and migrations/ with sqlc
 verify: check-sqlc ## Fail if generated code (sqlc) or go.mod/go.sum are stale
 	$(SQLC) diff
 	go mod tidy -diff
+	cd mcpsessions && go mod tidy -diff
 
 check-sqlc:
 	@command -v "$(SQLC)" >/dev/null 2>&1 || { \
@@ -32,8 +33,9 @@ check-sqlc:
 		echo "  $(SQLC_INSTALL)" >&2; \
 		exit 1; }
 
-test: ## Run all tests with the race detector
-	@$(TEST_DB) echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL" >&2; set -x; go test -race -count=1 ./...
+test: ## Run all tests (both modules: . and mcpsessions) with the race detector
+	@$(TEST_DB) echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL" >&2; set -x; go test -race -count=1 ./...; \
+		cd mcpsessions && go test -race -count=1 ./...
 
 test-race: ## Repeat the concurrency tests (Invariant|Concurrent) 5 times with -race
 	@$(TEST_DB) echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL" >&2; set -x; go test -race -count=5 -run 'Invariant|Concurrent' ./...
@@ -55,6 +57,7 @@ lint: ## Check formatting (gofmt) and run go vet
 	@files="$$(gofmt -l .)"; if [ -n "$$files" ]; then \
 		echo "gofmt: these files need formatting (run gofmt -w):" >&2; echo "$$files" >&2; exit 1; fi
 	go vet ./...
+	cd mcpsessions && go vet ./...
 
 build: ## Build bin/agentsessions
 	CGO_ENABLED=0 go build -o bin/agentsessions ./cmd/agentsessions
