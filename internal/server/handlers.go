@@ -1,0 +1,286 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/agentsessions/agentsessions/sessions"
+)
+
+const (
+	issueExample = `{"agent_id":"did:agentmesh:planner","metadata":{"client":"cli"}}`
+	tokenExample = `{"agent_id":"did:agentmesh:planner","token":"<token>"}`
+	limitExample = `{"limit":10}`
+)
+
+func (s *Server) issue(w http.ResponseWriter, r *http.Request) {
+	var req issueRequest
+	if e := decode(w, r, s.maxBody, &req, issueExample); e != nil {
+		s.clientError(w, e)
+		return
+	}
+	var opts []sessions.IssueOption
+	if len(req.Metadata) > 0 {
+		opts = append(opts, sessions.WithMetadata(req.Metadata))
+	}
+	var iss sessions.Issued
+	err := s.timed(r.Context(), "issue", func(ctx context.Context) (err error) {
+		iss, err = s.m.Issue(ctx, req.AgentID, opts...)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, sessions.ErrLimitExceeded) {
+			s.met.limitDenials.Inc()
+		}
+		s.fail(w, r, err)
+		return
+	}
+	s.met.issued.Inc()
+	s.met.evicted.Add(float64(len(iss.Evicted)))
+	writeJSON(w, http.StatusCreated, issuedResponse(iss))
+}
+
+func issuedResponse(iss sessions.Issued) IssuedResponse {
+	return IssuedResponse{Token: iss.Token, Session: NewSession(iss.Session), Evicted: iss.Evicted}
+}
+
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) {
+	var req tokenRequest
+	if e := decode(w, r, s.maxBody, &req, tokenExample); e != nil {
+		s.clientError(w, e)
+		return
+	}
+	var sess sessions.Session
+	err := s.timed(r.Context(), "authenticate", func(ctx context.Context) (err error) {
+		sess, err = s.m.Authenticate(ctx, req.Token, req.AgentID)
+		return err
+	})
+	if err != nil {
+		s.met.authFailures.WithLabelValues(failureReason(err)).Inc()
+		s.fail(w, r, err)
+		return
+	}
+	s.met.authOK.Inc()
+	writeJSON(w, http.StatusOK, SessionResponse{Session: NewSession(sess)})
+}
+
+func (s *Server) refresh(w http.ResponseWriter, r *http.Request) {
+	var req tokenRequest
+	if e := decode(w, r, s.maxBody, &req, tokenExample); e != nil {
+		s.clientError(w, e)
+		return
+	}
+	var iss sessions.Issued
+	err := s.timed(r.Context(), "refresh", func(ctx context.Context) (err error) {
+		iss, err = s.m.Refresh(ctx, req.Token, req.AgentID)
+		return err
+	})
+	if err != nil {
+		s.met.authFailures.WithLabelValues(failureReason(err)).Inc()
+		s.fail(w, r, err)
+		return
+	}
+	s.met.refreshed.Inc()
+	writeJSON(w, http.StatusOK, issuedResponse(iss))
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.timed(r.Context(), "revoke", func(ctx context.Context) error { return s.m.Revoke(ctx, id) }); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.met.revoked.Inc()
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
+	agent := r.PathValue("agent_id")
+	var list []sessions.Session
+	err := s.timed(r.Context(), "list", func(ctx context.Context) (err error) {
+		list, err = s.m.List(ctx, agent)
+		return err
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := SessionsResponse{Sessions: make([]Session, 0, len(list))}
+	for _, sess := range list {
+		out.Sessions = append(out.Sessions, NewSession(sess))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) revokeAgent(w http.ResponseWriter, r *http.Request) {
+	agent := r.PathValue("agent_id")
+	var n int
+	err := s.timed(r.Context(), "revoke_agent", func(ctx context.Context) (err error) {
+		n, err = s.m.RevokeAgent(ctx, agent)
+		return err
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.met.revoked.Add(float64(n))
+	writeJSON(w, http.StatusOK, RevokedResponse{Revoked: n})
+}
+
+func (s *Server) getLimit(w http.ResponseWriter, r *http.Request) {
+	s.writeLimit(w, r, r.PathValue("agent_id"))
+}
+
+func (s *Server) setLimit(w http.ResponseWriter, r *http.Request) {
+	agent := r.PathValue("agent_id")
+	var req limitRequest
+	if e := decode(w, r, s.maxBody, &req, limitExample); e != nil {
+		s.clientError(w, e)
+		return
+	}
+	if req.Limit == nil {
+		s.clientError(w, badRequest("missing field \"limit\"; send an object like %s", limitExample))
+		return
+	}
+	if err := s.timed(r.Context(), "set_limit", func(ctx context.Context) error { return s.m.SetAgentLimit(ctx, agent, *req.Limit) }); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.writeLimit(w, r, agent)
+}
+
+func (s *Server) deleteLimit(w http.ResponseWriter, r *http.Request) {
+	agent := r.PathValue("agent_id")
+	err := s.timed(r.Context(), "delete_limit", func(ctx context.Context) error {
+		_, err := s.m.DeleteAgentLimit(ctx, agent)
+		return err
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.writeLimit(w, r, agent)
+}
+
+// writeLimit answers with the agent's effective limit after a change, read
+// back from the store.
+func (s *Server) writeLimit(w http.ResponseWriter, r *http.Request, agent string) {
+	var l sessions.AgentLimit
+	err := s.timed(r.Context(), "get_limit", func(ctx context.Context) (err error) {
+		l, err = s.m.AgentLimit(ctx, agent)
+		return err
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, LimitResponse{AgentID: agent, Limit: l.Limit, Override: l.Override})
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), s.readyTimeout)
+		defer cancel()
+		if err := s.ready(ctx); err != nil {
+			s.log.WarnContext(r.Context(), "not ready", "error", err)
+			msg := "the session store is not ready; see the server log"
+			var nr *NotReadyError
+			if errors.As(err, &nr) {
+				msg = nr.Public
+			}
+			writeError(w, http.StatusServiceUnavailable, "not_ready", msg)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// timed runs one manager call and records its latency under op.
+func (s *Server) timed(ctx context.Context, op string, fn func(context.Context) error) error {
+	start := time.Now()
+	err := fn(ctx)
+	s.met.opDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	return err
+}
+
+func (s *Server) clientError(w http.ResponseWriter, e *httpError) {
+	writeError(w, e.status, e.code, e.msg)
+}
+
+// fail maps a library error to a status and code. Store failures are
+// logged with their cause and answered with a generic message: the cause
+// may name hosts or SQL.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var denied *sessions.AccessDeniedError
+	switch {
+	case errors.Is(err, sessions.ErrInvalidAgentID), errors.Is(err, sessions.ErrInvalidSessionID),
+		errors.Is(err, sessions.ErrInvalidMetadata), errors.Is(err, sessions.ErrInvalidLimit):
+		writeError(w, http.StatusBadRequest, "bad_request", userMessage(err))
+	case errors.Is(err, sessions.ErrLimitExceeded):
+		writeError(w, http.StatusConflict, "limit_exceeded", userMessage(err))
+	case errors.Is(err, sessions.ErrInvalidTokenFormat), errors.Is(err, sessions.ErrInvalidSignature):
+		// One message for both: which check failed helps only an attacker.
+		writeError(w, http.StatusUnauthorized, "invalid_token", "the token is malformed or its signature is invalid")
+	case errors.Is(err, sessions.ErrSessionExpired):
+		writeError(w, http.StatusUnauthorized, "expired", "the session has expired; issue a new one")
+	case errors.Is(err, sessions.ErrLifetimeExceeded):
+		writeError(w, http.StatusUnauthorized, "expired", "the session has reached its maximum lifetime and cannot be refreshed; issue a new one")
+	case errors.As(err, &denied) && denied.Reason == sessions.ReasonAgentMismatch:
+		// The token is genuine but not this agent's: authenticated, not
+		// authorised, as the library's middleware answers.
+		writeError(w, http.StatusForbidden, "forbidden", "the token belongs to another agent")
+	case errors.Is(err, sessions.ErrAccessDenied):
+		// Unknown, revoked, superseded by a refresh: one answer for all,
+		// the reason goes to the metrics only.
+		writeError(w, http.StatusUnauthorized, "unauthorized", "the session is unknown, revoked, or the token was superseded by a refresh")
+	case errors.Is(err, sessions.ErrStore):
+		s.log.WarnContext(r.Context(), "store failure", "route", r.Pattern, "error", err)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the session store is unavailable; retry later")
+	default:
+		s.log.ErrorContext(r.Context(), "internal error", "route", r.Pattern, "error", err)
+		writeError(w, http.StatusInternalServerError, "internal_error", "internal error; see the server log")
+	}
+}
+
+// failureReason is the auth_failures metric label for an authenticate or
+// refresh error.
+func failureReason(err error) string {
+	var denied *sessions.AccessDeniedError
+	switch {
+	case errors.As(err, &denied):
+		switch denied.Reason {
+		case sessions.ReasonAgentMismatch:
+			return "agent_mismatch"
+		case sessions.ReasonUnknownSession:
+			return "unknown_session"
+		case sessions.ReasonMetadataMismatch:
+			return "metadata_mismatch"
+		case sessions.ReasonDigestMismatch:
+			return "digest_mismatch"
+		case sessions.ReasonClockBeforeEpoch:
+			return "clock_before_epoch"
+		}
+		return "access_denied"
+	case errors.Is(err, sessions.ErrInvalidTokenFormat):
+		return "invalid_token"
+	case errors.Is(err, sessions.ErrInvalidSignature):
+		return "invalid_signature"
+	case errors.Is(err, sessions.ErrSessionExpired):
+		return "expired"
+	case errors.Is(err, sessions.ErrLifetimeExceeded):
+		return "lifetime_exceeded"
+	case errors.Is(err, sessions.ErrInvalidAgentID):
+		return "invalid_agent_id"
+	case errors.Is(err, sessions.ErrStore):
+		return "store_error"
+	}
+	return "other"
+}
