@@ -1,10 +1,21 @@
-// Command agentsessions operates an agentsessions PostgreSQL session store.
+// Command agentsessions operates an agentsessions session store and serves
+// its HTTP API.
 //
-//	agentsessions migrate up|down|status|version [--database-url URL]
-//	agentsessions prune [--batch-size N] [--database-url URL]
+//	agentsessions migrate up|down|status|version
+//	agentsessions prune [--batch-size N]
+//	agentsessions issue --agent A [--metadata k=v ...]
+//	agentsessions verify [--agent A] --token T|-
+//	agentsessions refresh --agent A --token T|-
+//	agentsessions revoke --session ID | --agent A
+//	agentsessions list --agent A
+//	agentsessions limits set --agent A --limit N | get --agent A | delete --agent A | list
+//	agentsessions serve [--addr 127.0.0.1:8080]
 //
-// The database URL defaults to $DATABASE_URL. Exit status: 0 on success, 1
-// when the operation failed, 2 on a usage error.
+// The database URL comes from --database-url, else $DATABASE_URL. The
+// signing secret comes from --secret-file PATH, else $AGENTSESSIONS_SECRET,
+// never from a flag value. Commands that print data take --json. Exit
+// status: 0 on success, 1 when the operation failed (including a rejected
+// token), 2 on a usage error.
 package main
 
 import (
@@ -14,6 +25,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -31,16 +43,36 @@ const (
 type usageError struct{ error }
 
 func main() {
+	ctx, stop := signalContext()
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// signalContext returns a context that ends on the first SIGINT or
+// SIGTERM: serve then drains and exits 0, other commands stop their
+// database calls. The signals' default action is restored as soon as the
+// first arrives, so a second one kills the process at once.
+func signalContext() (context.Context, context.CancelFunc) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	return ctx, stop
 }
 
 // run executes the CLI with args and returns the exit status; tests call it
-// in-process.
+// in-process. Standard input is the process's.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runIO(ctx, args, os.Stdin, stdout, stderr)
+}
+
+// runIO is run with the standard input given (read by --token -).
+func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := newRootCmd()
 	root.SetArgs(args)
+	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
@@ -49,7 +81,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "agentsessions:", err)
 	var ue usageError
-	if errors.As(err, &ue) {
+	// cobra reports an unknown subcommand with a plain error.
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command ") {
 		fmt.Fprintln(stderr, "Run 'agentsessions --help' for usage.")
 		return exitUsage
 	}
@@ -73,7 +106,9 @@ func newRootCmd() *cobra.Command {
 	// The default is read at use, not shown in --help: it may hold a password.
 	root.PersistentFlags().StringVar(&opts.databaseURL, "database-url", "",
 		"PostgreSQL connection URL (default $DATABASE_URL)")
-	root.AddCommand(newMigrateCmd(opts), newPruneCmd(opts))
+	root.AddCommand(newMigrateCmd(opts), newPruneCmd(opts),
+		newIssueCmd(opts), newVerifyCmd(opts), newRefreshCmd(opts), newRevokeCmd(opts), newListCmd(opts),
+		newLimitsCmd(opts), newServeCmd(opts))
 	return root
 }
 

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"io/fs"
+	"sort"
 	"strings"
 	"testing"
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
+	"github.com/agentsessions/agentsessions/migrations"
 )
 
 func TestMain(m *testing.M) { testdb.Main(m) }
@@ -19,9 +22,23 @@ func cli(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errOut.String()
 }
 
+// embeddedMigrations lists the migration files in this binary, in order.
+func embeddedMigrations(t *testing.T) []string {
+	t.Helper()
+	names, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil || len(names) < 2 {
+		t.Fatalf("embedded migrations: %v %v", names, err)
+	}
+	sort.Strings(names)
+	return names
+}
+
 func TestMigrateLifecycle(t *testing.T) {
 	d := testdb.NewEmpty(t)
 	conn := d.Conn(t)
+	files := embeddedMigrations(t)
+	latest, prev := files[len(files)-1], files[len(files)-2]
+	version := func(file string) string { return strings.TrimLeft(strings.SplitN(file, "_", 2)[0], "0") }
 	tableExists := func() bool {
 		var ok bool
 		if err := conn.QueryRow(context.Background(), "SELECT to_regclass('agent_sessions') IS NOT NULL").Scan(&ok); err != nil {
@@ -43,17 +60,17 @@ func TestMigrateLifecycle(t *testing.T) {
 		t.Fatal("no agent_sessions table after up")
 	}
 	step("no pending migrations", "migrate", "up")
-	step("3", "migrate", "version")
+	step(version(latest)+"\n", "migrate", "version")
 	step("applied", "migrate", "status")
 	step("down 00001_create_agent_sessions.sql", "migrate", "down", "--to", "0")
 	if tableExists() {
 		t.Fatal("agent_sessions still there after down to 0")
 	}
 	step("0", "migrate", "version")
-	step("up   00003_revocation_notify.sql", "migrate", "up")
-	step("down 00003_revocation_notify.sql", "migrate", "down")
-	step("2", "migrate", "version")
-	step("up   00003_revocation_notify.sql", "migrate", "up")
+	step("up   "+latest, "migrate", "up")
+	step("down "+latest, "migrate", "down")
+	step(version(prev)+"\n", "migrate", "version")
+	step("up   "+latest, "migrate", "up")
 	if !tableExists() {
 		t.Fatal("no agent_sessions table after second up")
 	}
