@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/agentsessions/agentsessions/internal/server"
+	"github.com/agentsessions/agentsessions/migrations"
+	"github.com/agentsessions/agentsessions/sessions"
+)
+
+const (
+	envAddr         = "AGENTSESSIONS_ADDR"
+	defaultAddr     = "127.0.0.1:8080"
+	memoryPruneTick = time.Minute
+)
+
+type serveOpts struct {
+	addr            string
+	adminKeyFile    string
+	shutdownTimeout time.Duration
+	logFormat       string
+	logLevel        string
+	migrate         bool
+	pruneInterval   time.Duration
+	sec             secretOpts
+	mo              managerOpts
+}
+
+func newServeCmd(g *globalOpts) *cobra.Command {
+	o := &serveOpts{}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the HTTP JSON API (see api/openapi.yaml)",
+		Long: "serve runs the HTTP API. With a database (--database-url or $DATABASE_URL) it uses the PostgreSQL store, " +
+			"shared by every instance, and runs the pruner; without one it keeps sessions in memory: one instance only, " +
+			"lost on restart.\n\n" +
+			"Secrets come from files or the environment, never from flags: the signing secret from --secret-file or " +
+			"$" + envSecret + " (required with a database; random and ephemeral without one), the admin key from " +
+			"--admin-key-file or $" + envAdminKey + " (without one: in memory mode a random key is generated and printed " +
+			"once on standard error; with a database the admin routes answer 401). " +
+			"SIGINT or SIGTERM stops accepting connections and drains in-flight requests for up to --shutdown-timeout.",
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd, g) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.addr, "addr", "", "listen address (default $"+envAddr+", else "+defaultAddr+")")
+	f.StringVar(&o.adminKeyFile, "admin-key-file", "", "file holding the admin bearer key, >= 32 bytes (default $"+envAdminKey+")")
+	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.BoolVar(&o.migrate, "migrate", false, "apply pending migrations at start (needs a role allowed to run DDL)")
+	f.DurationVar(&o.pruneInterval, "prune-interval", time.Minute, "how often the pruner deletes expired sessions")
+	o.sec.addFlags(cmd)
+	o.mo.addTTL(cmd)
+	o.mo.addLimit(cmd)
+	o.mo.addPolicy(cmd)
+	o.mo.addMaxLifetime(cmd)
+	return cmd
+}
+
+// run validates everything before it listens, then serves until the
+// command's context ends (SIGINT/SIGTERM in main), then drains.
+func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
+	ctx := cmd.Context()
+	cfg, err := o.mo.config()
+	if err != nil {
+		return err
+	}
+	switch {
+	case o.shutdownTimeout <= 0:
+		return usageError{fmt.Errorf("--shutdown-timeout must be > 0, got %s", o.shutdownTimeout)}
+	case o.pruneInterval <= 0:
+		return usageError{fmt.Errorf("--prune-interval must be > 0, got %s", o.pruneInterval)}
+	}
+	log, err := newLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
+	if err != nil {
+		return err
+	}
+	addr := o.addr
+	if addr == "" {
+		addr = os.Getenv(envAddr)
+	}
+	if addr == "" {
+		addr = defaultAddr
+	}
+	dbURL := g.databaseURL
+	if dbURL == "" {
+		dbURL = os.Getenv("DATABASE_URL")
+	}
+	ls, err := o.sec.load(dbURL != "")
+	if err != nil {
+		return err
+	}
+	adminKey, adminWarnings, err := loadAdminKey(o.adminKeyFile)
+	if err != nil {
+		return err
+	}
+	for _, w := range append(ls.warnings, adminWarnings...) {
+		log.Warn(w)
+	}
+	cfg.Secret, cfg.PreviousSecrets, cfg.Logger = ls.secret, ls.previous, log
+	opts := server.Options{Logger: log}
+
+	var (
+		store     sessions.Store
+		runPruner func(context.Context)
+		srv       *server.Server // set before the pruner starts
+	)
+	onPrune := func(r sessions.PruneResult, err error) { srv.ObservePrune(r, err) }
+	if dbURL != "" {
+		g.databaseURL = dbURL
+		pool, err := g.openPool(ctx)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		if o.migrate {
+			if err := migrations.Up(ctx, pool); err != nil {
+				return fmt.Errorf("--migrate: %w", err)
+			}
+			log.Info("migrations applied")
+		}
+		pg, err := sessions.NewPostgresStore(pool, nil)
+		if err != nil {
+			return err
+		}
+		store = pg
+		if opts.Ready, err = server.PostgresReady(pool); err != nil {
+			return err
+		}
+		opts.StoreStats = pg.Stats
+		opts.LiveSessions = server.PostgresLiveSessions(pool, nil)
+		runPruner = func(ctx context.Context) {
+			_ = pg.RunPruner(ctx, sessions.PruneConfig{Interval: o.pruneInterval, Logger: log, OnPrune: onPrune})
+		}
+	} else {
+		mem := sessions.NewMemoryStore()
+		store = mem
+		log.Warn("NO DATABASE: sessions are kept in this process's memory. They are lost on restart, and the " +
+			"per-agent limit holds only within this one instance: do not run more than one. " +
+			"Pass --database-url or set DATABASE_URL for the shared PostgreSQL store.")
+		if ls.secret == nil {
+			cfg.Secret = randomSecret()
+			log.Warn("no signing secret given: using a random one for this process only; tokens stop " +
+				"working when it exits. Pass --secret-file or set " + envSecret + ".")
+		}
+		runPruner = func(ctx context.Context) {
+			t := time.NewTicker(min(o.pruneInterval, memoryPruneTick))
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case now := <-t.C:
+					if n := mem.PruneExpired(now); n > 0 {
+						onPrune(sessions.PruneResult{Deleted: int64(n), Batches: 1}, nil)
+					}
+				}
+			}
+		}
+	}
+	switch {
+	case adminKey == nil && dbURL == "":
+		// A fresh machine: make `agentsessions serve` usable at once. The
+		// key lives as long as this process and its in-memory sessions;
+		// it is printed once, on standard error, never through the logger.
+		adminKey = []byte(base64.RawURLEncoding.EncodeToString(randomSecret()))
+		fmt.Fprintf(cmd.ErrOrStderr(), "\nagentsessions: memory mode: generated an admin key for this process only "+
+			"(set %s or pass --admin-key-file to choose one):\n\n    %s\n\n", envAdminKey, adminKey)
+	case adminKey == nil:
+		log.Warn("no admin key: the admin routes (issue, revoke, list, limits) answer 401. " +
+			"Pass --admin-key-file or set " + envAdminKey + " (>= 32 bytes: head -c 32 /dev/urandom | base64).")
+	}
+	opts.AdminKey = adminKey
+
+	m, err := sessions.New(store, cfg)
+	if err != nil {
+		return usageError{fmt.Errorf("session manager: %s", clean(err))}
+	}
+	srv, err = server.New(m, opts)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s (--addr / %s): %w", addr, envAddr, err)
+	}
+	storeName := "memory"
+	if dbURL != "" {
+		storeName = "postgres"
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "store", storeName, "ttl", cfg.TTL, "limit", cfg.Limit,
+		"policy", cfg.Policy.String(), "admin_routes", adminKey != nil, "previous_secrets", len(cfg.PreviousSecrets))
+	err = server.Run(ctx, ln, srv, server.RunOptions{ShutdownTimeout: o.shutdownTimeout, Logger: log, Background: runPruner})
+	if errors.Is(err, server.ErrShutdownTimeout) {
+		return fmt.Errorf("in-flight requests did not finish within --shutdown-timeout %s; closed them", o.shutdownTimeout)
+	}
+	return err
+}
+
+// newLogger returns a slog logger writing format ("text" or "json") to w.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level must be debug, info, warn or error, got %q", level)}
+	}
+	ho := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, ho)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, ho)), nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format must be text or json, got %q", format)}
+}
