@@ -193,6 +193,81 @@ func (q *Queries) InsertSession(ctx context.Context, arg InsertSessionParams) er
 	return err
 }
 
+const issueSession = `-- name: IssueSession :one
+WITH pruned AS (
+    DELETE FROM agent_sessions p
+    WHERE p.agent_id = $1::text AND p.expires_at <= $2::timestamptz
+),
+live AS (
+    SELECT count(*) AS n FROM agent_sessions l
+    WHERE l.agent_id = $1::text AND l.expires_at > $2::timestamptz
+),
+lim AS (
+    SELECT coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = $1::text),
+                    $3::integer) AS n
+),
+evicted AS (
+    DELETE FROM agent_sessions e
+    WHERE $4::boolean AND e.id IN (
+        SELECT s.id FROM agent_sessions s
+        WHERE s.agent_id = $1::text AND s.expires_at > $2::timestamptz
+        ORDER BY s.issued_at, s.id
+        LIMIT greatest(0, (SELECT n FROM live) - (SELECT n FROM lim) + 1)
+    )
+    RETURNING e.id
+),
+inserted AS (
+    INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
+    SELECT $5::text, $1::text, $6::timestamptz, $7::timestamptz,
+           $8::text, $9::jsonb
+    WHERE $4::boolean OR (SELECT n FROM live) < (SELECT n FROM lim)
+    RETURNING agent_sessions.id
+)
+SELECT (SELECT count(*) FROM inserted)::integer AS inserted,
+       (SELECT n FROM lim)::integer AS effective_limit,
+       coalesce((SELECT array_agg(evicted.id) FROM evicted), '{}')::text[] AS evicted
+`
+
+type IssueSessionParams struct {
+	AgentID      string
+	Now          time.Time
+	DefaultLimit int32
+	Evict        bool
+	ID           string
+	IssuedAt     time.Time
+	ExpiresAt    time.Time
+	TokenDigest  string
+	Metadata     []byte
+}
+
+type IssueSessionRow struct {
+	Inserted       int32
+	EffectiveLimit int32
+	Evicted        []string
+}
+
+// The whole limit check as one statement, for PostgresStore.Insert: prune
+// the agent's expired rows, count its live ones, read its override, evict
+// the oldest (evict-oldest policy only) and insert if there is room. All
+// parts see one snapshot, so live counts rows as they were before the
+// prune; it skips expired rows itself. The caller runs it at SERIALIZABLE.
+func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (IssueSessionRow, error) {
+	row := q.db.QueryRow(ctx, issueSession,
+		arg.AgentID,
+		arg.Now,
+		arg.DefaultLimit,
+		arg.Evict,
+		arg.ID,
+		arg.IssuedAt,
+		arg.ExpiresAt,
+		arg.TokenDigest,
+		arg.Metadata,
+	)
+	var i IssueSessionRow
+	err := row.Scan(&i.Inserted, &i.EffectiveLimit, &i.Evicted)
+	return i, err
+}
+
 const listAgentSessions = `-- name: ListAgentSessions :many
 SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
 FROM agent_sessions

@@ -55,3 +55,42 @@ WHERE agent_id = @agent_id;
 UPDATE agent_sessions
 SET expires_at = @expires_at, token_digest = @new_digest
 WHERE id = @id AND token_digest = @old_digest AND expires_at > @now;
+
+-- name: IssueSession :one
+-- The whole limit check as one statement, for PostgresStore.Insert: prune
+-- the agent's expired rows, count its live ones, read its override, evict
+-- the oldest (evict-oldest policy only) and insert if there is room. All
+-- parts see one snapshot, so live counts rows as they were before the
+-- prune; it skips expired rows itself. The caller runs it at SERIALIZABLE.
+WITH pruned AS (
+    DELETE FROM agent_sessions p
+    WHERE p.agent_id = @agent_id::text AND p.expires_at <= @now::timestamptz
+),
+live AS (
+    SELECT count(*) AS n FROM agent_sessions l
+    WHERE l.agent_id = @agent_id::text AND l.expires_at > @now::timestamptz
+),
+lim AS (
+    SELECT coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = @agent_id::text),
+                    @default_limit::integer) AS n
+),
+evicted AS (
+    DELETE FROM agent_sessions e
+    WHERE @evict::boolean AND e.id IN (
+        SELECT s.id FROM agent_sessions s
+        WHERE s.agent_id = @agent_id::text AND s.expires_at > @now::timestamptz
+        ORDER BY s.issued_at, s.id
+        LIMIT greatest(0, (SELECT n FROM live) - (SELECT n FROM lim) + 1)
+    )
+    RETURNING e.id
+),
+inserted AS (
+    INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
+    SELECT @id::text, @agent_id::text, @issued_at::timestamptz, @expires_at::timestamptz,
+           @token_digest::text, sqlc.narg(metadata)::jsonb
+    WHERE @evict::boolean OR (SELECT n FROM live) < (SELECT n FROM lim)
+    RETURNING agent_sessions.id
+)
+SELECT (SELECT count(*) FROM inserted)::integer AS inserted,
+       (SELECT n FROM lim)::integer AS effective_limit,
+       coalesce((SELECT array_agg(evicted.id) FROM evicted), '{}')::text[] AS evicted;
