@@ -198,21 +198,57 @@ func (s *Server) ObservePrune(res sessions.PruneResult, err error) {
 	}
 }
 
+// route is one entry of the route table.
+type route struct {
+	pattern string // "METHOD /path", as http.ServeMux takes it
+	admin   bool   // needs the admin key
+	handler func(*Server) http.Handler
+}
+
+func hf(f func(*Server, http.ResponseWriter, *http.Request)) func(*Server) http.Handler {
+	return func(s *Server) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { f(s, w, r) })
+	}
+}
+
+// routeTable is the API; the package doc and api/openapi.yaml list the
+// same routes (a test checks the file).
+var routeTable = []route{
+	{"POST /v1/sessions", true, hf((*Server).issue)},
+	{"POST /v1/sessions/authenticate", false, hf((*Server).authenticate)},
+	{"POST /v1/sessions/refresh", false, hf((*Server).refresh)},
+	{"DELETE /v1/sessions/{id}", true, hf((*Server).revoke)},
+	{"GET /v1/agents/{agent_id}/sessions", true, hf((*Server).listSessions)},
+	{"DELETE /v1/agents/{agent_id}/sessions", true, hf((*Server).revokeAgent)},
+	{"GET /v1/agents/{agent_id}/limit", true, hf((*Server).getLimit)},
+	{"PUT /v1/agents/{agent_id}/limit", true, hf((*Server).setLimit)},
+	{"DELETE /v1/agents/{agent_id}/limit", true, hf((*Server).deleteLimit)},
+	{"GET /healthz", false, hf((*Server).healthz)},
+	{"GET /readyz", false, hf((*Server).readyz)},
+	{"GET /metrics", false, func(s *Server) http.Handler {
+		return promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})
+	}},
+}
+
+// Routes lists the API's routes as "METHOD /path" patterns, path
+// parameters in braces, and whether each needs the admin key.
+func Routes() map[string]bool {
+	out := make(map[string]bool, len(routeTable))
+	for _, rt := range routeTable {
+		out[rt.pattern] = rt.admin
+	}
+	return out
+}
+
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	admin := s.requireAdmin
-	mux.Handle("POST /v1/sessions", admin(http.HandlerFunc(s.issue)))
-	mux.HandleFunc("POST /v1/sessions/authenticate", s.authenticate)
-	mux.HandleFunc("POST /v1/sessions/refresh", s.refresh)
-	mux.Handle("DELETE /v1/sessions/{id}", admin(http.HandlerFunc(s.revoke)))
-	mux.Handle("GET /v1/agents/{agent_id}/sessions", admin(http.HandlerFunc(s.listSessions)))
-	mux.Handle("DELETE /v1/agents/{agent_id}/sessions", admin(http.HandlerFunc(s.revokeAgent)))
-	mux.Handle("GET /v1/agents/{agent_id}/limit", admin(http.HandlerFunc(s.getLimit)))
-	mux.Handle("PUT /v1/agents/{agent_id}/limit", admin(http.HandlerFunc(s.setLimit)))
-	mux.Handle("DELETE /v1/agents/{agent_id}/limit", admin(http.HandlerFunc(s.deleteLimit)))
-	mux.HandleFunc("GET /healthz", s.healthz)
-	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	for _, rt := range routeTable {
+		h := rt.handler(s)
+		if rt.admin {
+			h = s.requireAdmin(h)
+		}
+		mux.Handle(rt.pattern, h)
+	}
 
 	// Everything else: a JSON 405 with Allow when the path exists under
 	// other methods, else a JSON 404. "/" matches every request no other
