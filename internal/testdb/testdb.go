@@ -5,6 +5,12 @@
 // named by AGENTSESSIONS_POSTGRES_IMAGE (default postgres:16-alpine); call
 // [Main] from TestMain so it is stopped when the tests end.
 //
+// Which of the two a test binary used is reported once, on stderr (seen with
+// go test -v or when a test fails) and, when AGENTSESSIONS_TESTDB_LOG names a
+// file, as one line appended to it ("<binary> container image=... addr=..."
+// or "<binary> TEST_DATABASE_URL addr=..."; never a password), so a run over
+// many packages can check the way each one took (make test-containers does).
+//
 // Each [New] creates a fresh schema and points every connection made through
 // it there with search_path, so tests and packages can run in parallel on one
 // database without seeing each other's rows or migration history.
@@ -17,6 +23,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -73,19 +80,22 @@ func server(t testing.TB) (string, *pgxpool.Pool) {
 	if serverErr != nil {
 		t.Fatalf("testdb: no PostgreSQL for integration tests: %v\n"+
 			"Set TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test?sslmode=disable) "+
-			"or make a Docker engine available for testcontainers.", serverErr)
+			"or make a Docker engine available for testcontainers "+
+			"(where none runs or no registry answers: eval \"$(scripts/containers.sh prepare postgres)\").", serverErr)
 	}
 	return serverURL, adminPool
 }
 
 func startServer() (string, error) {
 	if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
+		report("TEST_DATABASE_URL addr=" + hostPort(u))
 		return u, nil
 	}
 	image := os.Getenv("AGENTSESSIONS_POSTGRES_IMAGE")
 	if image == "" {
 		image = DefaultImage
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c, err := tcpostgres.Run(ctx, image,
@@ -100,7 +110,48 @@ func startServer() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("starting %s with testcontainers: %w", image, err)
 	}
-	return c.ConnectionString(ctx, "sslmode=disable")
+	u, err := c.ConnectionString(ctx, "sslmode=disable")
+	if err != nil {
+		return "", fmt.Errorf("container %s: %w", image, err)
+	}
+	id := c.GetContainerID()
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	report(fmt.Sprintf("container image=%s id=%s addr=%s started_in=%s",
+		image, id, hostPort(u), time.Since(start).Round(10*time.Millisecond)))
+	return u, nil
+}
+
+// report tells where this test binary's server came from: see the package
+// doc. A log file that cannot be written is reported on stderr only.
+func report(how string) {
+	line := filepath.Base(os.Args[0]) + " " + how
+	fmt.Fprintln(os.Stderr, "testdb: "+line)
+	name := os.Getenv("AGENTSESSIONS_TESTDB_LOG")
+	if name == "" {
+		return
+	}
+	f, err := os.OpenFile(name, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err == nil {
+		_, err = fmt.Fprintln(f, line)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testdb: AGENTSESSIONS_TESTDB_LOG: %v\n", err)
+	}
+}
+
+// hostPort is the server's address in a connection string (URL or
+// key=value form), without user or password; "?" when it cannot tell.
+func hostPort(connString string) string {
+	cfg, err := pgx.ParseConfig(connString)
+	if err != nil {
+		return "?"
+	}
+	return fmt.Sprintf("%s:%d/%s", cfg.Host, cfg.Port, cfg.Database)
 }
 
 // DB is one test's schema.
