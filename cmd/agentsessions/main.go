@@ -10,6 +10,7 @@
 //	agentsessions list --agent A
 //	agentsessions limits set --agent A --limit N | get --agent A | delete --agent A | list
 //	agentsessions serve [--addr 127.0.0.1:8080]
+//	agentsessions bench [--compare] ...
 //
 // The database URL comes from --database-url, else $DATABASE_URL. The
 // signing secret comes from --secret-file PATH, else $AGENTSESSIONS_SECRET,
@@ -96,9 +97,12 @@ type globalOpts struct {
 func newRootCmd() *cobra.Command {
 	opts := &globalOpts{}
 	root := &cobra.Command{
-		Use:           "agentsessions",
-		Short:         "Operate an agentsessions session store",
-		Long:          "agentsessions manages the PostgreSQL session store shared by every instance of an agent service.",
+		Use:   "agentsessions",
+		Short: "Operate an agentsessions session store",
+		Long: "agentsessions issues, checks and revokes AI-agent sessions in the PostgreSQL store shared by every " +
+			"instance of an agent service, manages its schema and per-agent limits, and serves it over HTTP (serve).\n\n" +
+			"Database: --database-url or $DATABASE_URL. Signing secret: --secret-file or $AGENTSESSIONS_SECRET " +
+			"(never a flag value). Exit status: 0 ok, 1 failed (including a rejected token), 2 usage error.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -108,7 +112,7 @@ func newRootCmd() *cobra.Command {
 		"PostgreSQL connection URL (default $DATABASE_URL)")
 	root.AddCommand(newMigrateCmd(opts), newPruneCmd(opts),
 		newIssueCmd(opts), newVerifyCmd(opts), newRefreshCmd(opts), newRevokeCmd(opts), newListCmd(opts),
-		newLimitsCmd(opts), newServeCmd(opts))
+		newLimitsCmd(opts), newServeCmd(opts), newBenchCmd(opts))
 	return root
 }
 
