@@ -1,0 +1,503 @@
+// Package bench measures an agentsessions PostgreSQL store under load, the
+// way a deployment runs it: several instances (each its own pgx pool and
+// Manager) with several workers each, against one database.
+//
+// Workloads (see [Workloads]):
+//
+//   - issue: Issue for random agents out of many (low contention);
+//   - issue-hot: Issue for a handful of agents held one below their limit;
+//     every successful issue is followed by a revoke of that session, so
+//     the next issuers race for the one free slot again;
+//   - authenticate: Authenticate pre-issued sessions picked at random;
+//   - mixed: 90 % authenticate, 8 % issue, 2 % revoke.
+//
+// Each workload runs on an emptied table in a schema of its own (created
+// per run, dropped afterwards) and ends with an invariant check in SQL: no
+// agent may hold more rows than the limit.
+//
+// With Config.Compare, every workload also runs on two references: pgbench
+// replaying the SQL the store sends (recorded from the store itself, see
+// [ScriptSet]) with the same client count, and a Redis peer built the way
+// users build a session limit there (a Lua script per issue on one sorted
+// set per agent). Our throughput is reported as a ratio of pgbench's.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/agentsessions/agentsessions/migrations"
+)
+
+// Workload names.
+const (
+	WorkloadIssue        = "issue"
+	WorkloadIssueHot     = "issue-hot"
+	WorkloadAuthenticate = "authenticate"
+	WorkloadMixed        = "mixed"
+)
+
+// Engines, as they appear in reports.
+const (
+	EngineOurs        = "agentsessions"      // the library
+	EngineCTE         = "agentsessions-cte"  // prototype: issue as one statement at SERIALIZABLE (cte.go)
+	EngineLock        = "agentsessions-lock" // prototype: issue under a per-agent advisory lock (lock.go)
+	EnginePgbench     = "pgbench"            // pgbench replaying the library's statements
+	EnginePgbenchCTE  = "pgbench-cte"        // pgbench replaying the CTE prototype's statements
+	EnginePgbenchLock = "pgbench-lock"       // pgbench replaying the lock prototype's statements
+	EngineRedis       = "redis"
+)
+
+// Variants of the store's SQL that Config.Variants may name.
+const (
+	VariantLibrary = "library" // the library's PostgresStore
+	VariantCTE     = "cte"     // see cte.go
+	VariantLock    = "lock"    // see lock.go
+)
+
+// VariantNames lists the variants in the order they run.
+var VariantNames = []string{VariantLibrary, VariantCTE, VariantLock}
+
+// reference names the engine each engine's Ratio is computed against:
+// each PostgreSQL engine against pgbench running its own statements, and
+// Redis against pgbench running the library's.
+var reference = map[string]string{
+	EngineOurs: EnginePgbench, EngineCTE: EnginePgbenchCTE, EngineLock: EnginePgbenchLock, EngineRedis: EnginePgbench,
+	EnginePgbench: EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE, EnginePgbenchLock: EnginePgbenchLock,
+}
+
+// Workloads lists every workload in the order they run.
+var Workloads = []string{WorkloadIssue, WorkloadIssueHot, WorkloadAuthenticate, WorkloadMixed}
+
+var workloadInfo = map[string]struct {
+	desc    string
+	counted []string // operations counted in ops/s and the headline latency
+}{
+	WorkloadIssue:        {"Issue for random agents out of --agents, starting from --sessions stored sessions (low contention)", []string{OpIssue}},
+	WorkloadIssueHot:     {"Issue for --hot-agents agents held at limit-1; each success is revoked again (counted: issue attempts)", []string{OpIssue}},
+	WorkloadAuthenticate: {"Authenticate --sessions pre-issued sessions, random picks", []string{OpAuthenticate}},
+	WorkloadMixed:        {"90% authenticate, 8% issue, 2% revoke on --sessions pre-issued sessions over --agents agents", []string{OpAuthenticate, OpIssue, OpRevoke}},
+}
+
+// Config configures a run. DatabaseURL is required; zero values of the
+// other fields take the defaults shown.
+type Config struct {
+	DatabaseURL string // PostgreSQL; the run creates and drops its own schema there
+
+	Instances int           // separate pgx pools + Managers (default 4)
+	Workers   int           // workers per instance (default 8)
+	Duration  time.Duration // per workload and engine (default 10s); ignored when Ops > 0
+	Ops       int64         // operations per workload and engine instead of a duration
+
+	Workloads []string      // default: all of [Workloads]
+	Agents    int           // agent population for issue and mixed (default 10000)
+	HotAgents int           // agents in issue-hot (default 4)
+	Sessions  int           // sessions every workload but issue-hot starts from (default 10000)
+	Limit     int           // sessions per agent (default 5)
+	TTL       time.Duration // session lifetime (default 1h: nothing expires during a run)
+
+	Compare bool // also run pgbench and Redis references
+	// Variants of the store to run (default: library only; see
+	// VariantNames). Prototypes are compared with the library in the
+	// same run, each with its own pgbench reference under Compare.
+	Variants    []string
+	RedisURL    string // default redis://127.0.0.1:6379/0
+	PgbenchPath string // default: pgbench on PATH
+	MaxAttempts int    // store retries on serialization failure, also pgbench --max-tries (default 20, the store's default)
+
+	OpTimeout time.Duration // per operation (default 10s)
+	Keep      bool          // keep the schema (and Redis keys) afterwards
+
+	// Progress, when set, receives a progress bar redrawn in place (give it
+	// a terminal). Log, when set, receives one line per event.
+	Progress io.Writer
+	Log      func(format string, args ...any)
+}
+
+// Validate reports what is wrong with the configuration, if anything.
+func (c Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
+}
+
+func (c Config) withDefaults() (Config, error) {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.Instances, 4)
+	def(&c.Workers, 8)
+	def(&c.Agents, 10000)
+	def(&c.HotAgents, 4)
+	def(&c.Sessions, 10000)
+	def(&c.Limit, 5)
+	def(&c.MaxAttempts, 20)
+	if c.Duration == 0 && c.Ops == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.TTL == 0 {
+		c.TTL = time.Hour
+	}
+	if c.OpTimeout == 0 {
+		c.OpTimeout = 10 * time.Second
+	}
+	if len(c.Workloads) == 0 {
+		c.Workloads = slices.Clone(Workloads)
+	}
+	if len(c.Variants) == 0 {
+		c.Variants = []string{VariantLibrary}
+	}
+	if c.RedisURL == "" {
+		c.RedisURL = "redis://127.0.0.1:6379/0"
+	}
+	if c.PgbenchPath == "" {
+		c.PgbenchPath = "pgbench"
+	}
+	if c.Log == nil {
+		c.Log = func(string, ...any) {}
+	}
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	if c.DatabaseURL == "" {
+		bad("no database URL")
+	}
+	for _, w := range c.Workloads {
+		if _, ok := workloadInfo[w]; !ok {
+			bad("unknown workload %q (want %s)", w, strings.Join(Workloads, ", "))
+		}
+	}
+	for _, v := range c.Variants {
+		if _, ok := variants[v]; !ok {
+			bad("unknown variant %q (want %s)", v, strings.Join(VariantNames, ", "))
+		}
+	}
+	if c.Instances < 1 || c.Workers < 1 || c.Agents < 1 || c.HotAgents < 1 || c.Sessions < 1 || c.Limit < 1 || c.MaxAttempts < 1 {
+		bad("instances, workers, agents, hot agents, sessions, limit and max attempts must be >= 1")
+	}
+	if c.Instances*c.Workers > 512 {
+		bad("instances x workers = %d clients; at most 512", c.Instances*c.Workers)
+	}
+	if c.Duration < 0 || c.Ops < 0 || c.TTL < time.Second || c.OpTimeout < 0 {
+		bad("duration and ops must not be negative, TTL must be >= 1s")
+	}
+	if c.Duration > 0 && c.Duration < time.Second && c.Ops == 0 {
+		bad("duration must be at least 1s (pgbench counts whole seconds)")
+	}
+	if c.Limit < 2 && slices.Contains(c.Workloads, WorkloadIssueHot) {
+		bad("issue-hot needs --limit >= 2 (agents are held at limit-1)")
+	}
+	if int64(c.Sessions) > int64(c.Agents)*int64(c.Limit) {
+		bad("--sessions %d do not fit in --agents %d x --limit %d", c.Sessions, c.Agents, c.Limit)
+	}
+	if len(problems) > 0 {
+		return c, fmt.Errorf("bench: %s", strings.Join(problems, "; "))
+	}
+	return c, nil
+}
+
+// Clients is the total number of concurrent clients: Instances x Workers.
+func (c Config) Clients() int { return c.Instances * c.Workers }
+
+// Report is the outcome of a run.
+type Report struct {
+	Started   time.Time  `json:"started"`
+	Host      Host       `json:"host"`
+	Settings  Settings   `json:"settings"`
+	Workloads []Workload `json:"workloads"`
+	Pgbench   Reference  `json:"pgbench"`
+	Redis     Reference  `json:"redis"`
+	// PgbenchPrototypes is pgbench replaying each prototype's statements,
+	// by engine name (with Config.Compare and a prototype in Variants).
+	PgbenchPrototypes map[string]*Reference `json:"pgbench_prototypes,omitempty"`
+}
+
+// Host describes the machine and servers the run used.
+type Host struct {
+	OS        string `json:"os"`
+	Arch      string `json:"arch"`
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model,omitempty"`
+	GoVersion string `json:"go_version"`
+	Postgres  string `json:"postgres"`
+	Pgbench   string `json:"pgbench,omitempty"`
+	Redis     string `json:"redis,omitempty"`
+}
+
+// Settings echoes the configuration the numbers came from.
+type Settings struct {
+	Instances   int      `json:"instances"`
+	Workers     int      `json:"workers"`
+	Clients     int      `json:"clients"`
+	Duration    string   `json:"duration,omitempty"`
+	Ops         int64    `json:"ops,omitempty"`
+	Workloads   []string `json:"workloads"`
+	Agents      int      `json:"agents"`
+	HotAgents   int      `json:"hot_agents"`
+	Sessions    int      `json:"sessions"`
+	Limit       int      `json:"limit"`
+	TTL         string   `json:"ttl"`
+	MaxAttempts int      `json:"max_attempts"`
+	Compare     bool     `json:"compare"`
+	Variants    []string `json:"variants"`
+	Schema      string   `json:"schema"`
+}
+
+// Reference says whether a reference engine ran, and if not, why.
+type Reference struct {
+	Ran     bool              `json:"ran"`
+	Skipped string            `json:"skipped,omitempty"`
+	Scripts map[string]string `json:"scripts,omitempty"` // pgbench: the generated scripts, by file name
+}
+
+// Workload holds one workload's results, ours first.
+type Workload struct {
+	Name        string   `json:"name"`
+	Description string   `json:"description"`
+	Results     []Result `json:"results"`
+}
+
+// Result is one engine's run of one workload.
+type Result struct {
+	Engine    string  `json:"engine"`
+	Clients   int     `json:"clients"`
+	ElapsedS  float64 `json:"elapsed_s"`
+	Ops       int64   `json:"ops"` // counted operations (see the workload description)
+	OpsPerSec float64 `json:"ops_per_sec"`
+	// Ratio is OpsPerSec over the OpsPerSec of RatioTo (pgbench running
+	// the same statements) for the same workload; 0 when it did not run.
+	Ratio    float64          `json:"ratio,omitempty"`
+	RatioTo  string           `json:"ratio_to,omitempty"`
+	Latency  Latency          `json:"latency"` // of the counted operations
+	Outcomes map[string]int64 `json:"outcomes"`
+	Errors   int64            `json:"errors"` // outcomes other than ok and limit_exceeded
+	// ErrorExamples holds the first message seen for each error class.
+	ErrorExamples map[string]string   `json:"error_examples,omitempty"`
+	ByOp          map[string]OpResult `json:"by_op,omitempty"`
+	// Retries counts serialization-failure reruns (store: 40001/40P01
+	// retries; pgbench: its --max-tries retries; Redis: none exist).
+	Retries      int64   `json:"serialization_retries"`
+	RetriesPer1k float64 `json:"retries_per_1k_ops"`
+	// OverLimitAgents is how many agents hold more than the limit at the
+	// end: anything but 0 is a broken invariant. -1: not checked.
+	OverLimitAgents int64 `json:"over_limit_agents"`
+	Rows            int64 `json:"rows_at_end"` // sessions stored at the end
+}
+
+// Violations returns the number of broken invariants over every result.
+func (r Report) Violations() int64 {
+	var n int64
+	for _, w := range r.Workloads {
+		for _, res := range w.Results {
+			if res.OverLimitAgents > 0 {
+				n += res.OverLimitAgents
+			}
+		}
+	}
+	return n
+}
+
+// Run runs the configured workloads and returns the report. A report with
+// what finished so far comes back with the error when the run is
+// interrupted.
+func Run(ctx context.Context, cfg Config) (rep Report, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return rep, err
+	}
+	rep.Started = time.Now().UTC()
+	rep.Host = Host{OS: runtime.GOOS, Arch: runtime.GOARCH, CPUs: runtime.NumCPU(), CPUModel: cpuModel(), GoVersion: runtime.Version()}
+
+	base, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return rep, fmt.Errorf("bench: bad database url: %w", err)
+	}
+	admin, err := openPool(ctx, base.Copy(), 2)
+	if err != nil {
+		return rep, fmt.Errorf("bench: cannot reach the database: %w", err)
+	}
+	defer admin.Close()
+	if err := admin.QueryRow(ctx, "SHOW server_version").Scan(&rep.Host.Postgres); err != nil {
+		return rep, fmt.Errorf("bench: %w", err)
+	}
+
+	schema := "agentsessions_bench_" + randomHex(6)
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		return rep, fmt.Errorf("bench: create schema %s (the role needs CREATE on the database): %w", schema, err)
+	}
+	defer func() {
+		if cfg.Keep {
+			cfg.Log("kept schema %s (drop it with: DROP SCHEMA %s CASCADE)", schema, schema)
+			return
+		}
+		if _, derr := admin.Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE"); derr != nil {
+			err = errors.Join(err, fmt.Errorf("bench: drop schema %s: %w", schema, derr))
+		}
+	}()
+	cfg.Log("schema %s on PostgreSQL %s", schema, rep.Host.Postgres)
+
+	rep.Settings = Settings{
+		Instances: cfg.Instances, Workers: cfg.Workers, Clients: cfg.Clients(), Ops: cfg.Ops,
+		Workloads: cfg.Workloads, Agents: cfg.Agents, HotAgents: cfg.HotAgents, Sessions: cfg.Sessions,
+		Limit: cfg.Limit, TTL: cfg.TTL.String(), MaxAttempts: cfg.MaxAttempts, Compare: cfg.Compare, Variants: cfg.Variants, Schema: schema,
+	}
+	if cfg.Ops == 0 {
+		rep.Settings.Duration = cfg.Duration.String()
+	}
+
+	poolCfg := base.Copy()
+	poolCfg.ConnConfig.RuntimeParams["search_path"] = schema
+	// Every engine runs alone: before one starts, all others' connections
+	// are closed (they reconnect when next used).
+	var engines []*ours
+	quiesce := func() {
+		for _, o := range engines {
+			o.idle()
+		}
+	}
+	for _, name := range VariantNames {
+		if !slices.Contains(cfg.Variants, name) {
+			continue
+		}
+		o, err := newOurs(ctx, cfg, variants[name], poolCfg, schema)
+		if err != nil {
+			return rep, err
+		}
+		defer o.close()
+		o.quiesce = quiesce
+		engines = append(engines, o)
+	}
+	if err := migrations.Up(ctx, engines[0].pools[0]); err != nil {
+		return rep, fmt.Errorf("bench: %w", err)
+	}
+
+	var pgs []*pgbenchRunner
+	var rd *redisPeer
+	if !cfg.Compare {
+		rep.Pgbench.Skipped = "not requested (--compare)"
+		rep.Redis.Skipped = "not requested (--compare)"
+	} else {
+		for _, o := range engines {
+			ref := &rep.Pgbench
+			if o.v.engine != EngineOurs {
+				if rep.PgbenchPrototypes == nil {
+					rep.PgbenchPrototypes = map[string]*Reference{}
+				}
+				ref = &Reference{}
+				rep.PgbenchPrototypes[o.v.pgEngine] = ref
+			}
+			var pg *pgbenchRunner
+			pg, ref.Skipped = newPgbenchRunner(ctx, cfg, o)
+			if pg == nil {
+				cfg.Log("%s: skipped: %s", o.v.pgEngine, ref.Skipped)
+				continue
+			}
+			defer pg.close()
+			ref.Ran = true
+			ref.Scripts = pg.scripts.Files()
+			rep.Host.Pgbench = pg.version
+			pgs = append(pgs, pg)
+		}
+		rd, rep.Redis.Skipped = newRedisPeer(ctx, cfg)
+		if rd != nil {
+			rep.Redis.Ran = true
+			rep.Host.Redis = rd.version
+			rd.quiesce = quiesce
+			defer rd.close()
+		} else {
+			cfg.Log("redis: skipped: %s", rep.Redis.Skipped)
+		}
+	}
+
+	for _, name := range cfg.Workloads {
+		w := Workload{Name: name, Description: workloadInfo[name].desc}
+		for _, o := range engines {
+			res, err := o.run(ctx, name)
+			if err != nil {
+				return rep, err
+			}
+			w.Results = append(w.Results, res)
+		}
+		for _, pg := range pgs {
+			res, err := pg.run(ctx, name)
+			if err != nil {
+				return rep, err
+			}
+			w.Results = append(w.Results, res)
+		}
+		if rd != nil {
+			res, err := rd.run(ctx, name)
+			if err != nil {
+				return rep, err
+			}
+			w.Results = append(w.Results, res)
+		}
+		setRatios(w.Results)
+		rep.Workloads = append(rep.Workloads, w)
+	}
+	return rep, nil
+}
+
+// setRatios fills Ratio with each engine's throughput over its
+// reference's (see reference), when that ran.
+func setRatios(results []Result) {
+	byEngine := map[string]float64{}
+	for _, r := range results {
+		byEngine[r.Engine] = r.OpsPerSec
+	}
+	for i := range results {
+		ref := reference[results[i].Engine]
+		if v := byEngine[ref]; v > 0 {
+			results[i].Ratio = results[i].OpsPerSec / v
+			results[i].RatioTo = ref
+		}
+	}
+}
+
+func openPool(ctx context.Context, cfg *pgxpool.Config, maxConns int32) (*pgxpool.Pool, error) {
+	cfg.MaxConns = maxConns
+	p, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Ping(ctx); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// cpuModel reads the CPU model name on Linux; "" elsewhere.
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// lookPath finds an executable, for the references' "skipped" lines.
+func lookPath(name string) (string, error) { return exec.LookPath(name) }

@@ -1,0 +1,192 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/agentsessions/agentsessions/internal/testdb"
+	"github.com/agentsessions/agentsessions/sessions"
+)
+
+// The invariant check must see an agent that holds more rows than the
+// limit, however the rows got there.
+func TestCheckTableDetectsOverLimitAgent(t *testing.T) {
+	d := testdb.New(t)
+	pool := d.Pool(t)
+	ctx := context.Background()
+	cfg := Config{TTL: time.Hour, Limit: 3, Sessions: 7, Agents: 7}
+	rows, _, err := mintSessions([]byte("0123456789abcdef0123456789abcdef"), cfg, 7, func(i int) string { return agentName(i + 1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := copySessions(ctx, pool, rows); err != nil {
+		t.Fatal(err)
+	}
+	var res Result
+	if err := checkTable(ctx, pool, 3, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.OverLimitAgents != 0 || res.Rows != 7 {
+		t.Fatalf("7 agents with one session each: over-limit %d, rows %d", res.OverLimitAgents, res.Rows)
+	}
+	// Bypass the library, as a broken store would: agent 1 gets 4 rows, agent
+	// 2 exactly the limit (3), which is fine.
+	for i, agent := range []string{"1", "1", "1", "2", "2"} {
+		if _, err := pool.Exec(ctx, `INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest)
+			VALUES ($1, $2, now(), now() + interval '1 hour', repeat('ab', 32))`, fmt.Sprint("extra-", i), agent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := checkTable(ctx, pool, 3, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.OverLimitAgents != 1 || res.Rows != 12 {
+		t.Fatalf("agent 1 at 4 of 3: over-limit %d (want 1), rows %d (want 12)", res.OverLimitAgents, res.Rows)
+	}
+}
+
+// Minted sessions are the library's own: a Manager on the table with the
+// same secret authenticates them.
+func TestMintedSessionsAuthenticate(t *testing.T) {
+	d := testdb.New(t)
+	pool := d.Pool(t)
+	ctx := context.Background()
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	cfg := Config{TTL: time.Hour, Limit: 2, HotAgents: 3, Sessions: 10, Agents: 10}
+	n, agentOf := prefillPlan(cfg, WorkloadIssueHot)
+	if n != 3 {
+		t.Fatalf("issue-hot prefill: %d sessions, want hot agents x (limit-1) = 3", n)
+	}
+	rows, pre, err := mintSessions(secret, cfg, n, agentOf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := copySessions(ctx, pool, rows); err != nil {
+		t.Fatal(err)
+	}
+	st, err := sessions.NewPostgresStore(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := sessions.New(st, sessions.Config{Secret: secret, TTL: time.Hour, Limit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range pre {
+		if p.id != fmt.Sprint(prefillBase+i) || p.agent != agentName(i%3+1) {
+			t.Errorf("session %d: id %s agent %s", i, p.id, p.agent)
+		}
+		if _, err := m.Authenticate(ctx, p.token, p.agent); err != nil {
+			t.Errorf("session %d: %v", i, err)
+		}
+	}
+	// Each hot agent is one below its limit of 2: one more issue fits, the
+	// next does not.
+	if _, err := m.Issue(ctx, "1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Issue(ctx, "1"); !errors.Is(err, sessions.ErrLimitExceeded) {
+		t.Fatalf("third session for agent 1 at limit 2: %v", err)
+	}
+}
+
+// The prototypes must hold the limit as the library does: instances racing
+// to issue for one agent end with exactly the limit stored, and the
+// library's accounting (limit errors) agrees.
+func TestPrototypesHoldTheLimit(t *testing.T) {
+	for _, name := range []string{VariantCTE, VariantLock} {
+		t.Run(name, func(t *testing.T) {
+			d := testdb.New(t)
+			v := variants[name]
+			ctx := context.Background()
+			const instances, workers, limit, attempts = 3, 4, 3, 8
+			var mgrs []*sessions.Manager
+			var stores []benchStore
+			for range instances {
+				cfg, err := pgxpool.ParseConfig(d.URL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pool := d.PoolWith(t, v.poolConfig(cfg))
+				st, err := v.newStore(pool, 50)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m, err := sessions.New(st, sessions.Config{Secret: []byte("0123456789abcdef0123456789abcdef"), TTL: time.Hour, Limit: limit})
+				if err != nil {
+					t.Fatal(err)
+				}
+				mgrs, stores = append(mgrs, m), append(stores, st)
+			}
+			var mu sync.Mutex
+			outcomes := map[string]int{}
+			var wg sync.WaitGroup
+			for i := range instances * workers {
+				m := mgrs[i%instances]
+				wg.Go(func() {
+					for range attempts {
+						_, err := m.Issue(ctx, "contended-agent")
+						mu.Lock()
+						outcomes[Classify(err)]++
+						if Classify(err) == ClassOther || Classify(err) == ClassStore {
+							t.Errorf("issue: %v", err)
+						}
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			var res Result
+			if err := checkTable(ctx, d.Pool(t), limit, &res); err != nil {
+				t.Fatal(err)
+			}
+			if res.OverLimitAgents != 0 || res.Rows != limit || outcomes[ClassOK] != limit {
+				t.Fatalf("rows %d, over-limit agents %d, outcomes %v: want exactly %d issued", res.Rows, res.OverLimitAgents, outcomes, limit)
+			}
+			var retries int64
+			for _, s := range stores {
+				retries += s.retries()
+			}
+			if name == VariantLock && retries != 0 {
+				t.Errorf("the lock prototype retried %d times; it cannot get serialization failures", retries)
+			}
+			t.Logf("%s: outcomes %v, retries %d", name, outcomes, retries)
+
+			// An override in agent_limits applies as in the library.
+			if _, err := d.Pool(t).Exec(ctx, `INSERT INTO agent_limits (agent_id, max_sessions) VALUES ('contended-agent', 4)`); err != nil {
+				t.Fatal(err)
+			}
+			iss, err := mgrs[0].Issue(ctx, "contended-agent")
+			if err != nil {
+				t.Fatalf("issue under the override of 4: %v", err)
+			}
+			if _, err := mgrs[1].Issue(ctx, "contended-agent"); !errors.Is(err, sessions.ErrLimitExceeded) {
+				t.Fatalf("fifth session under an override of 4: %v", err)
+			}
+			// Expired sessions are pruned and make room.
+			if _, err := d.Pool(t).Exec(ctx, `UPDATE agent_sessions SET issued_at = now() - interval '2 hours', expires_at = now() - interval '1 hour' WHERE id = $1`, iss.Session.ID); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := mgrs[2].Issue(ctx, "contended-agent"); err != nil {
+				t.Fatalf("issue after one session expired: %v", err)
+			}
+			var n int
+			if err := d.Pool(t).QueryRow(ctx, `SELECT count(*) FROM agent_sessions WHERE id = $1`, iss.Session.ID).Scan(&n); err != nil || n != 0 {
+				t.Fatalf("expired session still stored (%d, %v)", n, err)
+			}
+		})
+	}
+}
+
+func TestCTEStoreRefusesAPoolAtReadCommitted(t *testing.T) {
+	d := testdb.New(t)
+	if _, err := newCTEStore(d.Pool(t), 20); err == nil {
+		t.Fatal("newCTEStore accepted a pool without default_transaction_isolation=serializable")
+	}
+}

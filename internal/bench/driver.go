@@ -1,0 +1,175 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// worker is one client of a run. Its recorder and random source are its
+// own, so recording takes no lock.
+type worker struct {
+	id  int
+	rng *rand.Rand
+	rec *recorder
+	// owned is the mixed workload's sessions this worker may authenticate
+	// and revoke (engine-specific values).
+	owned []any
+}
+
+// budget decides when a run stops: after a duration, or after a number of
+// steps claimed across all workers.
+type budget struct {
+	deadline time.Time
+	ops      int64
+	claimed  atomic.Int64
+	done     atomic.Int64
+}
+
+// next claims one step; false means stop.
+func (b *budget) next() bool {
+	if b.ops > 0 {
+		return b.claimed.Add(1) <= b.ops
+	}
+	return time.Now().Before(b.deadline)
+}
+
+// drive runs step on clients workers until the budget is spent and
+// returns the workers (with their recorders) and the elapsed time: from
+// the start until the last worker finished its last step. Steps in flight
+// when the deadline passes finish normally and are counted.
+func drive(ctx context.Context, cfg Config, label string, clients int, setup func(w *worker), step func(ctx context.Context, w *worker)) ([]*worker, time.Duration) {
+	workers := make([]*worker, clients)
+	for i := range workers {
+		workers[i] = &worker{id: i, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), rec: newRecorder()}
+		if setup != nil {
+			setup(workers[i])
+		}
+	}
+	b := &budget{ops: cfg.Ops}
+	start := time.Now()
+	if cfg.Ops == 0 {
+		b.deadline = start.Add(cfg.Duration)
+	}
+	stopBar := startProgress(cfg.Progress, label, cfg, start, b.done.Load)
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Go(func() {
+			for ctx.Err() == nil && b.next() {
+				step(ctx, w)
+				b.done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	stopBar()
+	return workers, elapsed
+}
+
+// timed runs fn with the per-operation timeout and records its latency
+// and outcome as op.
+func timed(ctx context.Context, cfg Config, w *worker, op string, fn func(ctx context.Context) error) error {
+	opCtx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
+	start := time.Now()
+	err := fn(opCtx)
+	d := time.Since(start)
+	cancel()
+	class := Classify(err)
+	if err != nil && ctx.Err() != nil {
+		class = ClassCanceled
+	}
+	w.rec.record(op, class, d, err)
+	return err
+}
+
+func recorders(ws []*worker) []*recorder {
+	out := make([]*recorder, len(ws))
+	for i, w := range ws {
+		out[i] = w.rec
+	}
+	return out
+}
+
+// result builds an engine's Result from its workers.
+func result(engine, workload string, ws []*worker, elapsed time.Duration) Result {
+	byOp, lat, outcomes, examples := merge(recorders(ws), workloadInfo[workload].counted)
+	var ops int64
+	for _, n := range outcomes {
+		ops += n
+	}
+	r := Result{
+		Engine: engine, Clients: len(ws), ElapsedS: elapsed.Seconds(), Ops: ops,
+		Latency: lat, Outcomes: outcomes, Errors: errorCount(outcomes), ByOp: byOp, OverLimitAgents: -1,
+	}
+	if len(examples) > 0 {
+		r.ErrorExamples = examples
+	}
+	if elapsed > 0 {
+		r.OpsPerSec = float64(ops) / elapsed.Seconds()
+	}
+	return r
+}
+
+func (r *Result) setRetries(n int64) {
+	r.Retries = n
+	if r.Ops > 0 {
+		r.RetriesPer1k = float64(n) * 1000 / float64(r.Ops)
+	}
+}
+
+// startProgress redraws a one-line progress bar on out every 200ms until
+// the returned function is called; out nil draws nothing. done reports
+// completed steps.
+func startProgress(out io.Writer, label string, cfg Config, start time.Time, done func() int64) (stop func()) {
+	if out == nil {
+		return func() {}
+	}
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				fmt.Fprint(out, "\r\033[K")
+				return
+			case <-t.C:
+				fmt.Fprint(out, "\r\033[K"+progressLine(label, cfg, time.Since(start), done()))
+			}
+		}
+	})
+	return func() { close(quit); wg.Wait() }
+}
+
+// progressLine renders "label [#####-----]  50%  2.5s/5s  1234 ops  493/s".
+func progressLine(label string, cfg Config, elapsed time.Duration, done int64) string {
+	var frac float64
+	var total string
+	if cfg.Ops > 0 {
+		frac = float64(done) / float64(cfg.Ops)
+		total = fmt.Sprintf("%d/%d ops", done, cfg.Ops)
+	} else {
+		frac = elapsed.Seconds() / cfg.Duration.Seconds()
+		total = fmt.Sprintf("%.1fs/%s  %d ops", elapsed.Seconds(), cfg.Duration, done)
+	}
+	frac = max(0, min(1, frac))
+	const width = 24
+	filled := int(frac * width)
+	rate := 0.0
+	if s := elapsed.Seconds(); s > 0 {
+		rate = float64(done) / s
+	}
+	if n := utf8.RuneCountInString(label); n < 28 {
+		label += strings.Repeat(" ", 28-n) // %-28s would count bytes
+	}
+	return fmt.Sprintf("%s [%s%s] %3.0f%%  %s  %.0f/s", label,
+		strings.Repeat("#", filled), strings.Repeat("-", width-filled), frac*100, total, rate)
+}

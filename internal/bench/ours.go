@@ -1,0 +1,389 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/agentsessions/agentsessions/sessions"
+)
+
+// prefillBase is the first pre-issued session ID: pre-issued sessions get
+// the decimal IDs prefillBase, prefillBase+1, ... so that pgbench (whose
+// variables are integers) can pick them at random with the store's own
+// SELECT. Sessions issued during a workload get the library's default
+// random IDs.
+const prefillBase = 1_000_000
+
+// agentName is agent n's ID (n from 1): plain decimal, so pgbench's
+// integer variables name the same agents.
+func agentName(n int) string { return strconv.Itoa(n) }
+
+// benchStore is a store the bench drives: the library's, or a prototype.
+type benchStore interface {
+	sessions.Store
+	retries() int64 // serialization-failure reruns so far
+}
+
+// libStore is the library's PostgresStore.
+type libStore struct{ *sessions.PostgresStore }
+
+func (s libStore) retries() int64 { return int64(s.Stats().Retries) }
+
+// variant is one way of running the store's operations on PostgreSQL:
+// the library's, or the CTE prototype (see cte.go).
+type variant struct {
+	engine       string // our engine name in reports
+	pgEngine     string // the pgbench engine replaying its statements
+	serializable bool   // its pools set default_transaction_isolation=serializable
+	newStore     func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error)
+}
+
+var (
+	variantLibrary = variant{engine: EngineOurs, pgEngine: EnginePgbench,
+		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) {
+			ps, err := sessions.NewPostgresStore(pool, &sessions.PostgresConfig{MaxAttempts: maxAttempts})
+			if err != nil {
+				return nil, err
+			}
+			return libStore{ps}, nil
+		}}
+	variantCTE = variant{engine: EngineCTE, pgEngine: EnginePgbenchCTE, serializable: true,
+		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) { return newCTEStore(pool, maxAttempts) }}
+	variantLock = variant{engine: EngineLock, pgEngine: EnginePgbenchLock,
+		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) { return newLockStore(pool, maxAttempts) }}
+
+	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantLock: variantLock}
+)
+
+// poolConfig returns a copy of base set up for the variant.
+func (v variant) poolConfig(base *pgxpool.Config) *pgxpool.Config {
+	c := base.Copy()
+	if v.serializable {
+		serializableDefault(c)
+	}
+	return c
+}
+
+// ours runs the workloads on one variant of the store: one pool, store
+// and Manager per instance.
+type ours struct {
+	cfg     Config
+	v       variant
+	secret  []byte
+	schema  string
+	poolCfg *pgxpool.Config // the variant's
+	pools   []*pgxpool.Pool
+	stores  []benchStore
+	mgrs    []*sessions.Manager
+	// quiesce, when set, is called after a workload's prefill and before
+	// its clock starts: it closes every other engine's connections.
+	quiesce func()
+}
+
+func newOurs(ctx context.Context, cfg Config, v variant, poolCfg *pgxpool.Config, schema string) (*ours, error) {
+	o := &ours{cfg: cfg, v: v, secret: make([]byte, 32), schema: schema, poolCfg: v.poolConfig(poolCfg)}
+	_, _ = rand.Read(o.secret)
+	for range cfg.Instances {
+		p, err := openPool(ctx, o.poolCfg.Copy(), int32(cfg.Workers))
+		if err != nil {
+			o.close()
+			return nil, fmt.Errorf("bench: open instance pool: %w", err)
+		}
+		o.pools = append(o.pools, p)
+		st, err := v.newStore(p, cfg.MaxAttempts)
+		if err != nil {
+			o.close()
+			return nil, err
+		}
+		m, err := o.manager(st, nil)
+		if err != nil {
+			o.close()
+			return nil, err
+		}
+		o.stores = append(o.stores, st)
+		o.mgrs = append(o.mgrs, m)
+	}
+	return o, nil
+}
+
+func (o *ours) manager(st sessions.Store, newID func() (string, error)) (*sessions.Manager, error) {
+	return sessions.New(st, sessions.Config{Secret: o.secret, TTL: o.cfg.TTL, Limit: o.cfg.Limit, NewID: newID})
+}
+
+func (o *ours) close() {
+	for _, p := range o.pools {
+		p.Close()
+	}
+}
+
+// idle closes the pools' connections (they reconnect when next used), so
+// that an engine that is not running holds no server connections.
+func (o *ours) idle() {
+	for _, p := range o.pools {
+		p.Reset()
+	}
+}
+
+// warm opens every pool's connections before a run starts, so that
+// connecting is not timed (pgbench's figure leaves it out too).
+func (o *ours) warm(ctx context.Context) error {
+	for _, p := range o.pools {
+		conns := make([]*pgxpool.Conn, 0, p.Config().MaxConns)
+		var err error
+		for range p.Config().MaxConns {
+			var c *pgxpool.Conn
+			if c, err = p.Acquire(ctx); err != nil {
+				break
+			}
+			conns = append(conns, c)
+		}
+		for _, c := range conns {
+			c.Release()
+		}
+		if err != nil {
+			return fmt.Errorf("bench: connect: %w", err)
+		}
+	}
+	return nil
+}
+
+// instance returns the manager worker w belongs to: workers are split
+// evenly, Workers per instance.
+func (o *ours) instance(w *worker) *sessions.Manager { return o.mgrs[w.id/o.cfg.Workers] }
+
+func (o *ours) retries() int64 {
+	var n int64
+	for _, s := range o.stores {
+		n += s.retries()
+	}
+	return n
+}
+
+// reset empties the session table.
+func (o *ours) reset(ctx context.Context) error {
+	if _, err := o.pools[0].Exec(ctx, "TRUNCATE agent_sessions"); err != nil {
+		return fmt.Errorf("bench: truncate: %w", err)
+	}
+	return nil
+}
+
+// prefilled is a pre-issued session.
+type prefilled struct {
+	token, agent, id string
+}
+
+// prefill resets the table and stores the sessions the workload starts
+// from, with IDs prefillBase+i: for issue-hot, limit-1 sessions for each
+// hot agent; for the others, Sessions sessions spread round-robin over
+// the agents (for issue they are the population a running deployment
+// has: an empty table would put every agent on one index page, where
+// SERIALIZABLE's page-level predicate locks make unrelated agents
+// conflict). See mintSessions for how.
+func (o *ours) prefill(ctx context.Context, workload string) ([]prefilled, error) {
+	if err := o.reset(ctx); err != nil {
+		return nil, err
+	}
+	n, agentOf := prefillPlan(o.cfg, workload)
+	rows, out, err := mintSessions(o.secret, o.cfg, n, agentOf)
+	if err != nil {
+		return nil, err
+	}
+	if err := copySessions(ctx, o.pools[0], rows); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// prefillPlan says how many sessions a workload starts from, and whose.
+func prefillPlan(cfg Config, workload string) (n int, agentOf func(i int) string) {
+	if workload == WorkloadIssueHot {
+		return cfg.HotAgents * (cfg.Limit - 1), func(i int) string { return agentName(i%cfg.HotAgents + 1) }
+	}
+	return cfg.Sessions, func(i int) string { return agentName(i%cfg.Agents + 1) }
+}
+
+// mintSessions issues n sessions through a Manager with the run's secret,
+// TTL and limit on a store that only collects them, so the tokens are the
+// library's own; copySessions then stores the rows in one COPY. That takes
+// milliseconds where issuing through PostgreSQL would take seconds, and
+// agentOf spreads the sessions so that no agent exceeds the limit.
+func mintSessions(secret []byte, cfg Config, n int, agentOf func(i int) string) ([]sessions.Session, []prefilled, error) {
+	st := &collectStore{}
+	next := prefillBase
+	m, err := sessions.New(st, sessions.Config{Secret: secret, TTL: cfg.TTL, Limit: cfg.Limit,
+		NewID: func() (string, error) { next++; return strconv.Itoa(next - 1), nil }})
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make([]prefilled, n)
+	for i := range n {
+		iss, err := m.Issue(context.Background(), agentOf(i))
+		if err != nil {
+			return nil, nil, fmt.Errorf("bench: mint session %d: %w", i, err)
+		}
+		out[i] = prefilled{token: iss.Token, agent: iss.Session.AgentID, id: iss.Session.ID}
+	}
+	return st.rows, out, nil
+}
+
+// copySessions stores rows with COPY and refreshes the planner's
+// statistics, so the workload's queries get the plans a running
+// deployment gets.
+func copySessions(ctx context.Context, pool *pgxpool.Pool, rows []sessions.Session) error {
+	src := pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+		s := rows[i]
+		return []any{s.ID, s.AgentID, s.IssuedAt, s.ExpiresAt, s.TokenDigest}, nil
+	})
+	if _, err := pool.CopyFrom(ctx, pgx.Identifier{"agent_sessions"},
+		[]string{"id", "agent_id", "issued_at", "expires_at", "token_digest"}, src); err != nil {
+		return fmt.Errorf("bench: prefill: %w", err)
+	}
+	if _, err := pool.Exec(ctx, "ANALYZE agent_sessions"); err != nil {
+		return fmt.Errorf("bench: prefill: %w", err)
+	}
+	return nil
+}
+
+// collectStore is a sessions.Store that keeps what is inserted and
+// nothing else; mintSessions uses it to make tokens without a database.
+type collectStore struct{ rows []sessions.Session }
+
+func (c *collectStore) Get(context.Context, string) (sessions.Session, bool, error) {
+	return sessions.Session{}, false, nil
+}
+func (c *collectStore) Delete(context.Context, string) error { return nil }
+func (c *collectStore) Insert(_ context.Context, s sessions.Session, req sessions.InsertRequest) (sessions.InsertResult, error) {
+	c.rows = append(c.rows, s)
+	return sessions.InsertResult{Inserted: true, Limit: req.Limit}, nil
+}
+
+// run runs one workload on the library.
+func (o *ours) run(ctx context.Context, workload string) (Result, error) {
+	pre, err := o.prefill(ctx, workload)
+	if err != nil {
+		return Result{}, err
+	}
+	cfg := o.cfg
+	clients := cfg.Clients()
+	var setup func(w *worker)
+	var step func(ctx context.Context, w *worker)
+	switch workload {
+	case WorkloadIssue:
+		step = func(ctx context.Context, w *worker) {
+			a := agentName(w.rng.IntN(cfg.Agents) + 1)
+			_ = timed(ctx, cfg, w, OpIssue, func(ctx context.Context) error {
+				_, err := o.instance(w).Issue(ctx, a)
+				return err
+			})
+		}
+	case WorkloadIssueHot:
+		step = func(ctx context.Context, w *worker) {
+			m := o.instance(w)
+			a := agentName(w.rng.IntN(cfg.HotAgents) + 1)
+			var iss sessions.Issued
+			err := timed(ctx, cfg, w, OpIssue, func(ctx context.Context) (err error) {
+				iss, err = m.Issue(ctx, a)
+				return err
+			})
+			if err == nil {
+				_ = timed(ctx, cfg, w, OpRevoke, func(ctx context.Context) error { return m.Revoke(ctx, iss.Session.ID) })
+			}
+		}
+	case WorkloadAuthenticate:
+		step = func(ctx context.Context, w *worker) {
+			s := pre[w.rng.IntN(len(pre))]
+			_ = timed(ctx, cfg, w, OpAuthenticate, func(ctx context.Context) error {
+				_, err := o.instance(w).Authenticate(ctx, s.token, s.agent)
+				return err
+			})
+		}
+	case WorkloadMixed:
+		setup = func(w *worker) {
+			for i := w.id; i < len(pre); i += clients {
+				w.owned = append(w.owned, pre[i])
+			}
+		}
+		step = func(ctx context.Context, w *worker) { o.mixedStep(ctx, w) }
+	}
+	if o.quiesce != nil {
+		o.quiesce()
+	}
+	if err := o.warm(ctx); err != nil {
+		return Result{}, err
+	}
+	before := o.retries()
+	ws, elapsed := drive(ctx, cfg, workload+" · "+o.v.engine, clients, setup, step)
+	res := result(o.v.engine, workload, ws, elapsed)
+	res.setRetries(o.retries() - before)
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	if err := o.check(ctx, &res); err != nil {
+		return res, err
+	}
+	o.cfg.Log("%s · %s: %s", workload, o.v.engine, oneLine(res))
+	return res, nil
+}
+
+// mixedStep: 90 % authenticate one of the worker's own sessions, 8 %
+// issue (for a random agent; the session joins the worker's own), 2 %
+// revoke one of its own. A worker with no sessions left issues.
+func (o *ours) mixedStep(ctx context.Context, w *worker) {
+	cfg := o.cfg
+	m := o.instance(w)
+	p := w.rng.IntN(100)
+	switch {
+	case p < 90 && len(w.owned) > 0:
+		s := w.owned[w.rng.IntN(len(w.owned))].(prefilled)
+		_ = timed(ctx, cfg, w, OpAuthenticate, func(ctx context.Context) error {
+			_, err := m.Authenticate(ctx, s.token, s.agent)
+			return err
+		})
+	case p < 98 || len(w.owned) == 0:
+		a := agentName(w.rng.IntN(cfg.Agents) + 1)
+		var iss sessions.Issued
+		if timed(ctx, cfg, w, OpIssue, func(ctx context.Context) (err error) {
+			iss, err = m.Issue(ctx, a)
+			return err
+		}) == nil {
+			w.owned = append(w.owned, prefilled{token: iss.Token, agent: a, id: iss.Session.ID})
+		}
+	default:
+		i := w.rng.IntN(len(w.owned))
+		s := w.owned[i].(prefilled)
+		if timed(ctx, cfg, w, OpRevoke, func(ctx context.Context) error { return m.Revoke(ctx, s.id) }) == nil {
+			w.owned[i] = w.owned[len(w.owned)-1]
+			w.owned = w.owned[:len(w.owned)-1]
+		}
+	}
+}
+
+// check runs the invariant check on the session table: how many agents
+// hold more rows (live or not) than the limit, and how many rows there are.
+func (o *ours) check(ctx context.Context, res *Result) error {
+	return checkTable(ctx, o.pools[0], o.cfg.Limit, res)
+}
+
+func checkTable(ctx context.Context, pool *pgxpool.Pool, limit int, res *Result) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	err := pool.QueryRow(ctx, `
+		SELECT (SELECT count(*) FROM (SELECT 1 FROM agent_sessions GROUP BY agent_id HAVING count(*) > $1) over_limit),
+		       (SELECT count(*) FROM agent_sessions)`, limit).Scan(&res.OverLimitAgents, &res.Rows)
+	if err != nil {
+		return fmt.Errorf("bench: invariant check: %w", err)
+	}
+	return nil
+}
+
+// oneLine is a short summary for log lines.
+func oneLine(r Result) string {
+	return fmt.Sprintf("%d ops in %.1fs = %.0f ops/s, p50 %s p99 %s, errors %d, retries/1k %.1f, over-limit agents %d",
+		r.Ops, r.ElapsedS, r.OpsPerSec, fmtDur(r.Latency.P50), fmtDur(r.Latency.P99), r.Errors, r.RetriesPer1k, r.OverLimitAgents)
+}

@@ -1,0 +1,174 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// fmtDur prints a latency in milliseconds with three significant digits
+// or so, so that columns compare at a glance.
+func fmtDur(d time.Duration) string {
+	v := ms(d)
+	switch {
+	case v == 0:
+		return "0ms"
+	case v < 10:
+		return fmt.Sprintf("%.2fms", v)
+	case v < 100:
+		return fmt.Sprintf("%.1fms", v)
+	default:
+		return fmt.Sprintf("%.0fms", v)
+	}
+}
+
+// fmtCount prints n with thousands separators.
+func fmtCount(n float64) string {
+	s := fmt.Sprintf("%.0f", n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+// Header describes the run in two lines: when, where, and with what.
+func (r Report) Header() string {
+	h := r.Host
+	cpu := fmt.Sprintf("%d CPUs", h.CPUs)
+	if h.CPUModel != "" {
+		cpu += " (" + h.CPUModel + ")"
+	}
+	servers := "PostgreSQL " + h.Postgres
+	if h.Pgbench != "" {
+		servers += ", " + h.Pgbench
+	}
+	if h.Redis != "" {
+		servers += ", " + h.Redis
+	}
+	s := r.Settings
+	length := s.Duration + " per workload and engine"
+	if s.Ops > 0 {
+		length = fmt.Sprintf("%d ops per workload and engine", s.Ops)
+	}
+	return fmt.Sprintf("agentsessions bench · %s · %s/%s, %s, %s · %s\n"+
+		"%d instances x %d workers = %d clients · %s · limit %d · %d agents, %d hot, %d pre-issued sessions\n",
+		r.Started.Format("2006-01-02 15:04 UTC"), h.OS, h.Arch, cpu, h.GoVersion, servers,
+		s.Instances, s.Workers, s.Clients, length, s.Limit, s.Agents, s.HotAgents, s.Sessions)
+}
+
+// WriteTable writes the human-readable report: the header, one row per
+// workload and engine, the outcomes, and a per-operation breakdown.
+func (r Report) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString(r.Header())
+	b.WriteString("\n")
+	fmt.Fprintf(&b, "%-13s %-18s %9s %10s %8s %8s %8s %8s %7s %11s %10s\n",
+		"workload", "engine", "ops/s", "vs pgbench", "p50", "p95", "p99", "max", "errors", "retries/1k", "over-limit")
+	for _, wl := range r.Workloads {
+		for i, res := range wl.Results {
+			name := wl.Name
+			if i > 0 {
+				name = ""
+			}
+			ratio := "-"
+			if res.Ratio > 0 {
+				ratio = fmt.Sprintf("%.2fx", res.Ratio)
+			}
+			over := "-"
+			if res.OverLimitAgents >= 0 {
+				over = fmt.Sprint(res.OverLimitAgents)
+			}
+			fmt.Fprintf(&b, "%-13s %-18s %9s %10s %8s %8s %8s %8s %7d %11.1f %10s\n",
+				name, res.Engine, fmtCount(res.OpsPerSec), ratio, fmtDur(res.Latency.P50), fmtDur(res.Latency.P95),
+				fmtDur(res.Latency.P99), fmtDur(res.Latency.Max), res.Errors, res.RetriesPer1k, over)
+		}
+	}
+	for _, line := range r.skippedLines() {
+		b.WriteString(line + "\n")
+	}
+
+	b.WriteString("\nOutcomes of the counted operations:\n")
+	for _, wl := range r.Workloads {
+		for _, res := range wl.Results {
+			fmt.Fprintf(&b, "  %-13s %-18s %s\n", wl.Name, res.Engine, fmtOutcomes(res.Outcomes))
+			for _, class := range sortedKeys(res.ErrorExamples) {
+				fmt.Fprintf(&b, "  %-13s %-18s   first %s: %s\n", "", "", class, truncate(res.ErrorExamples[class], 160))
+			}
+		}
+	}
+
+	b.WriteString("\nBy operation:\n")
+	fmt.Fprintf(&b, "  %-13s %-18s %-13s %9s %8s %8s %8s %8s  %s\n", "workload", "engine", "operation", "ops", "p50", "p95", "p99", "max", "outcomes")
+	for _, wl := range r.Workloads {
+		for _, res := range wl.Results {
+			for _, op := range sortedKeys(res.ByOp) {
+				o := res.ByOp[op]
+				fmt.Fprintf(&b, "  %-13s %-18s %-13s %9d %8s %8s %8s %8s  %s\n", wl.Name, res.Engine, op, o.Ops,
+					fmtDur(o.Latency.P50), fmtDur(o.Latency.P95), fmtDur(o.Latency.P99), fmtDur(o.Latency.Max), fmtOutcomes(o.Outcomes))
+			}
+		}
+	}
+	b.WriteString("\nops/s: counted operations per second of wall time (pgbench: its tps without connection time).\n" +
+		"Latency: exact nearest-rank percentiles over every operation's wall time, as the client saw it (retries included).\n" +
+		"errors: outcomes other than ok and limit_exceeded. over-limit: agents holding more sessions than the limit at the end (must be 0).\n")
+	if v := r.Violations(); v > 0 {
+		fmt.Fprintf(&b, "\nINVARIANT BROKEN: %d agents ended over the limit.\n", v)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func (r Report) skippedLines() []string {
+	var out []string
+	if r.Settings.Compare {
+		if r.Pgbench.Skipped != "" {
+			out = append(out, "pgbench: skipped: "+r.Pgbench.Skipped)
+		}
+		for _, name := range sortedKeys(r.PgbenchPrototypes) {
+			if ref := r.PgbenchPrototypes[name]; ref.Skipped != "" {
+				out = append(out, name+": skipped: "+ref.Skipped)
+			}
+		}
+		if r.Redis.Skipped != "" {
+			out = append(out, "redis: skipped: "+r.Redis.Skipped)
+		}
+	}
+	return out
+}
+
+func fmtOutcomes(m map[string]int64) string {
+	var parts []string
+	for _, k := range sortedKeys(m) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func truncate(s string, n int) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}

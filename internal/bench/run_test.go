@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/agentsessions/agentsessions/internal/testdb"
+)
+
+// A whole run, small and bounded by operation count (no timing in tests):
+// every workload on every variant and reference, the invariant checked
+// after each, and the run's schema gone afterwards.
+func TestRunEveryWorkloadAndEngine(t *testing.T) {
+	d := testdb.NewEmpty(t)
+	var logs bytes.Buffer
+	cfg := Config{
+		DatabaseURL: d.URL, Instances: 2, Workers: 2, Ops: 60, Agents: 40, HotAgents: 2, Sessions: 40, Limit: 3,
+		Variants: VariantNames, Compare: true, RedisURL: redisURL(), Progress: &bytes.Buffer{},
+		Log: func(format string, args ...any) { fmt.Fprintf(&logs, format+"\n", args...) },
+	}
+	rep, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("%v\nlog:\n%s", err, logs.String())
+	}
+	if !rep.Pgbench.Ran {
+		t.Logf("pgbench skipped: %s", rep.Pgbench.Skipped)
+	}
+	wantEngines := []string{EngineOurs, EngineCTE, EngineLock}
+	if rep.Pgbench.Ran {
+		wantEngines = append(wantEngines, EnginePgbench, EnginePgbenchCTE, EnginePgbenchLock)
+	}
+	if rep.Redis.Ran {
+		wantEngines = append(wantEngines, EngineRedis)
+	}
+	if len(rep.Workloads) != len(Workloads) {
+		t.Fatalf("%d workloads, want %d", len(rep.Workloads), len(Workloads))
+	}
+	for _, w := range rep.Workloads {
+		var engines []string
+		for _, r := range w.Results {
+			engines = append(engines, r.Engine)
+			if r.OverLimitAgents != 0 {
+				t.Errorf("%s/%s: %d agents over the limit", w.Name, r.Engine, r.OverLimitAgents)
+			}
+			if r.Ops < 60 || r.OpsPerSec <= 0 || r.Latency.N == 0 || r.Latency.P50 > r.Latency.P99 || r.Latency.P99 > r.Latency.Max {
+				t.Errorf("%s/%s: ops %d, %.0f/s, latency %+v", w.Name, r.Engine, r.Ops, r.OpsPerSec, r.Latency)
+			}
+			// Our engines back off between retries; pgbench does not, so on
+			// a hot agent it may give up (counted, not fatal).
+			if !strings.HasPrefix(r.Engine, "pgbench") && r.Errors != 0 {
+				t.Errorf("%s/%s: errors %v %v", w.Name, r.Engine, r.Outcomes, r.ErrorExamples)
+			}
+			if rep.Pgbench.Ran && r.Ratio <= 0 {
+				t.Errorf("%s/%s: no ratio", w.Name, r.Engine)
+			}
+		}
+		if strings.Join(engines, ",") != strings.Join(wantEngines, ",") {
+			t.Errorf("%s: engines %v, want %v", w.Name, engines, wantEngines)
+		}
+		if w.Name == WorkloadMixed {
+			ops := w.Results[0].ByOp
+			if ops[OpAuthenticate].Ops == 0 || ops[OpIssue].Ops+ops[OpRevoke].Ops == 0 {
+				t.Errorf("mixed ran %v", ops)
+			}
+		}
+		if w.Name == WorkloadIssueHot && w.Results[0].ByOp[OpRevoke].Ops == 0 {
+			t.Errorf("issue-hot revoked nothing: %v", w.Results[0].ByOp)
+		}
+	}
+	var b bytes.Buffer
+	if err := rep.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", b.String())
+
+	var n int
+	if err := d.Pool(t).QueryRow(context.Background(), "SELECT count(*) FROM pg_namespace WHERE nspname = $1", rep.Settings.Schema).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("schema %s still there (%d, %v)", rep.Settings.Schema, n, err)
+	}
+}
+
+// An interrupted run returns what it has and still drops its schema.
+func TestRunCanceled(t *testing.T) {
+	d := testdb.NewEmpty(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	rep, err := Run(ctx, Config{DatabaseURL: d.URL, Instances: 1, Workers: 1, Ops: 10, Agents: 10, Sessions: 10})
+	if err == nil {
+		t.Fatalf("canceled run returned no error: %+v", rep)
+	}
+	if _, err := Run(context.Background(), Config{DatabaseURL: "postgres://postgres@127.0.0.1:1/x?connect_timeout=2"}); err == nil ||
+		!strings.Contains(err.Error(), "cannot reach the database") {
+		t.Fatalf("unreachable database: %v", err)
+	}
+}
