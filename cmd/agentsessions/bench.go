@@ -1,0 +1,173 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/agentsessions/agentsessions/internal/bench"
+)
+
+type benchOpts struct {
+	cfg       bench.Config
+	workloads string
+	variants  string
+	json      bool
+	plot      string
+	progress  string
+	quiet     bool
+}
+
+func newBenchCmd(g *globalOpts) *cobra.Command {
+	o := &benchOpts{}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the PostgreSQL store under load (optionally against pgbench and a Redis peer)",
+		Long: "bench simulates --instances instances (each its own pgx pool and Manager) with --workers workers each " +
+			"against one database, runs each workload for --duration (or --ops operations) and prints a table: " +
+			"ops/s, p50/p95/p99/max latency, errors by class, serialization retries per 1,000 operations and the " +
+			"invariant check (agents holding more sessions than the limit: must be 0).\n\n" +
+			"Workloads: issue (many agents, low contention), issue-hot (--hot-agents agents at their limit), " +
+			"authenticate (pre-issued sessions, random picks), mixed (90% authenticate, 8% issue, 2% revoke).\n\n" +
+			"Every run creates a schema of its own in the database (the role needs CREATE) and drops it at the end, " +
+			"so it never touches the sessions there. --compare also runs pgbench (the statements the store sends, " +
+			"recorded from it, at the same client count; our ops/s is printed as a ratio of pgbench's) and a Redis " +
+			"peer (a Lua script per issue on one sorted set per agent), each skipped with a line saying why when " +
+			"it cannot run. --variants adds prototypes of the issue path, measured beside the library in the same " +
+			"run: cte (one data-modifying statement on connections whose default isolation is SERIALIZABLE) and " +
+			"lock (the same statement at READ COMMITTED after a per-agent advisory lock, both in one round trip). " +
+			"The exit status is 1 if any agent ended over its limit.",
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd, g) },
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.cfg.Instances, "instances", 4, "simulated instances: one pgx pool and Manager each")
+	f.IntVar(&o.cfg.Workers, "workers", 8, "concurrent workers per instance (also each pool's size)")
+	f.DurationVar(&o.cfg.Duration, "duration", 10*time.Second, "how long each workload runs per engine (whole seconds)")
+	f.Int64Var(&o.cfg.Ops, "ops", 0, "operations per workload and engine instead of --duration")
+	f.StringVar(&o.workloads, "workloads", strings.Join(bench.Workloads, ","), "comma-separated workloads to run")
+	f.IntVar(&o.cfg.Agents, "agents", 10000, "agents for issue, authenticate and mixed")
+	f.IntVar(&o.cfg.HotAgents, "hot-agents", 4, "agents for issue-hot")
+	f.IntVar(&o.cfg.Sessions, "sessions", 10000, "sessions stored before each workload but issue-hot (authenticate and mixed pick from them)")
+	f.IntVar(&o.cfg.Limit, "limit", 5, "sessions per agent")
+	f.DurationVar(&o.cfg.TTL, "ttl", time.Hour, "session lifetime")
+	f.IntVar(&o.cfg.MaxAttempts, "max-attempts", 20, "tries per call on serialization failure (store and pgbench --max-tries)")
+	f.BoolVar(&o.cfg.Compare, "compare", false, "also run pgbench and the Redis peer")
+	f.StringVar(&o.variants, "variants", bench.VariantLibrary, "comma-separated store variants: "+strings.Join(bench.VariantNames, ", ")+
+		" (cte and lock are prototypes of the issue path, measured beside the library)")
+	f.StringVar(&o.cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis for --compare")
+	f.StringVar(&o.cfg.PgbenchPath, "pgbench", "pgbench", "pgbench executable for --compare")
+	f.BoolVar(&o.cfg.Keep, "keep", false, "keep the benchmark schema and Redis keys afterwards")
+	f.BoolVar(&o.json, "json", false, "print the results as JSON instead of the table")
+	f.StringVar(&o.plot, "plot", "", "also draw throughput and latency to this .png or .svg file")
+	f.StringVar(&o.progress, "progress", "auto", "progress bar on stderr: auto (when it is a terminal), always or never")
+	f.BoolVarP(&o.quiet, "quiet", "q", false, "no log lines on stderr")
+	return cmd
+}
+
+func (o *benchOpts) run(cmd *cobra.Command, g *globalOpts) error {
+	cfg := o.cfg
+	flags := cmd.Flags()
+	if flags.Changed("ops") && !flags.Changed("duration") {
+		cfg.Duration = 0
+	}
+	// The library reads 0 as "the default"; here 0 was typed, so refuse it.
+	for name, v := range map[string]int{"--instances": cfg.Instances, "--workers": cfg.Workers, "--agents": cfg.Agents,
+		"--hot-agents": cfg.HotAgents, "--sessions": cfg.Sessions, "--limit": cfg.Limit, "--max-attempts": cfg.MaxAttempts} {
+		if v < 1 {
+			return usageError{fmt.Errorf("%s must be >= 1, got %d", name, v)}
+		}
+	}
+	if cfg.Ops < 0 || (flags.Changed("ops") && cfg.Ops == 0) {
+		return usageError{fmt.Errorf("--ops must be >= 1, got %d", cfg.Ops)}
+	}
+	if o.plot != "" {
+		if ext := strings.ToLower(o.plot[strings.LastIndexByte(o.plot, '.')+1:]); !strings.Contains(o.plot, ".") || (ext != "png" && ext != "svg") {
+			return usageError{fmt.Errorf("--plot %q: want a file name ending in .png or .svg", o.plot)}
+		}
+	}
+	if cfg.Workloads = splitList(o.workloads); len(cfg.Workloads) == 0 {
+		return usageError{errors.New("--workloads is empty")}
+	}
+	if cfg.Variants = splitList(o.variants); len(cfg.Variants) == 0 {
+		return usageError{errors.New("--variants is empty")}
+	}
+	stderr := cmd.ErrOrStderr()
+	switch o.progress {
+	case "always":
+		cfg.Progress = stderr
+	case "auto":
+		if isTerminal(stderr) {
+			cfg.Progress = stderr
+		}
+	case "never":
+	default:
+		return usageError{fmt.Errorf("--progress must be auto, always or never, got %q", o.progress)}
+	}
+	if !o.quiet {
+		cfg.Log = func(format string, args ...any) { fmt.Fprintf(stderr, "bench: "+format+"\n", args...) }
+	}
+	url, err := g.requireDatabaseURL()
+	if err != nil {
+		return err
+	}
+	cfg.DatabaseURL = url
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+
+	rep, runErr := bench.Run(cmd.Context(), cfg)
+	if runErr != nil && len(rep.Workloads) == 0 {
+		return runErr
+	}
+	out := cmd.OutOrStdout()
+	if o.json {
+		err = rep.WriteJSON(out)
+	} else {
+		err = rep.WriteTable(out)
+	}
+	if err != nil {
+		return errors.Join(runErr, err)
+	}
+	if o.plot != "" {
+		if err := bench.WritePlot(o.plot, rep); err != nil {
+			return errors.Join(runErr, err)
+		}
+		if !o.quiet {
+			fmt.Fprintf(stderr, "bench: plot written to %s\n", o.plot)
+		}
+	}
+	if runErr != nil {
+		return runErr
+	}
+	if v := rep.Violations(); v > 0 {
+		return fmt.Errorf("invariant broken: %d agents ended over their limit", v)
+	}
+	return nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
