@@ -68,3 +68,11 @@ up: ## Start PostgreSQL in Docker and apply migrations (docker compose)
 
 down: ## Stop the Docker stack and delete its data volume
 	docker compose down -v
+
+# Short default; e.g. make bench BENCH_FLAGS="--duration 10s --compare --plot bench.svg"
+BENCH_FLAGS ?= --duration 2s --compare
+BENCH ?= go run ./cmd/agentsessions bench
+.PHONY: bench
+bench: ## Benchmark the store vs pgbench and Redis (BENCH_FLAGS; DATABASE_URL, else a local database from scripts/devdb.sh)
+	@url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url="$$(scripts/devdb.sh agentsessions_bench)"; \
+		set -x; $(BENCH) --database-url "$$url" $(BENCH_FLAGS)
