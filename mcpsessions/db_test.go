@@ -23,13 +23,20 @@ import (
 // TEST_DATABASE_URL, migrated with migrations.Up and dropped afterwards.
 
 const skipMessage = "mcpsessions: TEST_DATABASE_URL is not set: SKIPPING every PostgreSQL test of this module. " +
-	"Run: TEST_DATABASE_URL=$(scripts/devdb.sh agentsessions_test) go test -race ./... (from mcpsessions/)"
+	"From mcpsessions/, run: TEST_DATABASE_URL=$(../scripts/devdb.sh agentsessions_test) go test -race ./..."
 
+// TestMain skips the PostgreSQL tests, loudly, when TEST_DATABASE_URL is
+// unset; under CI (the CI environment variable set, as CI services do) it
+// fails instead, so a CI run cannot pass without them.
 func TestMain(m *testing.M) {
 	if os.Getenv("TEST_DATABASE_URL") == "" {
 		fmt.Fprintln(os.Stderr, "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!")
 		fmt.Fprintln(os.Stderr, "!!! "+skipMessage)
 		fmt.Fprintln(os.Stderr, "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!")
+		if os.Getenv("CI") != "" {
+			fmt.Fprintln(os.Stderr, "mcpsessions: CI is set, so a missing TEST_DATABASE_URL is a failure")
+			os.Exit(1)
+		}
 	}
 	os.Exit(m.Run())
 }
