@@ -3,40 +3,78 @@
 // store, so that any number of server instances can serve one client without
 // sticky sessions.
 //
-// The MCP session ID (the Mcp-Session-Id header) is the session's signed
-// agentsessions token. Any instance holding the secret checks the signature
-// without a store call, then looks the session up in the shared store, so an
-// initialize on one instance, a tools/call on another and a DELETE on a third
-// all see the same session, and a DELETE anywhere ends it everywhere. The
-// per-agent session limit of the [sessions.Manager] holds across instances.
+// It is its own module, so that the agentsessions library does not depend on
+// mcp-go. It is written against mcp-go v1.2.1 (the version in go.mod); the
+// behaviour of mcp-go described here is that version's.
+//
+// # The session ID is the token
+//
+// The MCP session ID (the Mcp-Session-Id header, sent by the client on every
+// request after initialize) is the session's signed agentsessions token, not
+// the session's ID in the store. So:
+//
+//   - any instance holding the secret checks the signature before any store
+//     call: forged, tampered or random IDs cost no database work, which
+//     matters because every request carries one;
+//   - the store keeps only the token's SHA-256 digest, so its rows (or a
+//     backup) do not give anyone a usable session ID;
+//   - the store's session IDs stay what they are in the rest of
+//     agentsessions, identifiers that List and the admin API show and that
+//     Revoke takes, not credentials.
+//
+// Then the session is looked up in the shared store, so an initialize on one
+// instance, a tools/call on another and a DELETE on a third all see the same
+// session, a DELETE anywhere ends it everywhere, and the manager's per-agent
+// session limit holds across instances.
+//
+// Consequences: the session ID is a bearer credential for its agent (as any
+// MCP session ID is for its session), so serve MCP over TLS; and a token
+// is a token: it would also pass Manager.Authenticate for its agent in any
+// other service sharing the store and secret. Give the MCP server an agent
+// of its own, or its own secret. Tokens carry their expiry, so a session
+// cannot be extended without changing its ID: Config.TTL is the longest an
+// MCP session lasts, after which the client gets 404 and must initialize
+// again (mcp-go's client reports transport.ErrSessionTerminated).
+//
+// # Agents
+//
+// Sessions are issued to an agent, whose limit they count against, and each
+// request accepts only its agent's sessions (Manager.Authenticate): a token
+// the store issued to another agent is refused like a forged ID. The agent
+// is [Options.AgentID], fixed per server (the limit then caps the server's
+// concurrent MCP sessions), or comes from the request through
+// [Options.AgentIDFromRequest]: [SessionAgentID] takes it from
+// [sessions.Middleware] (the client authenticates with its own agentsessions
+// token), [HeaderAgentID] from a header set by a trusted gateway.
 //
 // # Wiring
 //
-// [Adapter] implements both of mcp-go's interfaces:
-// server.SessionIdManagerResolver (recommended) and server.SessionIdManager.
+// [Adapter] implements both of mcp-go's interfaces,
+// server.SessionIdManagerResolver (recommended) and server.SessionIdManager:
 //
-//	a, err := mcpsessions.New(mgr, mcpsessions.Options{AgentID: "my-agent"})
-//	...
-//	mcpSrv := server.NewMCPServer("name", "1.0.0", server.WithHooks(hooks)) // hooks.AddOnRequestInitialization(a.RejectSessionlessInitialize)
+//	a, err := mcpsessions.New(mgr, mcpsessions.Options{AgentID: "my-mcp-server"})
+//	if err != nil { ... }
+//	hooks := &server.Hooks{}
+//	hooks.AddOnRequestInitialization(a.RejectSessionlessInitialize)
+//	mcpSrv := server.NewMCPServer("name", "1.0.0", server.WithHooks(hooks))
 //	httpSrv := server.NewStreamableHTTPServer(mcpSrv,
 //		server.WithSessionIdManagerResolver(a),
 //		server.WithStreamableHTTPProtocolVersions(mcp.LegacyProtocolVersions()...))
 //	http.Handle("/mcp", a.Middleware(httpSrv))
 //
 // Only server.WithSessionIdManagerResolver(a) is needed for cross-instance
-// sessions; the other three lines are hardening, explained below.
+// sessions; the rest is hardening, explained below.
 //
 // Use the resolver rather than server.WithSessionIdManager(a): mcp-go calls
 // Terminate not only for a client's DELETE but also from its idle-session
 // sweeper (server.WithSessionIdleTTL) and from Shutdown/CloseSessions, for
 // every session this instance has seen. With the resolver those calls come
 // without a request and the adapter leaves the shared session alone (it
-// expires with its TTL), so one instance shutting down or considering a
-// session idle does not end it on the others. With the plain
-// SessionIdManager every Terminate revokes. The resolver also gives each
-// store call the request's context, lets the agent ID come from the request
-// ([Options.AgentIDFromRequest]), and stops a GET without Mcp-Session-Id
-// from creating a stored session.
+// expires with its TTL), so one instance shutting down or finding a session
+// idle does not end it on the others. With the plain SessionIdManager every
+// Terminate revokes. The resolver also gives each store call the request's
+// context, lets the agent come from the request, and stops a GET without
+// Mcp-Session-Id from creating a stored session.
 //
 // # Protocol versions
 //
@@ -48,38 +86,67 @@
 // server.WithStreamableHTTPProtocolVersions(mcp.LegacyProtocolVersions()...);
 // mcp-go clients then fall back to the initialize handshake.
 //
-// # Status codes (mcp-go v1.2.1)
+// # Status codes
 //
 // For a POST other than initialize, mcp-go answers 404 both when Validate
 // reports the session terminated and when it returns an error, so a client
 // sees 404 for an unknown, revoked, expired, forged or tampered session ID,
-// and must initialize again. Validate nevertheless returns an error, not
-// "terminated", when the store fails (it fails closed), and [Options.OnError]
-// hears of it. [Adapter.Middleware] turns store failures into 503 instead
-// of 404, so that clients retry rather than start a new session.
+// or another agent's, and must initialize again. Validate nevertheless
+// returns an error, not "terminated", when the store fails: it fails
+// closed, and [Options.OnError] hears of it. [Adapter.Middleware] turns
+// store failures into 503 with Retry-After instead of 404, so that clients
+// retry rather than drop a session that is fine.
 //
 // mcp-go does not validate the session ID of a GET (the stream for
 // server-initiated messages); [Adapter.Middleware] does (404 when invalid,
 // 400 when missing). A DELETE whose session is already gone answers 200
-// (termination is idempotent); a DELETE with a forged ID answers 500 from
-// mcp-go, or 404 behind [Adapter.Middleware].
+// (termination is idempotent); a DELETE with an invalid ID answers 500 from
+// mcp-go, or 404 behind [Adapter.Middleware]. mcp-go puts Terminate's error
+// text in its 500 response, so the text of a store failure says only that
+// the store failed; the cause is in the error's chain and in what OnError
+// receives.
 //
 // # When no session can be issued
 //
 // mcp-go's Generate cannot fail. When the agent is at its session limit
 // (under sessions.PolicyReject), the store fails, or no valid agent ID is
-// configured, Generate reports the error to [Options.OnError] and returns
-// "". mcp-go then answers the initialize with 200 but no Mcp-Session-Id
-// header and registers nothing, and every later request of that client
-// (which carries no session ID) is refused with 404: no client is ever
-// served without a stored session. To refuse the initialize itself with a
-// JSON-RPC error that says why, register
-// [Adapter.RejectSessionlessInitialize] as an OnRequestInitialization hook
-// (and use [Adapter.Middleware] for the precise reason).
+// known, Generate reports the error to [Options.OnError] and returns "".
+// mcp-go then answers the initialize with 200 but no Mcp-Session-Id header
+// and registers nothing, and every later request of that client (which
+// carries no session ID) is refused with 404: no client is ever served
+// without a stored session. To refuse the initialize itself with a JSON-RPC
+// error that says why, register [Adapter.RejectSessionlessInitialize] as an
+// OnRequestInitialization hook (with [Adapter.Middleware] in front for the
+// precise reason: the agent's limit, the store unavailable).
+//
+// A session holds one of its agent's slots from initialize until the
+// client's DELETE or its TTL: clients that vanish without a DELETE hold
+// theirs until then. Under sessions.PolicyEvictOldest an initialize at the
+// limit ends the agent's oldest session instead of failing.
+//
+// # Limitations
+//
+// Only the session itself is shared. mcp-go's other per-session state stays
+// on the instance that holds it: a GET stream, and so server-initiated
+// requests (sampling, elicitation) and notifications sent to it, per-session
+// tools and resources, the logging level. A GET stream open on one instance
+// is not closed when the session is ended elsewhere; it ends with its
+// connection, and requests on the session are refused everywhere. mcp-go
+// keeps each session it has seen in memory until a DELETE reaches that
+// instance, so set server.WithSessionIdleTTL to forget, locally, sessions
+// ended elsewhere (with the resolver this revokes nothing).
+//
+// mcp-go logs session IDs, which here are tokens, at Info level in a few
+// places (its idle sweeper, sampling responses, GETs refused when streaming
+// is disabled): give the transport a logger at Warn or above with
+// server.WithStreamableHTTPLogger if its logs are not as protected as the
+// tokens. This package never logs a session ID.
 //
 // # Store calls
 //
 // mcp-go's interface carries no context. Each store call runs under
 // [Options.Timeout] (default 5s), on the request's context with the
 // resolver and on context.Background() with the plain SessionIdManager.
+// Behind [Adapter.Middleware] a request's session ID is checked once, and
+// the result reused by Validate or Terminate for that request.
 package mcpsessions

@@ -34,6 +34,8 @@ const (
 	// wiringResolverOnly is the least that gives cross-instance sessions:
 	// server.WithSessionIdManagerResolver and nothing else.
 	wiringResolverOnly
+	// wiringPlain is server.WithSessionIdManager: not recommended.
+	wiringPlain
 )
 
 // mcpInstance is one MCP server instance: its own pool, manager, adapter,
@@ -41,6 +43,7 @@ const (
 type mcpInstance struct {
 	name        string
 	db          instance
+	mcp         *server.StreamableHTTPServer
 	srv         *httptest.Server
 	initialized atomic.Int32 // initialize requests this instance handled
 	rec         *recorder
@@ -57,6 +60,9 @@ func startInstance(t *testing.T, db *testDB, name string, cfg sessions.Config, w
 	hooks := &server.Hooks{}
 	hooks.AddBeforeInitialize(func(context.Context, any, *mcp.InitializeRequest) { in.initialized.Add(1) })
 	opts := []server.StreamableHTTPOption{server.WithSessionIdManagerResolver(a)}
+	if w == wiringPlain {
+		opts = []server.StreamableHTTPOption{server.WithSessionIdManager(a)}
+	}
 	if w == wiringFull {
 		hooks.AddOnRequestInitialization(a.RejectSessionlessInitialize)
 		opts = append(opts, server.WithStreamableHTTPProtocolVersions(mcp.LegacyProtocolVersions()...))
@@ -66,7 +72,8 @@ func startInstance(t *testing.T, db *testDB, name string, cfg sessions.Config, w
 		func(context.Context, mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 			return mcp.NewToolResultText(name), nil
 		})
-	var h http.Handler = server.NewStreamableHTTPServer(ms, opts...)
+	in.mcp = server.NewStreamableHTTPServer(ms, opts...)
+	var h http.Handler = in.mcp
 	if w == wiringFull {
 		h = a.Middleware(h)
 	}
@@ -291,32 +298,89 @@ func TestEndToEndTwoInstancesNoStickySessions(t *testing.T) {
 	}
 }
 
+// mcp-go terminates every session an instance knows when it shuts down.
+// Through the resolver that leaves the shared sessions alone; through the
+// plain SessionIdManager it revokes them for every instance.
+func TestEndToEndShutdownOfOneInstance(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		wiring      wiring
+		keepsOthers bool
+	}{
+		{"resolver", wiringResolverOnly, true},
+		{"plain SessionIdManager", wiringPlain, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			db := newDB(t)
+			a := startInstance(t, db, "A", sessions.Config{}, tc.wiring)
+			b := startInstance(t, db, "B", sessions.Config{}, tc.wiring)
+			ctx := context.Background()
+			rt := &router{}
+			rt.to(a)
+			c := newClient(t, rt, client.WithProtocolVersion(mcp.LATEST_LEGACY_PROTOCOL_VERSION))
+			if err := initialize(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.mcp.Shutdown(ctx); err != nil { // A was only a handler: CloseSessions
+				t.Fatal(err)
+			}
+			rt.to(b)
+			got, err := whoami(ctx, c)
+			if tc.keepsOthers && (err != nil || got != "B") {
+				t.Fatalf("tools/call on B after A shut down = %q, %v; want B", got, err)
+			}
+			if !tc.keepsOthers && !errors.Is(err, transport.ErrSessionTerminated) {
+				t.Fatalf("tools/call on B after A shut down = %q, %v; want the session revoked", got, err)
+			}
+		})
+	}
+}
+
 // A forged or foreign session ID gets 404 from every instance and costs no
-// store call; behind the middleware a forged DELETE is 404 too.
+// store call; behind the middleware a forged GET or DELETE is 404 too,
+// while mcp-go alone answers a forged DELETE with 500.
 func TestEndToEndForgedSessionIDs(t *testing.T) {
 	t.Parallel()
 	db := newDB(t)
-	a := startInstance(t, db, "A", sessions.Config{}, wiringFull)
-	genuine, err := a.db.mgr.Issue(context.Background(), "mcp-e2e")
+	full := startInstance(t, db, "full", sessions.Config{}, wiringFull)
+	bare := startInstance(t, db, "bare", sessions.Config{}, wiringResolverOnly)
+	genuine, err := full.db.mgr.Issue(context.Background(), "mcp-e2e")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.db.pool.Close() // any store call would now fail with 503, not 404
+	full.db.pool.Close() // any store call would now fail: 503 behind the middleware
+	bare.db.pool.Close()
 	for name, bad := range tampered(t, genuine.Token) {
 		if name == "oversized" {
 			continue // net/http refuses the header itself
 		}
-		for _, m := range []string{http.MethodPost, http.MethodGet, http.MethodDelete} {
+		for _, c := range []struct {
+			in     *mcpInstance
+			method string
+			want   int
+		}{
+			{full, http.MethodPost, http.StatusNotFound},
+			{full, http.MethodGet, http.StatusNotFound},
+			{full, http.MethodDelete, http.StatusNotFound},
+			{bare, http.MethodPost, http.StatusNotFound},
+			{bare, http.MethodDelete, http.StatusInternalServerError},
+		} {
 			body := ""
-			if m == http.MethodPost {
+			if c.method == http.MethodPost {
 				body = callWhoami
 			}
-			if code, resp := send(t, m, a.url(), bad, body); code != http.StatusNotFound {
-				t.Errorf("%s with %s: %d %s, want 404", m, name, code, resp)
+			code, resp := send(t, c.method, c.in.url(), bad, body)
+			if code != c.want {
+				t.Errorf("%s %s with %s: %d %s, want %d", c.in.name, c.method, name, code, resp, c.want)
+			}
+			if strings.Contains(resp, bad) {
+				t.Errorf("%s %s with %s: the response repeats the session id", c.in.name, c.method, name)
 			}
 		}
 	}
-	a.rec.expectNone(t)
+	full.rec.expectNone(t)
+	bare.rec.expectNone(t)
 }
 
 // When the database is unreachable from one instance, its clients get 503

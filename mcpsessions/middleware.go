@@ -19,10 +19,11 @@ import (
 // absent or before 2026-07-28; later versions pass through untouched):
 //
 //   - a GET or DELETE without Mcp-Session-Id is refused with 400;
-//   - a GET whose session ID is invalid, or whose session is unknown,
-//     revoked or expired, is refused with 404 (mcp-go itself opens the
-//     stream without validating it);
-//   - a DELETE with a forged or tampered session ID is refused with 404;
+//   - a GET whose session ID is invalid (forged, tampered, another
+//     agent's), or whose session is unknown, revoked or expired, is refused
+//     with 404 (mcp-go itself opens the stream without validating it);
+//   - a DELETE with an invalid session ID is refused with 404 (mcp-go
+//     would answer 500);
 //   - when the store fails while checking a session ID, the request is
 //     refused with 503 and Retry-After, instead of mcp-go's 404 (which
 //     would make the client drop its session and start another).
