@@ -40,7 +40,8 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 			"peer (a Lua script per issue on one sorted set per agent), each skipped with a line saying why when " +
 			"it cannot run. --variants adds prototypes of the issue path, measured beside the library in the same " +
 			"run: cte (one data-modifying statement on connections whose default isolation is SERIALIZABLE) and " +
-			"lock (the same statement at READ COMMITTED after a per-agent advisory lock, both in one round trip). " +
+			"lock (the same statement at READ COMMITTED after a per-agent advisory lock, both in one round trip); " +
+			"cached runs the library with its verified-session cache (RunCache) on every instance. " +
 			"The exit status is 1 if any agent ended over its limit.",
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd, g) },
@@ -59,7 +60,7 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.IntVar(&o.cfg.MaxAttempts, "max-attempts", 20, "tries per call on serialization failure (store and pgbench --max-tries)")
 	f.BoolVar(&o.cfg.Compare, "compare", false, "also run pgbench and the Redis peer")
 	f.StringVar(&o.variants, "variants", bench.VariantLibrary, "comma-separated store variants: "+strings.Join(bench.VariantNames, ", ")+
-		" (cte and lock are prototypes of the issue path, measured beside the library)")
+		" (cte and lock: prototypes of the issue path; cached: the library with its verified-session cache on)")
 	f.StringVar(&o.cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis for --compare")
 	f.StringVar(&o.cfg.PgbenchPath, "pgbench", "pgbench", "pgbench executable for --compare")
 	f.BoolVar(&o.cfg.Keep, "keep", false, "keep the benchmark schema and Redis keys afterwards")

@@ -51,12 +51,13 @@ const (
 
 // Engines, as they appear in reports.
 const (
-	EngineOurs        = "agentsessions"      // the library
-	EngineCTE         = "agentsessions-cte"  // prototype: issue as one statement at SERIALIZABLE (cte.go)
-	EngineLock        = "agentsessions-lock" // prototype: issue under a per-agent advisory lock (lock.go)
-	EnginePgbench     = "pgbench"            // pgbench replaying the library's statements
-	EnginePgbenchCTE  = "pgbench-cte"        // pgbench replaying the CTE prototype's statements
-	EnginePgbenchLock = "pgbench-lock"       // pgbench replaying the lock prototype's statements
+	EngineOurs        = "agentsessions"        // the library
+	EngineCTE         = "agentsessions-cte"    // prototype: issue as one statement at SERIALIZABLE (cte.go)
+	EngineLock        = "agentsessions-lock"   // prototype: issue under a per-agent advisory lock (lock.go)
+	EngineCached      = "agentsessions-cached" // the library with its verified-session cache (RunCache) on
+	EnginePgbench     = "pgbench"              // pgbench replaying the library's statements
+	EnginePgbenchCTE  = "pgbench-cte"          // pgbench replaying the CTE prototype's statements
+	EnginePgbenchLock = "pgbench-lock"         // pgbench replaying the lock prototype's statements
 	EngineRedis       = "redis"
 )
 
@@ -65,16 +66,18 @@ const (
 	VariantLibrary = "library" // the library's PostgresStore
 	VariantCTE     = "cte"     // see cte.go
 	VariantLock    = "lock"    // see lock.go
+	VariantCached  = "cached"  // the library with PostgresStore.RunCache running on every instance
 )
 
 // VariantNames lists the variants in the order they run.
-var VariantNames = []string{VariantLibrary, VariantCTE, VariantLock}
+var VariantNames = []string{VariantLibrary, VariantCTE, VariantLock, VariantCached}
 
 // reference names the engine each engine's Ratio is computed against:
 // each PostgreSQL engine against pgbench running its own statements, and
 // Redis against pgbench running the library's.
 var reference = map[string]string{
 	EngineOurs: EnginePgbench, EngineCTE: EnginePgbenchCTE, EngineLock: EnginePgbenchLock, EngineRedis: EnginePgbench,
+	EngineCached:  EnginePgbench, // it sends the library's SQL, when the cache misses
 	EnginePgbench: EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE, EnginePgbenchLock: EnginePgbenchLock,
 }
 
@@ -294,6 +297,14 @@ type Result struct {
 	// end: anything but 0 is a broken invariant. -1: not checked.
 	OverLimitAgents int64 `json:"over_limit_agents"`
 	Rows            int64 `json:"rows_at_end"` // sessions stored at the end
+	// Cache counts the verified-session cache's answers (cached variant).
+	Cache *CacheResult `json:"cache,omitempty"`
+}
+
+// CacheResult is what the verified-session caches did during a run.
+type CacheResult struct {
+	Hits   uint64 `json:"hits"`   // Get answered from memory
+	Misses uint64 `json:"misses"` // Get sent to the database
 }
 
 // Violations returns the number of broken invariants over every result.
@@ -390,6 +401,9 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		rep.Redis.Skipped = "not requested (--compare)"
 	} else {
 		for _, o := range engines {
+			if o.v.pgEngine == "" {
+				continue
+			}
 			ref := &rep.Pgbench
 			if o.v.engine != EngineOurs {
 				if rep.PgbenchPrototypes == nil {

@@ -3,8 +3,10 @@ package bench
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -39,8 +41,9 @@ func (s libStore) retries() int64 { return int64(s.Stats().Retries) }
 // the library's, or the CTE prototype (see cte.go).
 type variant struct {
 	engine       string // our engine name in reports
-	pgEngine     string // the pgbench engine replaying its statements
+	pgEngine     string // the pgbench engine replaying its statements ("": none)
 	serializable bool   // its pools set default_transaction_isolation=serializable
+	cache        bool   // run the library's verified-session cache on each instance
 	newStore     func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error)
 }
 
@@ -58,7 +61,12 @@ var (
 	variantLock = variant{engine: EngineLock, pgEngine: EnginePgbenchLock,
 		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) { return newLockStore(pool, maxAttempts) }}
 
-	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantLock: variantLock}
+	// The cached variant has no pgbench reference of its own: on a miss it
+	// sends the library's statements, and a hit sends none.
+	variantCached = variant{engine: EngineCached, cache: true, newStore: variantLibrary.newStore}
+
+	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantLock: variantLock,
+		VariantCached: variantCached}
 )
 
 // poolConfig returns a copy of base set up for the variant.
@@ -84,6 +92,8 @@ type ours struct {
 	// quiesce, when set, is called after a workload's prefill and before
 	// its clock starts: it closes every other engine's connections.
 	quiesce func()
+	// stopCache ends the instances' RunCache (cached variant).
+	stopCache func()
 }
 
 func newOurs(ctx context.Context, cfg Config, v variant, poolCfg *pgxpool.Config, schema string) (*ours, error) {
@@ -112,11 +122,63 @@ func newOurs(ctx context.Context, cfg Config, v variant, poolCfg *pgxpool.Config
 	return o, nil
 }
 
+// startCaches runs PostgresStore.RunCache (defaults: 1s staleness bound)
+// on every instance until stopCache, and waits until each cache answers.
+// Each workload starts its caches empty, after the prefill: the prefill
+// empties the table with TRUNCATE, which fires no invalidation trigger.
+func (o *ours) startCaches(ctx context.Context) error {
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	errs := make(chan error, len(o.stores))
+	var wg sync.WaitGroup
+	for _, st := range o.stores {
+		ps := st.(libStore).PostgresStore
+		wg.Go(func() {
+			if err := ps.RunCache(cctx, sessions.CacheConfig{}); err != nil {
+				errs <- err
+			}
+		})
+	}
+	o.stopCache = func() { cancel(); wg.Wait() }
+	deadline := time.Now().Add(10 * time.Second)
+	for _, st := range o.stores {
+		for !st.(libStore).CacheStats().Fresh {
+			select {
+			case err := <-errs:
+				return fmt.Errorf("bench: cache: %w", err)
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				return errors.New("bench: cache: not answering 10s after RunCache started")
+			}
+		}
+	}
+	return nil
+}
+
+// cacheCounts adds up the instances' cache counters (cached variant).
+func (o *ours) cacheCounts() CacheResult {
+	var c CacheResult
+	if !o.v.cache {
+		return c
+	}
+	for _, st := range o.stores {
+		cs := st.(libStore).CacheStats()
+		c.Hits += cs.Hits
+		c.Misses += cs.Misses
+	}
+	return c
+}
+
 func (o *ours) manager(st sessions.Store, newID func() (string, error)) (*sessions.Manager, error) {
 	return sessions.New(st, sessions.Config{Secret: o.secret, TTL: o.cfg.TTL, Limit: o.cfg.Limit, NewID: newID})
 }
 
 func (o *ours) close() {
+	if o.stopCache != nil {
+		o.stopCache()
+	}
 	for _, p := range o.pools {
 		p.Close()
 	}
@@ -317,10 +379,20 @@ func (o *ours) run(ctx context.Context, workload string) (Result, error) {
 	if err := o.warm(ctx); err != nil {
 		return Result{}, err
 	}
-	before := o.retries()
+	if o.v.cache {
+		if err := o.startCaches(ctx); err != nil {
+			return Result{}, err
+		}
+		defer func() { o.stopCache(); o.stopCache = nil }()
+	}
+	before, cacheBefore := o.retries(), o.cacheCounts()
 	ws, elapsed := drive(ctx, cfg, workload+" · "+o.v.engine, clients, setup, step)
 	res := result(o.v.engine, workload, ws, elapsed)
 	res.setRetries(o.retries() - before)
+	if o.v.cache {
+		after := o.cacheCounts()
+		res.Cache = &CacheResult{Hits: after.Hits - cacheBefore.Hits, Misses: after.Misses - cacheBefore.Misses}
+	}
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}

@@ -73,7 +73,7 @@ func (r Report) WriteTable(w io.Writer) error {
 	var b strings.Builder
 	b.WriteString(r.Header())
 	b.WriteString("\n")
-	fmt.Fprintf(&b, "%-13s %-18s %9s %10s %8s %8s %8s %8s %7s %11s %10s\n",
+	fmt.Fprintf(&b, "%-13s %-20s %9s %10s %8s %8s %8s %8s %7s %11s %10s\n",
 		"workload", "engine", "ops/s", "vs pgbench", "p50", "p95", "p99", "max", "errors", "retries/1k", "over-limit")
 	for _, wl := range r.Workloads {
 		for i, res := range wl.Results {
@@ -89,7 +89,7 @@ func (r Report) WriteTable(w io.Writer) error {
 			if res.OverLimitAgents >= 0 {
 				over = fmt.Sprint(res.OverLimitAgents)
 			}
-			fmt.Fprintf(&b, "%-13s %-18s %9s %10s %8s %8s %8s %8s %7d %11.1f %10s\n",
+			fmt.Fprintf(&b, "%-13s %-20s %9s %10s %8s %8s %8s %8s %7d %11.1f %10s\n",
 				name, res.Engine, fmtCount(res.OpsPerSec), ratio, fmtDur(res.Latency.P50), fmtDur(res.Latency.P95),
 				fmtDur(res.Latency.P99), fmtDur(res.Latency.Max), res.Errors, res.RetriesPer1k, over)
 		}
@@ -98,23 +98,30 @@ func (r Report) WriteTable(w io.Writer) error {
 		b.WriteString(line + "\n")
 	}
 
+	if lines := r.ratioLines(); len(lines) > 0 {
+		b.WriteString("\nRatios of ops/s in this run (reference: pgbench running the engine's own statements):\n")
+		for _, line := range lines {
+			b.WriteString(line + "\n")
+		}
+	}
+
 	b.WriteString("\nOutcomes of the counted operations:\n")
 	for _, wl := range r.Workloads {
 		for _, res := range wl.Results {
-			fmt.Fprintf(&b, "  %-13s %-18s %s\n", wl.Name, res.Engine, fmtOutcomes(res.Outcomes))
+			fmt.Fprintf(&b, "  %-13s %-20s %s\n", wl.Name, res.Engine, fmtOutcomes(res.Outcomes))
 			for _, class := range sortedKeys(res.ErrorExamples) {
-				fmt.Fprintf(&b, "  %-13s %-18s   first %s: %s\n", "", "", class, truncate(res.ErrorExamples[class], 160))
+				fmt.Fprintf(&b, "  %-13s %-20s   first %s: %s\n", "", "", class, truncate(res.ErrorExamples[class], 160))
 			}
 		}
 	}
 
 	b.WriteString("\nBy operation:\n")
-	fmt.Fprintf(&b, "  %-13s %-18s %-13s %9s %8s %8s %8s %8s  %s\n", "workload", "engine", "operation", "ops", "p50", "p95", "p99", "max", "outcomes")
+	fmt.Fprintf(&b, "  %-13s %-20s %-13s %9s %8s %8s %8s %8s  %s\n", "workload", "engine", "operation", "ops", "p50", "p95", "p99", "max", "outcomes")
 	for _, wl := range r.Workloads {
 		for _, res := range wl.Results {
 			for _, op := range sortedKeys(res.ByOp) {
 				o := res.ByOp[op]
-				fmt.Fprintf(&b, "  %-13s %-18s %-13s %9d %8s %8s %8s %8s  %s\n", wl.Name, res.Engine, op, o.Ops,
+				fmt.Fprintf(&b, "  %-13s %-20s %-13s %9d %8s %8s %8s %8s  %s\n", wl.Name, res.Engine, op, o.Ops,
 					fmtDur(o.Latency.P50), fmtDur(o.Latency.P95), fmtDur(o.Latency.P99), fmtDur(o.Latency.Max), fmtOutcomes(o.Outcomes))
 			}
 		}
@@ -127,6 +134,40 @@ func (r Report) WriteTable(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// ratioLines compares each of our engines with its pgbench reference, with
+// the library (for the other variants) and with Redis, per workload.
+func (r Report) ratioLines() []string {
+	var out []string
+	for _, wl := range r.Workloads {
+		byEngine := map[string]float64{}
+		for _, res := range wl.Results {
+			byEngine[res.Engine] = res.OpsPerSec
+		}
+		for _, res := range wl.Results {
+			if !strings.HasPrefix(res.Engine, EngineOurs) || res.OpsPerSec <= 0 {
+				continue
+			}
+			var parts []string
+			if res.Ratio > 0 {
+				parts = append(parts, fmt.Sprintf("%.2fx %s", res.Ratio, res.RatioTo))
+			}
+			if v := byEngine[EngineOurs]; res.Engine != EngineOurs && v > 0 {
+				parts = append(parts, fmt.Sprintf("%.2fx %s", res.OpsPerSec/v, EngineOurs))
+			}
+			if v := byEngine[EngineRedis]; v > 0 {
+				parts = append(parts, fmt.Sprintf("%.2fx %s", res.OpsPerSec/v, EngineRedis))
+			}
+			if res.Cache != nil && res.Cache.Hits+res.Cache.Misses > 0 {
+				parts = append(parts, fmt.Sprintf("cache hits %.1f%%", 100*float64(res.Cache.Hits)/float64(res.Cache.Hits+res.Cache.Misses)))
+			}
+			if len(parts) > 0 {
+				out = append(out, fmt.Sprintf("  %-13s %-20s %s", wl.Name, res.Engine, strings.Join(parts, "   ")))
+			}
+		}
+	}
+	return out
 }
 
 func (r Report) skippedLines() []string {

@@ -28,7 +28,7 @@ func TestRunEveryWorkloadAndEngine(t *testing.T) {
 	if !rep.Pgbench.Ran {
 		t.Logf("pgbench skipped: %s", rep.Pgbench.Skipped)
 	}
-	wantEngines := []string{EngineOurs, EngineCTE, EngineLock}
+	wantEngines := []string{EngineOurs, EngineCTE, EngineLock, EngineCached}
 	if rep.Pgbench.Ran {
 		wantEngines = append(wantEngines, EnginePgbench, EnginePgbenchCTE, EnginePgbenchLock)
 	}
@@ -65,6 +65,9 @@ func TestRunEveryWorkloadAndEngine(t *testing.T) {
 			if ops[OpAuthenticate].Ops == 0 || ops[OpIssue].Ops+ops[OpRevoke].Ops == 0 {
 				t.Errorf("mixed ran %v", ops)
 			}
+		}
+		if c := w.Results[3].Cache; c == nil || w.Name == WorkloadAuthenticate && (c.Hits == 0 || c.Misses == 0) {
+			t.Errorf("%s: cached engine's cache counts %+v: want hits (repeats) and misses (first looks)", w.Name, c)
 		}
 		if w.Name == WorkloadIssueHot && w.Results[0].ByOp[OpRevoke].Ops == 0 {
 			t.Errorf("issue-hot revoked nothing: %v", w.Results[0].ByOp)
