@@ -221,7 +221,7 @@ func newRevokeCmd(g *globalOpts) *cobra.Command {
 				if asJSON {
 					return writeJSON(out, server.RevokedResponse{Revoked: n})
 				}
-				_, err = fmt.Fprintf(out, "revoked %d sessions of agent %s\n", n, agent)
+				_, err = fmt.Fprintf(out, "revoked %d %s of agent %s\n", n, plural(n, "session"), agent)
 				return err
 			}
 			if err := m.Revoke(cmd.Context(), sessionID); err != nil {
@@ -309,6 +309,14 @@ func parseMetadata(pairs []string) (map[string]string, error) {
 		md[k] = v
 	}
 	return md, nil
+}
+
+// plural returns noun, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return noun
+	}
+	return noun + "s"
 }
 
 func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }

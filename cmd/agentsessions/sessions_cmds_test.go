@@ -151,9 +151,18 @@ func TestSessionCommands(t *testing.T) {
 	}
 	wantCLI(t, exitError, "token rejected: unknown session", "verify", "--token", ref.Token)
 	mustCLI(t, "issue", "--agent", agentB)
+	mustCLI(t, "issue", "--agent", agentB)
+	if out := mustCLI(t, "revoke", "--agent", agentB); out != "revoked 2 sessions of agent "+agentB+"\n" {
+		t.Fatalf("revoke --agent: %q", out)
+	}
+	mustCLI(t, "issue", "--agent", agentB)
 	if v := strictJSON[server.RevokedResponse](t, mustCLI(t, "revoke", "--agent", agentA, "--json")); v.Revoked != 1 {
 		t.Fatalf("revoke --agent --json: %+v", v)
 	}
+	if out := mustCLI(t, "revoke", "--agent", agentB); out != "revoked 1 session of agent "+agentB+"\n" {
+		t.Fatalf("revoke --agent: %q", out)
+	}
+	mustCLI(t, "issue", "--agent", agentB)
 	if out := mustCLI(t, "revoke", "--agent", agentA); out != "revoked 0 sessions of agent "+agentA+"\n" {
 		t.Fatalf("revoke --agent: %q", out)
 	}
