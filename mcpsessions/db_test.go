@@ -52,7 +52,7 @@ type testDB struct {
 
 // newDB creates a migrated schema, dropped when the test ends. It skips the
 // test only when TEST_DATABASE_URL is unset.
-func newDB(t *testing.T) *testDB {
+func newDB(t testing.TB) *testDB {
 	t.Helper()
 	base := os.Getenv("TEST_DATABASE_URL")
 	if base == "" {
@@ -95,7 +95,7 @@ func newDB(t *testing.T) *testDB {
 
 // pool opens a pool on the schema (one per simulated instance), closed when
 // the test ends.
-func (d *testDB) pool(t *testing.T) *pgxpool.Pool {
+func (d *testDB) pool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
 	p, err := pgxpool.New(context.Background(), d.url)
 	if err != nil {
@@ -106,7 +106,7 @@ func (d *testDB) pool(t *testing.T) *pgxpool.Pool {
 }
 
 // rows counts the stored sessions, through its own connection.
-func (d *testDB) rows(t *testing.T) int {
+func (d *testDB) rows(t testing.TB) int {
 	t.Helper()
 	c, err := pgx.Connect(context.Background(), d.url)
 	if err != nil {
@@ -127,7 +127,7 @@ type instance struct {
 	mgr  *sessions.Manager
 }
 
-func (d *testDB) instance(t *testing.T, cfg sessions.Config) instance {
+func (d *testDB) instance(t testing.TB, cfg sessions.Config) instance {
 	t.Helper()
 	p := d.pool(t)
 	store, err := sessions.NewPostgresStore(p, nil)

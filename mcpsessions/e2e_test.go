@@ -150,7 +150,7 @@ func whoami(ctx context.Context, c *client.Client) (string, error) {
 
 // send makes one raw Streamable HTTP request to an instance and returns the
 // status and body. body "" sends none.
-func send(t *testing.T, method, u, sid, body string) (int, string) {
+func send(t testing.TB, method, u, sid, body string) (int, string) {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
