@@ -29,6 +29,9 @@ const (
 	OpTerminate Op = "terminate"
 )
 
+// ErrInvalidOptions is in the chain of every error [New] returns.
+var ErrInvalidOptions = errors.New("mcpsessions: invalid options")
+
 // ErrNoSessionID is in the chain of the error Validate and Terminate return
 // for an empty session ID (a request without Mcp-Session-Id).
 var ErrNoSessionID = errors.New("mcpsessions: no session id")
@@ -95,18 +98,18 @@ var (
 // valid agent ID, or when Timeout is negative.
 func New(m *sessions.Manager, opts Options) (*Adapter, error) {
 	if m == nil {
-		return nil, errors.New("mcpsessions: nil *sessions.Manager")
+		return nil, fmt.Errorf("%w: nil *sessions.Manager", ErrInvalidOptions)
 	}
 	if opts.AgentID == "" && opts.AgentIDFromRequest == nil {
-		return nil, errors.New("mcpsessions: Options.AgentID or Options.AgentIDFromRequest is required")
+		return nil, fmt.Errorf("%w: Options.AgentID or Options.AgentIDFromRequest is required", ErrInvalidOptions)
 	}
 	if opts.AgentID != "" {
 		if err := sessions.ValidateAgentID(opts.AgentID); err != nil {
-			return nil, fmt.Errorf("mcpsessions: Options.AgentID: %w", err)
+			return nil, fmt.Errorf("%w: Options.AgentID: %w", ErrInvalidOptions, err)
 		}
 	}
 	if opts.Timeout < 0 {
-		return nil, errors.New("mcpsessions: Options.Timeout must not be negative")
+		return nil, fmt.Errorf("%w: Options.Timeout must not be negative", ErrInvalidOptions)
 	}
 	a := &Adapter{
 		m:                m,

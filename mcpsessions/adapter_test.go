@@ -81,9 +81,12 @@ func TestNewValidatesOptions(t *testing.T) {
 		"bad agent":        {m, mcpsessions.Options{AgentID: "a\x00b"}},
 		"negative timeout": {m, mcpsessions.Options{AgentID: "a", Timeout: -time.Second}},
 	} {
-		if _, err := mcpsessions.New(tc.m, tc.opts); err == nil {
-			t.Errorf("%s: New succeeded", name)
+		if _, err := mcpsessions.New(tc.m, tc.opts); !errors.Is(err, mcpsessions.ErrInvalidOptions) {
+			t.Errorf("%s: New: %v, want ErrInvalidOptions", name, err)
 		}
+	}
+	if _, err := mcpsessions.New(m, mcpsessions.Options{AgentID: "a\x00b"}); !errors.Is(err, sessions.ErrInvalidAgentID) {
+		t.Errorf("bad agent: %v, want ErrInvalidAgentID too", err)
 	}
 	if _, err := mcpsessions.New(m, mcpsessions.Options{AgentIDFromRequest: mcpsessions.HeaderAgentID("X-Agent-ID")}); err != nil {
 		t.Errorf("agent from request only: %v", err)
