@@ -33,6 +33,8 @@ const (
 	// PolicyEvictOldest revokes the agent's oldest live session(s) to make
 	// room, in the same atomic step as the insert, so the limit still holds
 	// across instances. Issue reports the revoked IDs in [Issued.Evicted].
+	// Issue times are whole seconds (as in the token), so among sessions
+	// issued in the same second the one with the smallest ID goes first.
 	PolicyEvictOldest
 )
 

@@ -13,7 +13,8 @@ func unsupported(iface string) error {
 	return fmt.Errorf("%w: the store does not implement sessions.%s: %w", ErrInvalidConfig, iface, errors.ErrUnsupported)
 }
 
-// List returns the agent's live sessions, oldest first. It needs an
+// List returns the agent's live sessions, oldest first: by issue time,
+// which has whole-second resolution, then by ID. It needs an
 // [AgentStore].
 func (m *Manager) List(ctx context.Context, agentID string) ([]Session, error) {
 	as, ok := m.store.(AgentStore)
@@ -64,7 +65,7 @@ func (m *Manager) RevokeAgent(ctx context.Context, agentID string) (int, error) 
 // token is checked exactly as Authenticate checks it. A session already at
 // the end of its lifetime gives [ErrLifetimeExceeded]; a refresh within
 // the same second as the token's expiry was set returns the token
-// unchanged. Refresh needs a [RefreshStore].
+// unchanged, unless it was signed with a previous secret. Refresh needs a [RefreshStore].
 func (m *Manager) Refresh(ctx context.Context, token, agentID string) (Issued, error) {
 	rs, ok := m.store.(RefreshStore)
 	if !ok {
@@ -81,10 +82,12 @@ func (m *Manager) Refresh(ctx context.Context, token, agentID string) (Issued, e
 	if err != nil {
 		return Issued{}, err
 	}
-	if exp == uint64(s.ExpiresAt.Unix()) {
+	newToken, ns := m.sign(s, exp)
+	if newToken == token {
+		// Same second, same secret: nothing to extend. A token signed with
+		// a previous secret is still re-signed below.
 		return Issued{Token: token, Session: s}, nil
 	}
-	newToken, ns := m.sign(s, exp)
 	extended, err := rs.Extend(ctx, s.ID, s.TokenDigest, ns.ExpiresAt, ns.TokenDigest, unixTime(now))
 	if err != nil {
 		return Issued{}, storeErr("extend", err)

@@ -230,6 +230,19 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 		if _, err := dropped.Authenticate(ctx, newTok, agent); err != nil {
 			t.Fatal(err)
 		}
+		// Refreshed in the same second it was issued: the expiry cannot
+		// move, but the token is still re-signed with the current secret.
+		sameSecond := mustIssue(t, old, agent)
+		resigned, err := rotated.Refresh(ctx, sameSecond.Token, agent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dropped.Authenticate(ctx, resigned.Token, agent); err != nil {
+			t.Fatalf("same-second refresh of an old-secret token: %v", err)
+		}
+		if _, err := rotated.Authenticate(ctx, sameSecond.Token, agent); err == nil {
+			t.Fatal("the token replaced by the refresh still works")
+		}
 		other := mustIssue(t, old, other).Token
 		if _, err := dropped.Verify(ctx, other); !errors.Is(err, sessions.ErrInvalidSignature) {
 			t.Fatalf("dropped secret still accepted: %v", err)
