@@ -52,7 +52,7 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.DurationVar(&o.cfg.Duration, "duration", 10*time.Second, "how long each workload runs per engine (whole seconds)")
 	f.Int64Var(&o.cfg.Ops, "ops", 0, "operations per workload and engine instead of --duration")
 	f.StringVar(&o.workloads, "workloads", strings.Join(bench.Workloads, ","), "comma-separated workloads to run")
-	f.IntVar(&o.cfg.Agents, "agents", 10000, "agents for issue, authenticate and mixed")
+	f.IntVar(&o.cfg.Agents, "agents", 100000, "agents for issue, authenticate and mixed")
 	f.IntVar(&o.cfg.HotAgents, "hot-agents", 4, "agents for issue-hot")
 	f.IntVar(&o.cfg.Sessions, "sessions", 10000, "sessions stored before each workload but issue-hot (authenticate and mixed pick from them)")
 	f.IntVar(&o.cfg.Limit, "limit", 5, "sessions per agent")

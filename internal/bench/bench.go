@@ -105,7 +105,7 @@ type Config struct {
 	Ops       int64         // operations per workload and engine instead of a duration
 
 	Workloads []string      // default: all of [Workloads]
-	Agents    int           // agent population for issue and mixed (default 10000)
+	Agents    int           // agent population for issue, authenticate and mixed (default 100000)
 	HotAgents int           // agents in issue-hot (default 4)
 	Sessions  int           // sessions every workload but issue-hot starts from (default 10000)
 	Limit     int           // sessions per agent (default 5)
@@ -143,7 +143,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	def(&c.Instances, 4)
 	def(&c.Workers, 8)
-	def(&c.Agents, 10000)
+	def(&c.Agents, 100000)
 	def(&c.HotAgents, 4)
 	def(&c.Sessions, 10000)
 	def(&c.Limit, 5)
