@@ -19,22 +19,42 @@ import (
 //	go test -run '^$' -bench . -benchtime 2s ./...   (from mcpsessions/, TEST_DATABASE_URL set)
 
 // BenchmarkValidate is one Validate of a live session: a signature check
-// and one store read.
+// and one store read, from PostgreSQL or, with PostgresStore.RunCache, from
+// the instance's cache.
 func BenchmarkValidate(b *testing.B) {
-	db := newDB(b)
-	inst := db.instance(b, sessions.Config{})
-	a, err := mcpsessions.New(inst.mgr, mcpsessions.Options{AgentID: "bench"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	sid := a.Generate()
-	if sid == "" {
-		b.Fatal("Generate failed")
-	}
-	for b.Loop() {
-		if term, err := a.Validate(sid); term || err != nil {
-			b.Fatal(term, err)
+	for _, cached := range []bool{false, true} {
+		name := "postgres"
+		if cached {
+			name = "postgres+RunCache"
 		}
+		b.Run(name, func(b *testing.B) {
+			db := newDB(b)
+			inst := db.instance(b, sessions.Config{})
+			if cached {
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- inst.store.RunCache(ctx, sessions.CacheConfig{}) }()
+				b.Cleanup(func() {
+					cancel()
+					if err := <-done; err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			a, err := mcpsessions.New(inst.mgr, mcpsessions.Options{AgentID: "bench"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			sid := a.Generate()
+			if sid == "" {
+				b.Fatal("Generate failed")
+			}
+			for b.Loop() {
+				if term, err := a.Validate(sid); term || err != nil {
+					b.Fatal(term, err)
+				}
+			}
+		})
 	}
 }
 

@@ -123,8 +123,9 @@ func (d *testDB) rows(t testing.TB) int {
 // instance is what one service instance holds: its own pool and manager on
 // the shared schema.
 type instance struct {
-	pool *pgxpool.Pool
-	mgr  *sessions.Manager
+	pool  *pgxpool.Pool
+	store *sessions.PostgresStore
+	mgr   *sessions.Manager
 }
 
 func (d *testDB) instance(t testing.TB, cfg sessions.Config) instance {
@@ -147,7 +148,7 @@ func (d *testDB) instance(t testing.TB, cfg sessions.Config) instance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return instance{pool: p, mgr: m}
+	return instance{pool: p, store: store, mgr: m}
 }
 
 func withSearchPath(connString, schema string) (string, error) {

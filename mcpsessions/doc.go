@@ -149,4 +149,12 @@
 // resolver and on context.Background() with the plain SessionIdManager.
 // Behind [Adapter.Middleware] a request's session ID is checked once, and
 // the result reused by Validate or Terminate for that request.
+//
+// Each check of a live session is one read from the store. With
+// sessions.PostgresStore.RunCache running on an instance, that read is
+// usually answered from the instance's memory instead; the price is that a
+// DELETE on another instance reaches it through PostgreSQL's NOTIFY, so
+// for a moment (at most CacheConfig.MaxStaleness, default 1s, after the
+// revocation committed) it may still serve the ended session. Without the
+// cache, the next request after a DELETE is refused on every instance.
 package mcpsessions
