@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,6 +34,7 @@ type serveOpts struct {
 	logLevel        string
 	migrate         bool
 	pruneInterval   time.Duration
+	cacheStaleness  time.Duration
 	sec             secretOpts
 	mo              managerOpts
 }
@@ -61,6 +63,9 @@ func newServeCmd(g *globalOpts) *cobra.Command {
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.BoolVar(&o.migrate, "migrate", false, "apply pending migrations at start (needs a role allowed to run DDL)")
 	f.DurationVar(&o.pruneInterval, "prune-interval", time.Minute, "how often the pruner deletes expired sessions")
+	f.DurationVar(&o.cacheStaleness, "cache-max-staleness", 0,
+		"with a database: cache verified sessions in this instance, accepting a revoked token for at most this long "+
+			"after the revocation (LISTEN/NOTIFY; e.g. 1s, at least 20ms); 0 disables the cache")
 	o.sec.addFlags(cmd)
 	o.mo.addTTL(cmd)
 	o.mo.addLimit(cmd)
@@ -82,6 +87,8 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		return usageError{fmt.Errorf("--shutdown-timeout must be > 0, got %s", o.shutdownTimeout)}
 	case o.pruneInterval <= 0:
 		return usageError{fmt.Errorf("--prune-interval must be > 0, got %s", o.pruneInterval)}
+	case o.cacheStaleness != 0 && o.cacheStaleness < 20*time.Millisecond:
+		return usageError{fmt.Errorf("--cache-max-staleness must be 0 (off) or at least 20ms, got %s", o.cacheStaleness)}
 	}
 	log, err := newLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
 	if err != nil {
@@ -143,6 +150,10 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		opts.LiveSessions = server.PostgresLiveSessions(pool, nil)
 		runPruner = func(ctx context.Context) {
 			_ = pg.RunPruner(ctx, sessions.PruneConfig{Interval: o.pruneInterval, Logger: log, OnPrune: onPrune})
+		}
+		if o.cacheStaleness > 0 {
+			opts.CacheStats = pg.CacheStats
+			runPruner = withCache(runPruner, pg, sessions.CacheConfig{MaxStaleness: o.cacheStaleness, Logger: log}, log)
 		}
 	} else {
 		mem := sessions.NewMemoryStore()
@@ -224,4 +235,20 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, ho)), nil
 	}
 	return nil, usageError{fmt.Errorf("--log-format must be text or json, got %q", format)}
+}
+
+// withCache runs the store's verified-session cache next to background.
+// A cache that cannot start (no invalidation trigger) is logged and the
+// service goes on uncached: every lookup then reaches the database.
+func withCache(background func(context.Context), pg *sessions.PostgresStore, cfg sessions.CacheConfig, log *slog.Logger) func(context.Context) {
+	return func(ctx context.Context) {
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if err := pg.RunCache(ctx, cfg); err != nil {
+				log.Error("verified-session cache not started; serving uncached", slog.Any("error", err))
+			}
+		})
+		background(ctx)
+		wg.Wait()
+	}
 }

@@ -139,3 +139,36 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(c.val))
 	}
 }
+
+// registerCacheMetrics exports the counters of sessions.PostgresStore's
+// verified-session cache.
+func registerCacheMetrics(reg prometheus.Registerer, stats func() sessions.CacheStats) error {
+	counter := func(name, help string, field func(sessions.CacheStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "agentsessions", Name: name, Help: help},
+			func() float64 { return float64(field(stats())) })
+	}
+	cs := []prometheus.Collector{
+		counter("cache_hits_total", "Session lookups answered by this instance's verified-session cache.",
+			func(s sessions.CacheStats) uint64 { return s.Hits }),
+		counter("cache_misses_total", "Session lookups the cache sent to the database.",
+			func(s sessions.CacheStats) uint64 { return s.Misses }),
+		counter("cache_invalidations_total", "Revocations applied to the cache (notifications and local revokes).",
+			func(s sessions.CacheStats) uint64 { return s.Invalidations }),
+		counter("cache_resyncs_total", "Cache listener (re)connections, each emptying the cache.",
+			func(s sessions.CacheStats) uint64 { return s.Resyncs }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "agentsessions", Name: "cache_fresh",
+			Help: "1 while the cache answers (its listener confirmed within the staleness bound), else 0."},
+			func() float64 {
+				if stats().Fresh {
+					return 1
+				}
+				return 0
+			}),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -98,6 +98,11 @@ type Options struct {
 	// Pass (*sessions.PostgresStore).Stats.
 	StoreStats func() sessions.PostgresStats
 
+	// CacheStats, when set, is exported on /metrics as the verified-session
+	// cache's hit, miss, invalidation and resync counters and its freshness.
+	// Pass (*sessions.PostgresStore).CacheStats when RunCache runs.
+	CacheStats func() sessions.CacheStats
+
 	// LiveSessions, when set, counts live sessions for the
 	// agentsessions_live_sessions gauge; the count is cached for
 	// LiveSessionsCacheTTL. Default: the gauge is not exported. See
@@ -173,6 +178,9 @@ func New(m *sessions.Manager, opts Options) (*Server, error) {
 		ttl = DefaultLiveSessionsCacheTTL
 	}
 	met, err := newMetrics(s.reg, opts.StoreStats, opts.LiveSessions, ttl, s.log)
+	if err == nil && opts.CacheStats != nil {
+		err = registerCacheMetrics(s.reg, opts.CacheStats)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: registering metrics: %v", ErrInvalidOptions, err)
 	}
