@@ -61,7 +61,7 @@ func TestBenchTableJSONAndPlot(t *testing.T) {
 	}
 
 	plot := filepath.Join(t.TempDir(), "bench.svg")
-	code, out, errOut = benchCLI(t, append(small, "--workloads", "mixed", "--json", "--quiet", "--plot", plot)...)
+	code, out, errOut = benchCLI(t, append(small, "--workloads", "mixed", "--rounds", "2", "--json", "--quiet", "--plot", plot)...)
 	if code != exitOK {
 		t.Fatalf("exit %d\n%s%s", code, out, errOut)
 	}
@@ -70,7 +70,7 @@ func TestBenchTableJSONAndPlot(t *testing.T) {
 		t.Fatalf("--json output: %v\n%s", err, out)
 	}
 	if len(rep.Workloads) != 1 || rep.Workloads[0].Name != "mixed" || rep.Workloads[0].Results[0].OverLimitAgents != 0 ||
-		rep.Settings.Clients != 4 || rep.Pgbench.Ran {
+		rep.Settings.Clients != 4 || rep.Pgbench.Ran || len(rep.Workloads[0].Results[0].RoundsOpsPerSec) != 2 {
 		t.Errorf("report %+v", rep)
 	}
 	if errOut != "" {

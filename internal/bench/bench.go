@@ -23,6 +23,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -103,6 +104,10 @@ type Config struct {
 	Workers   int           // workers per instance (default 8)
 	Duration  time.Duration // per workload and engine (default 10s); ignored when Ops > 0
 	Ops       int64         // operations per workload and engine instead of a duration
+	// Rounds runs every workload this many times on every engine, the
+	// engines taking turns, and reports each engine's median round: noise
+	// from other processes then hits every engine alike (default 1).
+	Rounds int
 
 	Workloads []string      // default: all of [Workloads]
 	Agents    int           // agent population for issue, authenticate and mixed (default 100000)
@@ -148,6 +153,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.Sessions, 10000)
 	def(&c.Limit, 5)
 	def(&c.MaxAttempts, 20)
+	def(&c.Rounds, 1)
 	if c.Duration == 0 && c.Ops == 0 {
 		c.Duration = 10 * time.Second
 	}
@@ -186,6 +192,9 @@ func (c Config) withDefaults() (Config, error) {
 		if _, ok := variants[v]; !ok {
 			bad("unknown variant %q (want %s)", v, strings.Join(VariantNames, ", "))
 		}
+	}
+	if c.Rounds < 1 || c.Rounds > 99 {
+		bad("rounds must be between 1 and 99")
 	}
 	if c.Instances < 1 || c.Workers < 1 || c.Agents < 1 || c.HotAgents < 1 || c.Sessions < 1 || c.Limit < 1 || c.MaxAttempts < 1 {
 		bad("instances, workers, agents, hot agents, sessions, limit and max attempts must be >= 1")
@@ -246,6 +255,7 @@ type Settings struct {
 	Clients     int      `json:"clients"`
 	Duration    string   `json:"duration,omitempty"`
 	Ops         int64    `json:"ops,omitempty"`
+	Rounds      int      `json:"rounds"`
 	Workloads   []string `json:"workloads"`
 	Agents      int      `json:"agents"`
 	HotAgents   int      `json:"hot_agents"`
@@ -297,6 +307,10 @@ type Result struct {
 	// end: anything but 0 is a broken invariant. -1: not checked.
 	OverLimitAgents int64 `json:"over_limit_agents"`
 	Rows            int64 `json:"rows_at_end"` // sessions stored at the end
+	// RoundsOpsPerSec is every round's throughput, in the order they ran,
+	// when Config.Rounds > 1; the rest of the result is the median round's
+	// (OverLimitAgents: the worst round's).
+	RoundsOpsPerSec []float64 `json:"rounds_ops_per_sec,omitempty"`
 	// Cache counts the verified-session cache's answers (cached variant).
 	Cache *CacheResult `json:"cache,omitempty"`
 }
@@ -360,7 +374,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	cfg.Log("schema %s on PostgreSQL %s", schema, rep.Host.Postgres)
 
 	rep.Settings = Settings{
-		Instances: cfg.Instances, Workers: cfg.Workers, Clients: cfg.Clients(), Ops: cfg.Ops,
+		Instances: cfg.Instances, Workers: cfg.Workers, Clients: cfg.Clients(), Ops: cfg.Ops, Rounds: cfg.Rounds,
 		Workloads: cfg.Workloads, Agents: cfg.Agents, HotAgents: cfg.HotAgents, Sessions: cfg.Sessions,
 		Limit: cfg.Limit, TTL: cfg.TTL.String(), MaxAttempts: cfg.MaxAttempts, Compare: cfg.Compare, Variants: cfg.Variants, Schema: schema,
 	}
@@ -435,33 +449,60 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		}
 	}
 
+	var runners []runner
+	for _, o := range engines {
+		runners = append(runners, o)
+	}
+	for _, pg := range pgs {
+		runners = append(runners, pg)
+	}
+	if rd != nil {
+		runners = append(runners, rd)
+	}
 	for _, name := range cfg.Workloads {
 		w := Workload{Name: name, Description: workloadInfo[name].desc}
-		for _, o := range engines {
-			res, err := o.run(ctx, name)
-			if err != nil {
-				return rep, err
+		rounds := make([][]Result, len(runners))
+		for round := range cfg.Rounds {
+			if cfg.Rounds > 1 {
+				cfg.Log("%s: round %d of %d", name, round+1, cfg.Rounds)
 			}
-			w.Results = append(w.Results, res)
+			for i, r := range runners {
+				res, err := r.run(ctx, name)
+				if err != nil {
+					return rep, err
+				}
+				rounds[i] = append(rounds[i], res)
+			}
 		}
-		for _, pg := range pgs {
-			res, err := pg.run(ctx, name)
-			if err != nil {
-				return rep, err
-			}
-			w.Results = append(w.Results, res)
-		}
-		if rd != nil {
-			res, err := rd.run(ctx, name)
-			if err != nil {
-				return rep, err
-			}
-			w.Results = append(w.Results, res)
+		for _, rs := range rounds {
+			w.Results = append(w.Results, medianRound(rs))
 		}
 		setRatios(w.Results)
 		rep.Workloads = append(rep.Workloads, w)
 	}
 	return rep, nil
+}
+
+// runner runs one workload on one engine.
+type runner interface {
+	run(ctx context.Context, workload string) (Result, error)
+}
+
+// medianRound returns the round with the median throughput (the lower
+// middle one for an even count), with every round's throughput in
+// RoundsOpsPerSec and the worst invariant check of any round.
+func medianRound(rs []Result) Result {
+	if len(rs) == 1 {
+		return rs[0]
+	}
+	sorted := slices.Clone(rs)
+	slices.SortStableFunc(sorted, func(a, b Result) int { return cmp.Compare(a.OpsPerSec, b.OpsPerSec) })
+	m := sorted[(len(sorted)-1)/2]
+	for _, r := range rs {
+		m.RoundsOpsPerSec = append(m.RoundsOpsPerSec, r.OpsPerSec)
+		m.OverLimitAgents = max(m.OverLimitAgents, r.OverLimitAgents)
+	}
+	return m
 }
 
 // setRatios fills Ratio with each engine's throughput over its

@@ -61,6 +61,9 @@ func (r Report) Header() string {
 	if s.Ops > 0 {
 		length = fmt.Sprintf("%d ops per workload and engine", s.Ops)
 	}
+	if s.Rounds > 1 {
+		length += fmt.Sprintf(", %d rounds taking turns (median shown)", s.Rounds)
+	}
 	return fmt.Sprintf("agentsessions bench · %s · %s/%s, %s, %s · %s\n"+
 		"%d instances x %d workers = %d clients · %s · limit %d · %d agents, %d hot, %d pre-issued sessions\n",
 		r.Started.Format("2006-01-02 15:04 UTC"), h.OS, h.Arch, cpu, h.GoVersion, servers,

@@ -194,3 +194,21 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestMedianRound(t *testing.T) {
+	rs := []Result{
+		{OpsPerSec: 300, OverLimitAgents: 0, Errors: 3},
+		{OpsPerSec: 100, OverLimitAgents: 2},
+		{OpsPerSec: 200, OverLimitAgents: 0, Errors: 7},
+	}
+	m := medianRound(rs)
+	if m.OpsPerSec != 200 || m.Errors != 7 || m.OverLimitAgents != 2 || fmt.Sprint(m.RoundsOpsPerSec) != "[300 100 200]" {
+		t.Errorf("median of 3: %+v", m)
+	}
+	if m := medianRound(rs[:2]); m.OpsPerSec != 100 {
+		t.Errorf("median of 2 is the lower middle: %+v", m)
+	}
+	if m := medianRound(rs[:1]); m.RoundsOpsPerSec != nil || m.OpsPerSec != 300 {
+		t.Errorf("one round: %+v", m)
+	}
+}
