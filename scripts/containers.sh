@@ -231,12 +231,18 @@ debootstrap_rootfs() {
 		die "debootstrap is needed to build images locally and could not be installed"
 	mirror=$(debian_mirror)
 	log "debootstrap $SUITE ($pkgs) from $mirror into $dir"
-	rm -rf "$dir"
-	mkdir -p "$dir"
-	if ! out=$(timeout 900 debootstrap --variant=minbase --include="$pkgs" "$SUITE" "$dir" "$mirror" 2>&1); then
+	local try
+	for try in 1 2; do # a second try for a mirror's bad moment
+		rm -rf "$dir"
+		mkdir -p "$dir"
+		if out=$(timeout 900 debootstrap --variant=minbase --include="$pkgs" "$SUITE" "$dir" "$mirror" 2>&1); then
+			break
+		fi
 		echo "$out" | tail -n 20 >&2
-		die "debootstrap failed (log: $dir/debootstrap/debootstrap.log)"
-	fi
+		[[ $try == 1 ]] || die "debootstrap failed twice (log: $dir/debootstrap/debootstrap.log)"
+		log "debootstrap failed; trying once more in 10s"
+		sleep 10
+	done
 	# A package's postinst may have started a daemon inside the tree: stop it.
 	local p root
 	root=$(realpath "$dir")
@@ -308,7 +314,7 @@ build_local_lb() {
 		# Same tree: a new image config on the same layer (~1 s, no import).
 		log "building $1 from $pg"
 		printf '%s\n' "FROM $pg" 'ENTRYPOINT []' 'CMD ["nginx", "-g", "daemon off;"]' 'EXPOSE 80' |
-			docker build -q -t "$1" - >/dev/null
+			docker build -q -t "$1" - >/dev/null 2>&1 || die "docker build of $1 failed"
 		drop_older "$1"
 		return
 	fi
@@ -414,11 +420,11 @@ run_tests() {
 	) || rc=$?
 	echo "testdb reports (one per test binary):" >&2
 	sed 's/^/  /' "$report" >&2
-	local leftover
-	leftover=$(comm -13 <(echo "$before") <(docker ps -aq --filter label=org.testcontainers=true | sort))
-	if [[ -n $leftover ]]; then
-		log "warning: removing containers the tests left behind: $(echo $leftover)"
-		docker rm -f $leftover >/dev/null || true
+	local leftover=()
+	mapfile -t leftover < <(comm -13 <(echo "$before") <(docker ps -aq --filter label=org.testcontainers=true | sort))
+	if [[ ${#leftover[@]} -gt 0 ]]; then
+		log "warning: removing containers the tests left behind: ${leftover[*]}"
+		docker rm -f "${leftover[@]}" >/dev/null || true
 	fi
 	if grep -q ' TEST_DATABASE_URL ' "$report"; then
 		log "error: a test binary used TEST_DATABASE_URL instead of a container"
@@ -451,7 +457,13 @@ app_image() {
 		: >"$out"/ca-certificates.crt
 	fi
 	log "docker build -f deploy/Dockerfile.local -t $image $out"
-	docker build -q -f deploy/Dockerfile.local -t "$image" "$out" >/dev/null
+	# The classic builder (no buildx needed) warns that it is deprecated;
+	# its output is shown only when the build fails.
+	local blog
+	if ! blog=$(docker build -q -f deploy/Dockerfile.local -t "$image" "$out" 2>&1); then
+		echo "$blog" >&2
+		die "docker build failed"
+	fi
 	echo "$image"
 }
 
@@ -462,14 +474,22 @@ compose() {
 }
 
 # up SERVICE...: docker-compose.yml's SERVICEs (default all) with the images
-# from prepare and app_image, detached; then waits for the one-shot migrate
-# job (when started) and fails with its log if it failed.
+# from prepare and the app image (AGENTSESSIONS_IMAGE when set, else
+# app_image from the current source), detached; then waits for the one-shot
+# migrate job (when started) and fails with its log if it failed.
 up() {
 	local exports image
 	exports=$(with_lock prepare) || return
 	eval "$exports"
-	image=$(with_lock app_image)
-	export AGENTSESSIONS_IMAGE=$image
+	if [[ -n ${AGENTSESSIONS_IMAGE:-} ]]; then
+		# A given image (a release, or one built by `docker build .`) as it is.
+		have_image "$AGENTSESSIONS_IMAGE" || try_pull "$AGENTSESSIONS_IMAGE" ||
+			die "AGENTSESSIONS_IMAGE=$AGENTSESSIONS_IMAGE: image not present and cannot be pulled"
+		log "app image: $AGENTSESSIONS_IMAGE (given; not rebuilt)"
+	else
+		image=$(with_lock app_image)
+		export AGENTSESSIONS_IMAGE=$image
+	fi
 	with_lock ensure_compose
 	log "$(compose_cmd) up -d --no-build $*"
 	compose up -d --no-build "$@" >&2

@@ -13,6 +13,7 @@
 # connections" twice, which is what testcontainers' postgres module waits for.
 set -euo pipefail
 
+# shellcheck disable=SC2012 # version-numbered directories
 bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 export PATH="$bindir:$PATH"
 export PGDATA="${PGDATA:-/var/lib/postgresql/data}"
@@ -74,7 +75,11 @@ if [[ ! -s $PGDATA/PG_VERSION ]]; then
 	shopt -s nullglob
 	for f in /docker-entrypoint-initdb.d/*; do
 		case $f in
-		*.sh) log "running $f"; . "$f" ;;
+		*.sh)
+			log "running $f"
+			# shellcheck disable=SC1090 # the image user's own init scripts
+			. "$f"
+			;;
 		*.sql) log "running $f"; "${psql[@]}" --dbname "$db" -f "$f" ;;
 		*) log "ignoring $f" ;;
 		esac
