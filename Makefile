@@ -40,8 +40,8 @@ test: ## Run all tests (both modules: . and mcpsessions) with the race detector
 test-race: ## Repeat the concurrency tests (Invariant|Concurrent) 5 times with -race
 	@$(TEST_DB) echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL" >&2; set -x; go test -race -count=5 -run 'Invariant|Concurrent' ./...
 
-test-containers: ## Run all tests against a PostgreSQL container (testcontainers, needs Docker)
-	TEST_DATABASE_URL= go test -race -count=1 ./...
+test-containers: ## Integration tests on PostgreSQL containers (testcontainers; starts Docker here if needed)
+	scripts/containers.sh test -race -count=1
 
 FUZZTIME ?= 5s
 fuzz: ## Run each fuzz target for FUZZTIME (default 5s); new finds land in the Go cache
@@ -62,12 +62,15 @@ lint: ## Check formatting (gofmt) and run go vet
 build: ## Build bin/agentsessions
 	CGO_ENABLED=0 go build -o bin/agentsessions ./cmd/agentsessions
 
-up: ## Start PostgreSQL in Docker and apply migrations (docker compose)
-	docker compose up -d --wait postgres
-	docker compose run --rm --build migrate
+.PHONY: compose-smoke
+compose-smoke: ## Bring up the compose cluster (3 serve replicas + nginx), test it end to end, remove it
+	scripts/compose-smoke.sh
+
+up: ## Start PostgreSQL in Docker (host port AGENTSESSIONS_PG_PORT, default 5432) and apply migrations
+	scripts/containers.sh up postgres migrate
 
 down: ## Stop the Docker stack and delete its data volume
-	docker compose down -v
+	scripts/containers.sh down
 
 # Short default; e.g. make bench BENCH_FLAGS="--duration 10s --compare --plot bench.svg"
 BENCH_FLAGS ?= --duration 2s --compare
