@@ -107,6 +107,12 @@ func TestCacheRevocationAcrossInstances(t *testing.T) {
 					if i != revoker {
 						latencies = append(latencies, start.Sub(revoked))
 					}
+					// Once refused, never accepted again (no stale refill).
+					for range 5 {
+						if _, err := x.mgr.Authenticate(ctx, iss.Token, agent); err == nil {
+							t.Fatalf("round %d: instance %d accepted a revoked token after refusing it", round, i)
+						}
+					}
 					break
 				}
 				if start.Sub(revoked) > staleness {
