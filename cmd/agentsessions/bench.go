@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -20,6 +21,7 @@ type benchOpts struct {
 	json      bool
 	plot      string
 	progress  string
+	cpuprof   string
 	quiet     bool
 }
 
@@ -69,6 +71,7 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.StringVar(&o.plot, "plot", "", "also draw throughput and latency to this .png or .svg file")
 	f.StringVar(&o.progress, "progress", "auto", "progress bar on stderr: auto (when it is a terminal), always or never")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no log lines on stderr")
+	f.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of this process (the client side) to this file (go tool pprof)")
 	return cmd
 }
 
@@ -124,6 +127,17 @@ func (o *benchOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		return usageError{err}
 	}
 
+	if o.cpuprof != "" {
+		f, err := os.Create(o.cpuprof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, runErr := bench.Run(cmd.Context(), cfg)
 	if runErr != nil && len(rep.Workloads) == 0 {
 		return runErr

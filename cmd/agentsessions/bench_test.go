@@ -46,9 +46,13 @@ func TestBenchTableJSONAndPlot(t *testing.T) {
 	small := []string{"--database-url", d.URL, "--instances", "2", "--workers", "2", "--ops", "40",
 		"--agents", "30", "--sessions", "30", "--hot-agents", "2", "--limit", "3", "--progress", "never"}
 
-	code, out, errOut := benchCLI(t, append(small, "--workloads", "issue,authenticate")...)
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
+	code, out, errOut := benchCLI(t, append(small, "--workloads", "issue,authenticate", "--cpuprofile", prof)...)
 	if code != exitOK {
 		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	if st, err := os.Stat(prof); err != nil || st.Size() == 0 {
+		t.Errorf("--cpuprofile: %v", err)
 	}
 	for _, want := range []string{"2 instances x 2 workers = 4 clients · 40 ops per workload and engine",
 		"\nissue         agentsessions ", "\nauthenticate  agentsessions ", "over-limit"} {
