@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ type benchOpts struct {
 	plot      string
 	progress  string
 	cpuprof   string
+	from      string
 	quiet     bool
 }
 
@@ -71,6 +73,7 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.StringVar(&o.plot, "plot", "", "also draw throughput and latency to this .png or .svg file")
 	f.StringVar(&o.progress, "progress", "auto", "progress bar on stderr: auto (when it is a terminal), always or never")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no log lines on stderr")
+	f.StringVar(&o.from, "from", "", "do not run: print (and --plot) the results a previous --json run saved in this file")
 	f.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of this process (the client side) to this file (go tool pprof)")
 	return cmd
 }
@@ -80,6 +83,9 @@ func (o *benchOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	flags := cmd.Flags()
 	if flags.Changed("ops") && !flags.Changed("duration") {
 		cfg.Duration = 0
+	}
+	if o.from != "" {
+		return o.render(cmd)
 	}
 	// The library reads 0 as "the default"; here 0 was typed, so refuse it.
 	for name, v := range map[string]int{"--instances": cfg.Instances, "--workers": cfg.Workers, "--agents": cfg.Agents,
@@ -166,6 +172,27 @@ func (o *benchOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		return fmt.Errorf("invariant broken: %d agents ended over their limit", v)
 	}
 	return nil
+}
+
+// render prints the report saved in o.from, and plots it with --plot.
+func (o *benchOpts) render(cmd *cobra.Command) error {
+	b, err := os.ReadFile(o.from)
+	if err != nil {
+		return err
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return fmt.Errorf("%s: not a bench --json report: %w", o.from, err)
+	}
+	if o.json {
+		err = rep.WriteJSON(cmd.OutOrStdout())
+	} else {
+		err = rep.WriteTable(cmd.OutOrStdout())
+	}
+	if err == nil && o.plot != "" {
+		err = bench.WritePlot(o.plot, rep)
+	}
+	return err
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.

@@ -83,6 +83,23 @@ func TestBenchTableJSONAndPlot(t *testing.T) {
 	if b, err := os.ReadFile(plot); err != nil || !bytes.HasPrefix(b, []byte("<svg")) {
 		t.Errorf("plot: %v %.40q", err, b)
 	}
+
+	// --from renders a saved report without a database.
+	saved := filepath.Join(t.TempDir(), "bench.json")
+	if err := os.WriteFile(saved, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = benchCLI(t, "--from", saved, "--plot", filepath.Join(t.TempDir(), "again.png"))
+	if code != exitOK || out != table.String() {
+		t.Fatalf("--from: exit %d, stderr %q\n got:\n%s\nwant:\n%s", code, errOut, out, table.String())
+	}
+	if code, _, errOut = benchCLI(t, "--from", plot); code != exitError || !strings.Contains(errOut, "not a bench --json report") {
+		t.Errorf("--from an SVG: exit %d, %q", code, errOut)
+	}
 }
 
 func TestBenchCompareSkipsRedisWithAClearLine(t *testing.T) {
