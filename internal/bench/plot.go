@@ -50,7 +50,7 @@ func WritePlot(path string, r Report) error {
 
 const (
 	plotW = 1100
-	plotH = 820
+	plotH = 850
 )
 
 type anchor int
@@ -74,9 +74,14 @@ var (
 	colAxis  = color.RGBA{90, 90, 90, 255}
 	// One hue per engine; latency bars use three shades of it.
 	engineColors = map[string][3]color.RGBA{
-		EngineOurs:    {{31, 95, 170, 255}, {92, 148, 214, 255}, {170, 200, 235, 255}},
-		EnginePgbench: {{60, 140, 70, 255}, {115, 185, 120, 255}, {185, 225, 185, 255}},
-		EngineRedis:   {{190, 60, 50, 255}, {225, 120, 110, 255}, {242, 190, 185, 255}},
+		EngineOurs:        {{31, 95, 170, 255}, {92, 148, 214, 255}, {170, 200, 235, 255}},
+		EngineCTE:         {{110, 70, 160, 255}, {160, 125, 200, 255}, {210, 190, 230, 255}},
+		EngineLock:        {{200, 120, 20, 255}, {230, 170, 90, 255}, {245, 215, 170, 255}},
+		EngineCached:      {{20, 140, 140, 255}, {90, 190, 190, 255}, {175, 225, 225, 255}},
+		EnginePgbench:     {{60, 140, 70, 255}, {115, 185, 120, 255}, {185, 225, 185, 255}},
+		EnginePgbenchCTE:  {{100, 120, 40, 255}, {150, 170, 90, 255}, {205, 215, 165, 255}},
+		EnginePgbenchLock: {{40, 110, 90, 255}, {100, 160, 140, 255}, {170, 210, 195, 255}},
+		EngineRedis:       {{190, 60, 50, 255}, {225, 120, 110, 255}, {242, 190, 185, 255}},
 	}
 )
 
@@ -125,8 +130,10 @@ func compact(v float64) string {
 		return fmt.Sprintf("%.0f", v)
 	case v >= 1:
 		return trimZero(fmt.Sprintf("%.1f", v))
-	default:
+	case v >= 0.01:
 		return trimZero(fmt.Sprintf("%.2f", v))
+	default:
+		return trimZero(fmt.Sprintf("%.3f", v))
 	}
 }
 
@@ -174,6 +181,10 @@ func drawReport(c canvas, r Report) {
 	}
 	tp := panel{title: "Throughput (operations per second, log scale; label: ops/s and ratio to pgbench)", unit: "/s", top: 80, height: 330, engines: engines}
 	lat := panel{title: "Latency (ms, log scale; nested bars: p50 dark, p95, p99 light; label: p99)", unit: "ms", top: 450, height: 330, engines: engines}
+	narrow := len(engines) > 4 // labels without the ratio, which would overlap
+	if narrow {
+		tp.title = "Throughput (operations per second, log scale; label: ops/s; ratios in the table)"
+	}
 	for _, wl := range r.Workloads {
 		tp.groups = append(tp.groups, wl.Name)
 		lat.groups = append(lat.groups, wl.Name)
@@ -185,7 +196,7 @@ func drawReport(c canvas, r Report) {
 			i := indexOf(engines, res.Engine)
 			tv[i] = []float64{res.OpsPerSec}
 			tl[i] = compact(res.OpsPerSec)
-			if res.Ratio > 0 {
+			if res.Ratio > 0 && !narrow {
 				tl[i] += fmt.Sprintf(" (%.2fx)", res.Ratio)
 			}
 			lv[i] = []float64{ms(res.Latency.P99), ms(res.Latency.P95), ms(res.Latency.P50)}
@@ -197,12 +208,16 @@ func drawReport(c canvas, r Report) {
 	drawPanel(c, tp)
 	drawPanel(c, lat)
 
-	// Legend.
-	x := 90.0
+	// Legend, wrapped onto a second row when it does not fit.
+	x, y := 90.0, float64(plotH-50)
 	for _, e := range engines {
-		c.rect(x, plotH-26, 14, 14, engineColor(e, 0))
-		c.text(x+20, plotH-14, e, 13, colText, anchorStart)
-		x += 40 + 8*float64(len(e))
+		w := 40 + 7.5*float64(len(e))
+		if x+w > plotW-20 {
+			x, y = 90, y+22
+		}
+		c.rect(x, y, 14, 14, engineColor(e, 0))
+		c.text(x+20, y+12, e, 13, colText, anchorStart)
+		x += w
 	}
 }
 
@@ -256,7 +271,13 @@ func drawPanel(c canvas, p panel) {
 				y := ax.y(v)
 				c.rect(x+2, y, bw-4, bottom-y, engineColor(e, len(vs)-1-i))
 			}
-			c.text(x+bw/2, ax.y(vs[0])-5, p.labels[gi][ei], 10, colText, anchorMiddle)
+			// Narrow bars: labels alternate between two heights so that
+			// neighbours do not overlap.
+			ly := ax.y(vs[0]) - 5
+			if bw < 60 && ei%2 == 1 {
+				ly -= 12
+			}
+			c.text(x+bw/2, ly, p.labels[gi][ei], 10, colText, anchorMiddle)
 		}
 	}
 }
