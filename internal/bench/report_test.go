@@ -78,7 +78,7 @@ func TestFmt(t *testing.T) {
 		{fmtCount(0), "0"}, {fmtCount(999.6), "1,000"}, {fmtCount(1234567), "1,234,567"}, {fmtCount(-4321), "-4,321"},
 		{fmtDur(0), "0ms"}, {fmtDur(41 * time.Microsecond), "0.04ms"}, {fmtDur(12340 * time.Microsecond), "12.3ms"},
 		{fmtDur(1500 * time.Millisecond), "1500ms"},
-		{compact(1234), "1.2k"}, {compact(2_000_000), "2M"}, {compact(0.5), "0.5"}, {compact(42), "42"},
+		{compact(1234), "1.2k"}, {compact(2_000_000), "2M"}, {compact(0.5), "0.5"}, {compact(42), "42"}, {compact(0.001), "0.001"},
 	} {
 		if c.got != c.want {
 			t.Errorf("got %q, want %q", c.got, c.want)
