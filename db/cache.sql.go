@@ -10,21 +10,30 @@ import (
 )
 
 const invalidationTriggerEnabled = `-- name: InvalidationTriggerEnabled :one
-SELECT EXISTS (
-    SELECT 1 FROM pg_catalog.pg_trigger
-    WHERE tgrelid = to_regclass('agent_sessions')
-      AND tgname = 'agent_sessions_notify_invalidate'
-      AND tgenabled <> 'D'
-) AS enabled
+SELECT count(*) = 2 AS enabled
+FROM pg_catalog.pg_trigger
+WHERE tgrelid = to_regclass('agent_sessions')
+  AND tgname IN ('agent_sessions_notify_invalidate', 'agent_sessions_notify_flush')
+  AND tgenabled <> 'D'
 `
 
 // InvalidationTriggerEnabled says whether migration 00003 is applied and
-// its trigger enabled on the agent_sessions table in the search path.
+// both its triggers are enabled on the agent_sessions table in the search
+// path.
 func (q *Queries) InvalidationTriggerEnabled(ctx context.Context) (bool, error) {
 	row := q.db.QueryRow(ctx, invalidationTriggerEnabled)
 	var enabled bool
 	err := row.Scan(&enabled)
 	return enabled, err
+}
+
+const listenFlushes = `-- name: ListenFlushes :exec
+LISTEN agentsessions_flush
+`
+
+func (q *Queries) ListenFlushes(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, listenFlushes)
+	return err
 }
 
 const listenHeartbeats = `-- name: ListenHeartbeats :exec

@@ -3,6 +3,9 @@
 -- name: ListenInvalidations :exec
 LISTEN agentsessions_invalidate;
 
+-- name: ListenFlushes :exec
+LISTEN agentsessions_flush;
+
 -- name: ListenHeartbeats :exec
 LISTEN agentsessions_heartbeat;
 
@@ -12,11 +15,11 @@ LISTEN agentsessions_heartbeat;
 SELECT pg_notify('agentsessions_heartbeat', sqlc.arg(payload)::text);
 
 -- InvalidationTriggerEnabled says whether migration 00003 is applied and
--- its trigger enabled on the agent_sessions table in the search path.
+-- both its triggers are enabled on the agent_sessions table in the search
+-- path.
 -- name: InvalidationTriggerEnabled :one
-SELECT EXISTS (
-    SELECT 1 FROM pg_catalog.pg_trigger
-    WHERE tgrelid = to_regclass('agent_sessions')
-      AND tgname = 'agent_sessions_notify_invalidate'
-      AND tgenabled <> 'D'
-) AS enabled;
+SELECT count(*) = 2 AS enabled
+FROM pg_catalog.pg_trigger
+WHERE tgrelid = to_regclass('agent_sessions')
+  AND tgname IN ('agent_sessions_notify_invalidate', 'agent_sessions_notify_flush')
+  AND tgenabled <> 'D';

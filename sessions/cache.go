@@ -29,6 +29,7 @@ const (
 // cache's heartbeats.
 const (
 	invalidateChannel = "agentsessions_invalidate"
+	flushChannel      = "agentsessions_flush"
 	heartbeatChannel  = "agentsessions_heartbeat"
 )
 
@@ -81,7 +82,7 @@ type CacheStats struct {
 	Hits          uint64 // Get calls answered from memory
 	Misses        uint64 // Get calls that went to the database
 	Invalidations uint64 // notifications and local revocations applied
-	Resyncs       uint64 // listener (re)connections, each emptying the cache
+	Resyncs       uint64 // times the cache was emptied: listener (re)connections and TRUNCATEs
 }
 
 // RunCache keeps a cache of verified sessions in this store until ctx
@@ -91,8 +92,9 @@ type CacheStats struct {
 // window of staleness for that round trip:
 //
 //   - Every revocation, eviction, refresh and prune, by any instance or by
-//     hand, fires a trigger (migration 00003) whose NOTIFY reaches every
-//     cache through a dedicated listener connection (outside the pool).
+//     hand (DELETE, UPDATE or TRUNCATE), fires a trigger (migration 00003)
+//     whose NOTIFY reaches every cache through a dedicated listener
+//     connection (outside the pool).
 //   - A revoked token is never accepted from the cache after the
 //     notification arrived, nor later than cfg.MaxStaleness after the
 //     revocation committed, even if notifications stall: the cache then
@@ -303,6 +305,9 @@ func (c *sessionCache) listen(ctx context.Context, p *PostgresStore) (connected 
 	if err := q.ListenInvalidations(ctx); err != nil {
 		return false, err
 	}
+	if err := q.ListenFlushes(ctx); err != nil {
+		return false, err
+	}
 	if err := q.ListenHeartbeats(ctx); err != nil {
 		return false, err
 	}
@@ -360,6 +365,8 @@ func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint6
 		switch n.Channel {
 		case invalidateChannel:
 			c.invalidate(n.Payload)
+		case flushChannel:
+			c.resync()
 		case heartbeatChannel:
 			if sent, ok := c.ownHeartbeat(n.Payload, connNo); ok {
 				lastHeard = c.now()

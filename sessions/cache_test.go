@@ -313,12 +313,43 @@ func TestCacheRefusals(t *testing.T) {
 		t.Fatal("cache still running after RunCache returned")
 	}
 
-	// Without the trigger, notifications would never come: refuse to cache.
-	if _, err := d.Conn(t).Exec(ctx, "ALTER TABLE agent_sessions DISABLE TRIGGER agent_sessions_notify_invalidate"); err != nil {
+	// Without either trigger, notifications would never come: refuse to cache.
+	for _, trigger := range []string{"agent_sessions_notify_flush", "agent_sessions_notify_invalidate"} {
+		if _, err := d.Conn(t).Exec(ctx, "ALTER TABLE agent_sessions DISABLE TRIGGER "+trigger); err != nil {
+			t.Fatal(err)
+		}
+		if err := store.RunCache(ctx, sessions.CacheConfig{}); !errors.Is(err, sessions.ErrInvalidConfig) {
+			t.Fatalf("RunCache without %s: %v", trigger, err)
+		}
+	}
+}
+
+// TRUNCATE fires no row trigger; its statement trigger empties every cache.
+func TestCacheTruncate(t *testing.T) {
+	const staleness = 300 * time.Millisecond
+	ctx := context.Background()
+	d := testdb.New(t)
+	in := startCachedInstances(t, d, 2, sessions.CacheConfig{MaxStaleness: staleness})
+	iss := mustIssue(t, in[0].mgr, agent)
+	for _, x := range in {
+		for range 2 {
+			if _, err := x.mgr.Authenticate(ctx, iss.Token, agent); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	resyncs := in[1].store.CacheStats().Resyncs
+	if _, err := d.Conn(t).Exec(ctx, "TRUNCATE agent_sessions"); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.RunCache(ctx, sessions.CacheConfig{}); !errors.Is(err, sessions.ErrInvalidConfig) {
-		t.Fatalf("RunCache without trigger: %v", err)
+	for i, x := range in {
+		waitFor(t, staleness, fmt.Sprintf("instance %d refuses a truncated session", i), func() bool {
+			_, err := x.mgr.Authenticate(ctx, iss.Token, agent)
+			return errors.Is(err, sessions.ErrAccessDenied)
+		})
+	}
+	if in[1].store.CacheStats().Resyncs <= resyncs {
+		t.Fatal("TRUNCATE did not empty the cache")
 	}
 }
 
