@@ -208,7 +208,7 @@ lim AS (
 ),
 evicted AS (
     DELETE FROM agent_sessions e
-    WHERE $4::boolean AND e.id IN (
+    WHERE $4::boolean AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
         SELECT s.id FROM agent_sessions s
         WHERE s.agent_id = $1::text AND s.expires_at > $2::timestamptz
         ORDER BY s.issued_at, s.id
@@ -220,10 +220,12 @@ inserted AS (
     INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
     SELECT $5::text, $1::text, $6::timestamptz, $7::timestamptz,
            $8::text, $9::jsonb
-    WHERE $4::boolean OR (SELECT n FROM live) < (SELECT n FROM lim)
+    WHERE ($4::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
+      AND current_setting('transaction_isolation') = 'serializable'
     RETURNING agent_sessions.id
 )
-SELECT (SELECT count(*) FROM inserted)::integer AS inserted,
+SELECT current_setting('transaction_isolation') = 'serializable' AS serializable,
+       (SELECT count(*) FROM inserted)::integer AS inserted,
        (SELECT n FROM lim)::integer AS effective_limit,
        coalesce((SELECT array_agg(evicted.id) FROM evicted), '{}')::text[] AS evicted
 `
@@ -241,6 +243,7 @@ type IssueSessionParams struct {
 }
 
 type IssueSessionRow struct {
+	Serializable   bool
 	Inserted       int32
 	EffectiveLimit int32
 	Evicted        []string
@@ -250,7 +253,9 @@ type IssueSessionRow struct {
 // the agent's expired rows, count its live ones, read its override, evict
 // the oldest (evict-oldest policy only) and insert if there is room. All
 // parts see one snapshot, so live counts rows as they were before the
-// prune; it skips expired rows itself. The caller runs it at SERIALIZABLE.
+// prune; it skips expired rows itself. The caller runs it at SERIALIZABLE;
+// at any lower isolation it evicts and inserts nothing and says so in
+// serializable, since the limit would not hold.
 func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (IssueSessionRow, error) {
 	row := q.db.QueryRow(ctx, issueSession,
 		arg.AgentID,
@@ -264,7 +269,12 @@ func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (Iss
 		arg.Metadata,
 	)
 	var i IssueSessionRow
-	err := row.Scan(&i.Inserted, &i.EffectiveLimit, &i.Evicted)
+	err := row.Scan(
+		&i.Serializable,
+		&i.Inserted,
+		&i.EffectiveLimit,
+		&i.Evicted,
+	)
 	return i, err
 }
 

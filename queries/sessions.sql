@@ -61,7 +61,9 @@ WHERE id = @id AND token_digest = @old_digest AND expires_at > @now;
 -- the agent's expired rows, count its live ones, read its override, evict
 -- the oldest (evict-oldest policy only) and insert if there is room. All
 -- parts see one snapshot, so live counts rows as they were before the
--- prune; it skips expired rows itself. The caller runs it at SERIALIZABLE.
+-- prune; it skips expired rows itself. The caller runs it at SERIALIZABLE;
+-- at any lower isolation it evicts and inserts nothing and says so in
+-- serializable, since the limit would not hold.
 WITH pruned AS (
     DELETE FROM agent_sessions p
     WHERE p.agent_id = @agent_id::text AND p.expires_at <= @now::timestamptz
@@ -76,7 +78,7 @@ lim AS (
 ),
 evicted AS (
     DELETE FROM agent_sessions e
-    WHERE @evict::boolean AND e.id IN (
+    WHERE @evict::boolean AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
         SELECT s.id FROM agent_sessions s
         WHERE s.agent_id = @agent_id::text AND s.expires_at > @now::timestamptz
         ORDER BY s.issued_at, s.id
@@ -88,9 +90,11 @@ inserted AS (
     INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
     SELECT @id::text, @agent_id::text, @issued_at::timestamptz, @expires_at::timestamptz,
            @token_digest::text, sqlc.narg(metadata)::jsonb
-    WHERE @evict::boolean OR (SELECT n FROM live) < (SELECT n FROM lim)
+    WHERE (@evict::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
+      AND current_setting('transaction_isolation') = 'serializable'
     RETURNING agent_sessions.id
 )
-SELECT (SELECT count(*) FROM inserted)::integer AS inserted,
+SELECT current_setting('transaction_isolation') = 'serializable' AS serializable,
+       (SELECT count(*) FROM inserted)::integer AS inserted,
        (SELECT n FROM lim)::integer AS effective_limit,
        coalesce((SELECT array_agg(evicted.id) FROM evicted), '{}')::text[] AS evicted;

@@ -2,11 +2,15 @@ package sessions_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
@@ -35,15 +39,87 @@ func TestInvariantMultiStatementFourInstances(t *testing.T) {
 	}
 }
 
+// serializablePool opens a pool whose connections default to SERIALIZABLE,
+// so the store sends its limit statement without BEGIN and COMMIT.
+func serializablePool(t testing.TB, d *testdb.DB, afterConnect func(context.Context, *pgx.Conn) error) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(d.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "serializable"
+	cfg.AfterConnect = afterConnect
+	return d.PoolWith(t, cfg)
+}
+
+// On pools that default to SERIALIZABLE the statement goes out alone; the
+// limit holds the same under contention, including evict-oldest.
+func TestInvariantDefaultIsolationFourInstances(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	clock := newClock(1_700_000_000)
+	var insts []instance
+	for range 4 {
+		store, err := sessions.NewPostgresStore(serializablePool(t, d, nil), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		insts = append(insts, instance{store: store, mgr: newManager(t, store, clock, func(c *sessions.Config) { c.Limit = 5 })})
+	}
+	agents := make([]string, 8)
+	for i := range agents {
+		agents[i] = fmt.Sprintf("did:agentmesh:serializable-%d", i)
+	}
+	tl := issueAtOnce(insts, agents, 12)
+	checkNoRawErrors(t, tl)
+	rows := rowsPerAgent(t, d.Pool(t))
+	for _, a := range agents {
+		if tl.ok[a] != 5 || tl.limited[a] != 7 || rows[a] != 5 {
+			t.Errorf("%s: %d issued, %d limited, %d rows; want 5, 7, 5", a, tl.ok[a], tl.limited[a], rows[a])
+		}
+	}
+	tx, retried, exhausted := retries(insts)
+	t.Logf("default isolation, 8 agents x 12: %d transactions, %d retries, %d exhausted", tx, retried, exhausted)
+}
+
+// A pool that claims SERIALIZABLE but whose connections were switched to
+// READ COMMITTED after connecting: the statement notices and inserts
+// nothing, and Issue fails with ErrInvalidConfig instead of risking the
+// limit.
+func TestInsertRefusedBelowSerializable(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	pool := serializablePool(t, d, func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "SET default_transaction_isolation = 'read committed'")
+		return err
+	})
+	store, err := sessions.NewPostgresStore(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newManager(t, store, newClock(1_700_000_000), nil)
+	if _, err := m.Issue(context.Background(), agent); !errors.Is(err, sessions.ErrInvalidConfig) {
+		t.Fatalf("issue below SERIALIZABLE: %v, want ErrInvalidConfig", err)
+	}
+	if n := rowsPerAgent(t, d.Pool(t))[agent]; n != 0 {
+		t.Fatalf("%d rows inserted below SERIALIZABLE", n)
+	}
+}
+
 // Issue on PostgreSQL through the default single statement and through
 // the five-round-trip transaction, over 10,000 agents (little contention),
 // from parallel goroutines sharing one pool.
 //
 //	go test -run '^$' -bench IssuePostgres -benchtime 5s ./sessions
 func BenchmarkIssuePostgres(b *testing.B) {
-	for _, path := range []string{"single-statement", "multi-statement"} {
+	for _, path := range []string{"single-statement", "serializable-pool", "multi-statement"} {
 		b.Run(path, func(b *testing.B) {
-			store, err := sessions.NewPostgresStore(testdb.New(b).Pool(b), nil)
+			d := testdb.New(b)
+			pool := d.Pool(b)
+			if path == "serializable-pool" {
+				pool = serializablePool(b, d, nil)
+			}
+			store, err := sessions.NewPostgresStore(pool, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

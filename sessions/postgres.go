@@ -63,7 +63,7 @@ type PostgresStore struct {
 	cfg   PostgresConfig
 	stats pgStats
 	cache atomic.Pointer[sessionCache] // set while RunCache runs
-	one   *db.Queries                  // each query alone in a pipelined SERIALIZABLE transaction
+	one   *db.Queries                  // runs the limit statement as its own SERIALIZABLE transaction
 
 	// multiStatement selects the older limit transaction of five round
 	// trips (insertTx) over the single statement (insertStmt); kept so
@@ -89,6 +89,15 @@ type PostgresStats struct {
 
 // NewPostgresStore returns a store on pool. The pool is the caller's to
 // close. cfg may be nil for the defaults.
+//
+// Issue runs its limit check as one statement at SERIALIZABLE. On an
+// ordinary pool it is sent with BEGIN and COMMIT in one pipelined batch.
+// A pool opened with default_transaction_isolation=serializable (in the
+// connection string, or in ConnConfig.RuntimeParams) lets the store send
+// the statement alone, which costs the client less (see
+// BenchmarkIssuePostgres and `agentsessions bench`); every other query on
+// that pool then runs at SERIALIZABLE too, so give the store a pool of its
+// own.
 func NewPostgresStore(pool *pgxpool.Pool, cfg *PostgresConfig) (*PostgresStore, error) {
 	if pool == nil {
 		return nil, &ConfigError{Field: "pool", Reason: "must not be nil"}
@@ -101,7 +110,13 @@ func NewPostgresStore(pool *pgxpool.Pool, cfg *PostgresConfig) (*PostgresStore, 
 	if err != nil {
 		return nil, err
 	}
-	return &PostgresStore{pool: pool, q: db.New(pool), one: db.New(serializableRow{pool}), cfg: c}, nil
+	p := &PostgresStore{pool: pool, q: db.New(pool), cfg: c}
+	if serializableByDefault(pool) {
+		p.one = p.q // each statement is its own SERIALIZABLE transaction already
+	} else {
+		p.one = db.New(serializableRow{pool})
+	}
+	return p, nil
 }
 
 // Stats returns the store's counters since it was created.
@@ -329,12 +344,19 @@ func (p *PostgresStore) retry(ctx context.Context, op string, attempt func() err
 }
 
 // insertStmt is the limit check as one statement (queries/sessions.sql,
-// IssueSession) in one round trip. It is the default because it measured
-// faster than insertTx, which needs five round trips (BEGIN, prune, count,
-// insert, COMMIT), and its shorter transactions conflict less: on
-// 2026-11-24 (2 cores, 4 goroutines, 10,000 agents; BenchmarkIssuePostgres
-// -count 4, medians) 368 µs/op and 22 retries per 1,000 issues against
-// 455 µs/op and 71.
+// IssueSession) in one round trip: pipelined with BEGIN and COMMIT, or
+// alone on a pool whose connections default to SERIALIZABLE (less client
+// work: no batch, two fewer statements). It is the default because it
+// measured faster than insertTx, which needs five round trips (BEGIN,
+// prune, count, insert, COMMIT), and its shorter transactions conflict
+// less. BenchmarkIssuePostgres on 2026-11-24 (2 cores, 4 goroutines,
+// 10,000 agents, medians of 3, quiet machine): pipelined 287 µs/op and 20
+// retries per 1,000 issues; alone on a SERIALIZABLE pool 275 µs/op and 19;
+// insertTx 421 µs/op and 72.
+//
+// The statement refuses to insert below SERIALIZABLE (a connection whose
+// default was changed after connecting), so a misconfigured pool fails
+// loudly instead of breaking the limit.
 func (p *PostgresStore) insertStmt(ctx context.Context, s Session, md []byte, req InsertRequest) (res InsertResult, err error) {
 	row, err := p.one.IssueSession(ctx, db.IssueSessionParams{
 		AgentID:      s.AgentID,
@@ -348,13 +370,31 @@ func (p *PostgresStore) insertStmt(ctx context.Context, s Session, md []byte, re
 		Metadata:     md,
 	})
 	if err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) && !pgconn.SafeToRetry(err) {
+			// The statement (and its implicit or pipelined COMMIT) went
+			// out: it may have committed.
+			err = &commitError{err}
+		}
 		return res, err
+	}
+	if !row.Serializable {
+		return res, &ConfigError{Field: "pool", Reason: "the limit statement ran below SERIALIZABLE isolation; " +
+			"do not change default_transaction_isolation on the store's connections except to serializable"}
 	}
 	res = InsertResult{Inserted: row.Inserted == 1, Limit: int(row.EffectiveLimit)}
 	if len(row.Evicted) > 0 {
 		res.Evicted = row.Evicted
 	}
 	return res, nil
+}
+
+// serializableByDefault reports whether the pool's connections start with
+// default_transaction_isolation=serializable (set in the connection
+// string or ConnConfig.RuntimeParams).
+func serializableByDefault(pool *pgxpool.Pool) bool {
+	v := pool.Config().ConnConfig.RuntimeParams["default_transaction_isolation"]
+	return strings.EqualFold(strings.TrimSpace(v), "serializable")
 }
 
 func (p *PostgresStore) insertTx(ctx context.Context, s Session, md []byte, req InsertRequest) (res InsertResult, err error) {
