@@ -1,6 +1,7 @@
 package sessions
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -68,6 +69,35 @@ func FuzzParsePayload(f *testing.F) {
 		again, ok := parsePayload(p.appendJSON(nil))
 		if !ok || again != p {
 			t.Fatalf("%q parsed to %+v, which re-encodes to %q and parses to %+v (%v)", raw, p, p.appendJSON(nil), again, ok)
+		}
+	})
+}
+
+// Where the canonical fast path accepts a payload, the general parser
+// accepts it too, with the same result; and every token the library
+// issues for a plain agent ID takes the fast path.
+func FuzzParsePayloadFastPath(f *testing.F) {
+	for _, tok := range seedTokens(f) {
+		body, _, _ := strings.Cut(tok, ".")
+		if raw, ok := decodeB64(body); ok {
+			f.Add(raw)
+		}
+	}
+	f.Add([]byte(`{"sid":"a","aid":"b","exp":0}`))
+	f.Add([]byte(`{"sid":"a","aid":"b","exp":01}`))
+	f.Add([]byte(`{"sid":"a\u0041","aid":"b","exp":1}`))
+	f.Add([]byte(`{"sid":"é","aid":"","exp":18446744073709551615}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		fast, ok := parseCanonicalPayload(raw)
+		if !ok {
+			return
+		}
+		slow, ok := parsePayloadJSON(raw)
+		if !ok || slow != fast {
+			t.Fatalf("%q: fast path %+v, general parser %+v (%v)", raw, fast, slow, ok)
+		}
+		if !bytes.Equal(fast.appendJSON(nil), raw) {
+			t.Fatalf("%q: fast path accepted a payload the encoder would write as %q", raw, fast.appendJSON(nil))
 		}
 	})
 }

@@ -206,3 +206,22 @@ func TestParsePayloadSurrogatePair(t *testing.T) {
 		t.Fatalf("got %+v %v", p, ok)
 	}
 }
+
+// Tokens the library issues take the canonical fast path when they need no
+// escapes, and the general parser agrees on every vector.
+func TestCanonicalPayloadFastPath(t *testing.T) {
+	p := payload{SID: "0123abcd", AID: "did:agentmesh:planner", Exp: 1_700_000_000}
+	got, ok := parseCanonicalPayload(p.appendJSON(nil))
+	if !ok || got != p {
+		t.Fatalf("fast path on %q: %+v %v", p.appendJSON(nil), got, ok)
+	}
+	for _, raw := range []string{
+		`{"sid":"a","aid":"b","exp":1} `, `{"aid":"b","sid":"a","exp":1}`, `{"sid":"a\"","aid":"b","exp":1}`,
+		`{"sid":"a","aid":"b","exp":-1}`, `{"sid":"a","aid":"b","exp":1e3}`, `{"sid":"a","aid":"b","exp":18446744073709551616}`,
+		"{\"sid\":\"a\x01\",\"aid\":\"b\",\"exp\":1}", `{"sid":"a","aid":"b","exp":1,"x":2}`,
+	} {
+		if got, ok := parseCanonicalPayload([]byte(raw)); ok {
+			t.Errorf("fast path accepted %q as %+v", raw, got)
+		}
+	}
+}
