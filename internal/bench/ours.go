@@ -59,7 +59,7 @@ var (
 	// The library again, on pools that default to SERIALIZABLE: its limit
 	// statement then goes out alone, without BEGIN and COMMIT (what the
 	// CTE prototype in cte.go measured before the library adopted it).
-	variantCTE = variant{engine: EngineCTE, pgEngine: EnginePgbenchCTE, serializable: true, newStore: variantLibrary.newStore}
+	variantCTE  = variant{engine: EngineCTE, pgEngine: EnginePgbenchCTE, serializable: true, newStore: variantLibrary.newStore}
 	variantLock = variant{engine: EngineLock, pgEngine: EnginePgbenchLock,
 		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) { return newLockStore(pool, maxAttempts) }}
 
