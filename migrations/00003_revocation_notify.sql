@@ -33,6 +33,11 @@ CREATE TRIGGER agent_sessions_notify_flush
     AFTER TRUNCATE ON agent_sessions
     FOR EACH STATEMENT EXECUTE FUNCTION agent_sessions_notify_flush();
 
+-- ALWAYS: fire also under session_replication_role = replica (logical
+-- replication apply), so caches hear of rows changed that way too.
+ALTER TABLE agent_sessions ENABLE ALWAYS TRIGGER agent_sessions_notify_invalidate;
+ALTER TABLE agent_sessions ENABLE ALWAYS TRIGGER agent_sessions_notify_flush;
+
 -- +goose Down
 DROP TRIGGER agent_sessions_notify_flush ON agent_sessions;
 DROP FUNCTION agent_sessions_notify_flush();

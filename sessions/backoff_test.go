@@ -1,8 +1,13 @@
 package sessions
 
 import (
+	"errors"
+	"io"
+	"net"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 func TestBackoffBounds(t *testing.T) {
@@ -30,5 +35,34 @@ func TestBackoffBounds(t *testing.T) {
 		if len(seen) < 50 {
 			t.Fatalf("retry %d: only %d distinct waits in 200 draws", attempt, len(seen))
 		}
+	}
+}
+
+// Once a statement that commits by itself was sent, only an ordinary
+// server error proves it did not commit; the retry loop must not rerun
+// it after a broken connection or a FATAL reply.
+func TestMayHaveCommitted(t *testing.T) {
+	cases := []struct {
+		name       string
+		err        error
+		rerunnable bool
+	}{
+		{"network error after sending", &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}, false},
+		{"unexpected EOF", io.ErrUnexpectedEOF, false},
+		{"FATAL admin shutdown", &pgconn.PgError{Code: "57P01"}, false},
+		{"serialization failure", &pgconn.PgError{Code: "40001"}, true},
+	}
+	for _, c := range cases {
+		err := mayHaveCommitted(c.err)
+		rerun := brokenBeforeCommit(err) || isSerializationFailure(err)
+		if rerun != c.rerunnable {
+			t.Errorf("%s: classified as rerunnable=%v, want %v (%v)", c.name, rerun, c.rerunnable, err)
+		}
+		if !errors.Is(err, c.err) {
+			t.Errorf("%s: cause lost: %v", c.name, err)
+		}
+	}
+	if mayHaveCommitted(nil) != nil {
+		t.Error("nil error changed")
 	}
 }

@@ -104,7 +104,15 @@ type CacheStats struct {
 //     while it was away are lost) and refills from the database.
 //
 // Run one RunCache per store; a second one returns an error. It fails at
-// once if the invalidation trigger is missing or disabled.
+// once if the invalidation triggers are missing or disabled, and a later
+// (re)connection that finds them disabled leaves the cache bypassed.
+//
+// Costs, cache or not: the triggers NOTIFY on every deleted or updated
+// session, and PostgreSQL serializes the commits of transactions that
+// NOTIFY; a process that stops reading its listener connection while
+// keeping it open lets the notification queue fill (8 GB by default),
+// after which such commits fail. Freshness is judged by the monotonic and
+// the wall clock both, so a suspended host does not stretch the bound.
 func (p *PostgresStore) RunCache(ctx context.Context, cfg CacheConfig) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -157,16 +165,17 @@ func (p *PostgresStore) CacheStats() CacheStats {
 const cacheShards = 64
 
 type sessionCache struct {
-	cfg      CacheConfig
-	nonce    string        // tells our heartbeats from other instances'
-	base     time.Time     // origin of the monotonic readings below
-	conn     atomic.Uint64 // listener connection number, in heartbeats
-	epoch    atomic.Uint64 // bumped by every resync
-	fresh    atomic.Int64  // ns since base a confirmed heartbeat was sent; 0: not fresh
-	seed     maphash.Seed
-	pid      atomic.Uint32 // listener's backend, for tests
-	perShard int
-	shards   [cacheShards]cacheShard
+	cfg       CacheConfig
+	nonce     string        // tells our heartbeats from other instances'
+	base      time.Time     // origin of the monotonic readings below
+	conn      atomic.Uint64 // listener connection number, in heartbeats
+	epoch     atomic.Uint64 // bumped by every resync
+	fresh     atomic.Int64  // ns since base a confirmed heartbeat was sent; 0: not fresh
+	freshWall atomic.Int64  // the same send time as unix ns on the wall clock
+	seed      maphash.Seed
+	pid       atomic.Uint32 // listener's backend, for tests
+	perShard  int
+	shards    [cacheShards]cacheShard
 
 	hits, misses, invalidations, resyncs atomic.Uint64
 }
@@ -200,9 +209,13 @@ func (c *sessionCache) shard(id string) *cacheShard {
 
 func (c *sessionCache) now() int64 { return int64(time.Since(c.base)) }
 
+// isFresh: the last confirmed heartbeat was sent within MaxStaleness, by
+// the monotonic clock and by the wall clock (the monotonic clock stops
+// while the host is suspended; the wall clock does not).
 func (c *sessionCache) isFresh() bool {
 	f := c.fresh.Load()
-	return f != 0 && c.now()-f < int64(c.cfg.MaxStaleness)
+	return f != 0 && c.now()-f < int64(c.cfg.MaxStaleness) &&
+		time.Now().UnixNano()-c.freshWall.Load() < int64(c.cfg.MaxStaleness)
 }
 
 // get returns the cached session, or a ticket for filling the cache
@@ -291,6 +304,7 @@ func (c *sessionCache) statsNow() CacheStats {
 func (c *sessionCache) listen(ctx context.Context, p *PostgresStore) (connected bool, err error) {
 	cc := p.pool.Config().ConnConfig.Copy()
 	cc.RuntimeParams["application_name"] = "agentsessions-cache"
+	cc.OnNotification = nil // pgx buffers notifications for WaitForNotification only without a callback
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return false, err
@@ -302,6 +316,11 @@ func (c *sessionCache) listen(ctx context.Context, p *PostgresStore) (connected 
 	}()
 	c.pid.Store(conn.PgConn().PID())
 	q := db.New(conn)
+	// Checked on every connection: a trigger disabled since the last one
+	// would silently stop invalidations.
+	if enabled, err := q.InvalidationTriggerEnabled(ctx); err != nil || !enabled {
+		return false, cmpErr(err, errors.New("the invalidation triggers of migration 00003 are missing or disabled"))
+	}
 	if err := q.ListenInvalidations(ctx); err != nil {
 		return false, err
 	}
@@ -331,7 +350,8 @@ func (c *sessionCache) heartbeats(ctx context.Context, p *PostgresStore, connNo 
 	t := time.NewTicker(c.cfg.MaxStaleness / 4)
 	defer t.Stop()
 	for {
-		payload := c.nonce + "/" + strconv.FormatUint(connNo, 10) + "/" + strconv.FormatInt(c.now(), 10)
+		payload := c.nonce + "/" + strconv.FormatUint(connNo, 10) + "/" + strconv.FormatInt(c.now(), 10) +
+			"/" + strconv.FormatInt(time.Now().UnixNano(), 10)
 		if err := p.q.NotifyHeartbeat(ctx, payload); err != nil && ctx.Err() == nil {
 			c.cfg.Logger.DebugContext(ctx, "sessions: cache heartbeat failed", slog.Any("error", err))
 		}
@@ -361,6 +381,8 @@ func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint6
 			continue
 		case err != nil:
 			return err
+		case n == nil:
+			return errors.New("the listener connection returned no notification")
 		}
 		switch n.Channel {
 		case invalidateChannel:
@@ -368,9 +390,10 @@ func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint6
 		case flushChannel:
 			c.resync()
 		case heartbeatChannel:
-			if sent, ok := c.ownHeartbeat(n.Payload, connNo); ok {
+			if sent, wall, ok := c.ownHeartbeat(n.Payload, connNo); ok {
 				lastHeard = c.now()
 				if sent > c.fresh.Load() {
+					c.freshWall.Store(wall)
 					c.fresh.Store(sent)
 				}
 			}
@@ -378,11 +401,25 @@ func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint6
 	}
 }
 
-func (c *sessionCache) ownHeartbeat(payload string, connNo uint64) (sent int64, ok bool) {
+// ownHeartbeat parses a heartbeat payload of this cache's current
+// connection: nonce/conn/monotonic ns/wall-clock unix ns.
+func (c *sessionCache) ownHeartbeat(payload string, connNo uint64) (sent, wall int64, ok bool) {
 	rest, ok := strings.CutPrefix(payload, c.nonce+"/"+strconv.FormatUint(connNo, 10)+"/")
 	if !ok {
-		return 0, false
+		return 0, 0, false
 	}
-	sent, err := strconv.ParseInt(rest, 10, 64)
-	return sent, err == nil && sent > 0
+	mono, wallStr, ok := strings.Cut(rest, "/")
+	if !ok {
+		return 0, 0, false
+	}
+	sent, err1 := strconv.ParseInt(mono, 10, 64)
+	wall, err2 := strconv.ParseInt(wallStr, 10, 64)
+	return sent, wall, err1 == nil && err2 == nil && sent > 0
+}
+
+func cmpErr(err, otherwise error) error {
+	if err != nil {
+		return err
+	}
+	return otherwise
 }

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
 )
@@ -388,4 +391,49 @@ func BenchmarkAuthenticatePostgres(b *testing.B) {
 			})
 		})
 	}
+}
+
+// The cache works on a pool whose connections have an OnNotification
+// callback of the application's (its listener must not inherit it), and
+// stays bypassed while the invalidation trigger is disabled, even across
+// a reconnect.
+func TestCacheOnNotificationPoolAndDisabledTrigger(t *testing.T) {
+	const staleness = 200 * time.Millisecond
+	ctx := context.Background()
+	d := testdb.New(t)
+	cfg, err := pgxpool.ParseConfig(d.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.OnNotification = func(*pgconn.PgConn, *pgconn.Notification) {}
+	store, err := sessions.NewPostgresStore(d.PoolWith(t, cfg), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- store.RunCache(runCtx, sessions.CacheConfig{MaxStaleness: staleness}) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("RunCache: %v", err)
+		}
+	}()
+	waitFor(t, 10*time.Second, "cache fresh", func() bool { return store.CacheStats().Fresh })
+
+	conn := d.Conn(t)
+	if _, err := conn.Exec(ctx, "ALTER TABLE agent_sessions DISABLE TRIGGER agent_sessions_notify_invalidate"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend($1)", int32(sessions.CacheListenerPID(store))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * staleness)
+	if st := store.CacheStats(); st.Fresh {
+		t.Fatalf("cache fresh with its trigger disabled: %+v", st)
+	}
+	if _, err := conn.Exec(ctx, "ALTER TABLE agent_sessions ENABLE ALWAYS TRIGGER agent_sessions_notify_invalidate"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "cache fresh again once the trigger is back", func() bool { return store.CacheStats().Fresh })
 }

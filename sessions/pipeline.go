@@ -3,6 +3,7 @@ package sessions
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -49,7 +50,9 @@ func (r *pipelinedRow) Scan(dest ...any) (err error) {
 		// A failed statement leaves the connection in an aborted
 		// transaction; roll back so the pool can reuse it.
 		if err != nil && conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
-			_, _ = conn.Exec(context.WithoutCancel(r.ctx), "ROLLBACK")
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), time.Second)
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
 		}
 		conn.Release()
 	}()

@@ -236,7 +236,7 @@ func (p *PostgresStore) DeleteAgent(ctx context.Context, agentID string) (n int,
 	err = p.retry(ctx, "delete agent", func() error {
 		rows, err := p.q.DeleteAgentSessions(ctx, agentID)
 		n = int(rows)
-		return err
+		return mayHaveCommitted(err)
 	})
 	return n, err
 }
@@ -249,7 +249,7 @@ func (p *PostgresStore) Extend(ctx context.Context, id, oldDigest string, expire
 			ID: id, OldDigest: oldDigest, ExpiresAt: expiresAt, NewDigest: newDigest, Now: now,
 		})
 		ok = rows == 1
-		return err
+		return mayHaveCommitted(err)
 	})
 	return ok, err
 }
@@ -273,7 +273,7 @@ func (p *PostgresStore) SetAgentLimit(ctx context.Context, agentID string, limit
 		return fmt.Errorf("limit %d out of range [1, %d]", limit, math.MaxInt32)
 	}
 	return p.retry(ctx, "set limit", func() error {
-		return p.q.SetAgentLimit(ctx, db.SetAgentLimitParams{AgentID: agentID, MaxSessions: int32(limit)})
+		return mayHaveCommitted(p.q.SetAgentLimit(ctx, db.SetAgentLimitParams{AgentID: agentID, MaxSessions: int32(limit)}))
 	})
 }
 
@@ -282,7 +282,7 @@ func (p *PostgresStore) DeleteAgentLimit(ctx context.Context, agentID string) (f
 	err = p.retry(ctx, "delete limit", func() error {
 		n, err := p.q.DeleteAgentLimit(ctx, agentID)
 		found = n > 0
-		return err
+		return mayHaveCommitted(err)
 	})
 	return found, err
 }
@@ -370,13 +370,7 @@ func (p *PostgresStore) insertStmt(ctx context.Context, s Session, md []byte, re
 		Metadata:     md,
 	})
 	if err != nil {
-		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) && !pgconn.SafeToRetry(err) {
-			// The statement (and its implicit or pipelined COMMIT) went
-			// out: it may have committed.
-			err = &commitError{err}
-		}
-		return res, err
+		return res, mayHaveCommitted(err)
 	}
 	if !row.Serializable {
 		return res, &ConfigError{Field: "pool", Reason: "the limit statement ran below SERIALIZABLE isolation; " +
@@ -476,6 +470,28 @@ type commitError struct{ err error }
 
 func (e *commitError) Error() string { return "commit: " + e.err.Error() }
 func (e *commitError) Unwrap() error { return e.err }
+
+// mayHaveCommitted classifies the error of a statement that commits by
+// itself (autocommit, or pipelined with its COMMIT): once it was sent,
+// only an ordinary server error proves it did not commit. A broken
+// connection or a FATAL reply leaves the outcome unknown, so it must not
+// be rerun: rerunning an UPDATE that did commit would report it as lost
+// (Extend: ok=false with the new digest stored). Serialization failures
+// stay retryable, as they did not commit.
+func mayHaveCommitted(err error) error {
+	if err == nil || pgconn.SafeToRetry(err) {
+		return err
+	}
+	var ce *commitError
+	if errors.As(err, &ce) {
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && !connectionGone(pgErr.Code) {
+		return err
+	}
+	return &commitError{err}
+}
 
 func commit(ctx context.Context, tx pgx.Tx) error {
 	if err := tx.Commit(ctx); err != nil {
