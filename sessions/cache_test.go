@@ -55,11 +55,18 @@ func startCachedInstances(t testing.TB, d *testdb.DB, n int, cfg sessions.CacheC
 	return out
 }
 
+// waitFor polls cond until it holds, failing only if a poll that began
+// after limit still found it false (a slow poll that began in time is not
+// held against it).
 func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
+	for {
+		start := time.Now()
+		if cond() {
+			return
+		}
+		if start.After(deadline) {
 			t.Fatalf("gave up after %v waiting for: %s", limit, what)
 		}
 		time.Sleep(5 * time.Millisecond)
