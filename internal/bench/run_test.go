@@ -61,9 +61,16 @@ func TestRunEveryWorkloadAndEngine(t *testing.T) {
 			t.Errorf("%s: engines %v, want %v", w.Name, engines, wantEngines)
 		}
 		if w.Name == WorkloadMixed {
-			ops := w.Results[0].ByOp
-			if ops[OpAuthenticate].Ops == 0 || ops[OpIssue].Ops+ops[OpRevoke].Ops == 0 {
-				t.Errorf("mixed ran %v", ops)
+			// 10 % of picks are writes: over one engine's 60 ops none comes
+			// up once in ~550 runs, so count over every engine with a
+			// per-op breakdown (all of ours: ~0.9^240).
+			var auth, writes int64
+			for _, r := range w.Results {
+				auth += r.ByOp[OpAuthenticate].Ops
+				writes += r.ByOp[OpIssue].Ops + r.ByOp[OpRevoke].Ops
+			}
+			if auth == 0 || writes == 0 {
+				t.Errorf("mixed ran %d authentications and %d writes over all engines", auth, writes)
 			}
 		}
 		if c := w.Results[3].Cache; c == nil || w.Name == WorkloadAuthenticate && (c.Hits == 0 || c.Misses == 0) {
