@@ -112,6 +112,19 @@ func (g *globalOpts) openManager(ctx context.Context, cfg sessions.Config) (*ses
 	return m, pool.Close, nil
 }
 
+// openSigningManager is openManager for commands that sign or check
+// tokens: the secret (required) and previous secrets come from sec, and
+// its warnings go to stderr before anything connects.
+func (g *globalOpts) openSigningManager(cmd *cobra.Command, sec *secretOpts, cfg sessions.Config) (*sessions.Manager, func(), error) {
+	ls, err := sec.load(true)
+	if err != nil {
+		return nil, nil, err
+	}
+	warn(cmd, ls.warnings)
+	cfg.Secret, cfg.PreviousSecrets = ls.secret, ls.previous
+	return g.openManager(cmd.Context(), cfg)
+}
+
 func newPostgresManager(pool *pgxpool.Pool, cfg sessions.Config) (*sessions.Manager, error) {
 	store, err := sessions.NewPostgresStore(pool, nil)
 	if err != nil {

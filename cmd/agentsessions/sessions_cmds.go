@@ -40,13 +40,7 @@ func newIssueCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ls, err := sec.load(true)
-			if err != nil {
-				return err
-			}
-			warn(cmd, ls.warnings)
-			cfg.Secret, cfg.PreviousSecrets = ls.secret, ls.previous
-			m, closeFn, err := g.openManager(cmd.Context(), cfg)
+			m, closeFn, err := g.openSigningManager(cmd, &sec, cfg)
 			if err != nil {
 				return err
 			}
@@ -100,13 +94,7 @@ func newVerifyCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ls, err := sec.load(true)
-			if err != nil {
-				return err
-			}
-			warn(cmd, ls.warnings)
-			cfg := sessions.Config{TTL: defaultTTL, Limit: defaultLimit, Secret: ls.secret, PreviousSecrets: ls.previous}
-			m, closeFn, err := g.openManager(cmd.Context(), cfg)
+			m, closeFn, err := g.openSigningManager(cmd, &sec, sessions.Config{TTL: defaultTTL, Limit: defaultLimit})
 			if err != nil {
 				return err
 			}
@@ -158,13 +146,7 @@ func newRefreshCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ls, err := sec.load(true)
-			if err != nil {
-				return err
-			}
-			warn(cmd, ls.warnings)
-			cfg.Secret, cfg.PreviousSecrets = ls.secret, ls.previous
-			m, closeFn, err := g.openManager(cmd.Context(), cfg)
+			m, closeFn, err := g.openSigningManager(cmd, &sec, cfg)
 			if err != nil {
 				return err
 			}
