@@ -25,18 +25,7 @@ func TestInvariantMultiStatementFourInstances(t *testing.T) {
 	for _, in := range insts {
 		sessions.UseMultiStatementInsert(in.store)
 	}
-	agents := make([]string, 8)
-	for i := range agents {
-		agents[i] = fmt.Sprintf("did:agentmesh:multi-%d", i)
-	}
-	tl := issueAtOnce(insts, agents, 12)
-	checkNoRawErrors(t, tl)
-	rows := rowsPerAgent(t, d.Pool(t))
-	for _, a := range agents {
-		if tl.ok[a] != 5 || tl.limited[a] != 7 || rows[a] != 5 {
-			t.Errorf("%s: %d issued, %d limited, %d rows; want 5, 7, 5", a, tl.ok[a], tl.limited[a], rows[a])
-		}
-	}
+	issueTwelveEachToLimitFive(t, d, insts, "did:agentmesh:multi-%d", 8)
 }
 
 // serializablePool opens a pool whose connections default to SERIALIZABLE,
@@ -53,7 +42,7 @@ func serializablePool(t testing.TB, d *testdb.DB, afterConnect func(context.Cont
 }
 
 // On pools that default to SERIALIZABLE the statement goes out alone; the
-// limit holds the same under contention, including evict-oldest.
+// limit holds the same under contention.
 func TestInvariantDefaultIsolationFourInstances(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
@@ -66,18 +55,7 @@ func TestInvariantDefaultIsolationFourInstances(t *testing.T) {
 		}
 		insts = append(insts, instance{store: store, mgr: newManager(t, store, clock, func(c *sessions.Config) { c.Limit = 5 })})
 	}
-	agents := make([]string, 8)
-	for i := range agents {
-		agents[i] = fmt.Sprintf("did:agentmesh:serializable-%d", i)
-	}
-	tl := issueAtOnce(insts, agents, 12)
-	checkNoRawErrors(t, tl)
-	rows := rowsPerAgent(t, d.Pool(t))
-	for _, a := range agents {
-		if tl.ok[a] != 5 || tl.limited[a] != 7 || rows[a] != 5 {
-			t.Errorf("%s: %d issued, %d limited, %d rows; want 5, 7, 5", a, tl.ok[a], tl.limited[a], rows[a])
-		}
-	}
+	issueTwelveEachToLimitFive(t, d, insts, "did:agentmesh:serializable-%d", 8)
 	tx, retried, exhausted := retries(insts)
 	t.Logf("default isolation, 8 agents x 12: %d transactions, %d retries, %d exhausted", tx, retried, exhausted)
 }

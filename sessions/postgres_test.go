@@ -156,20 +156,28 @@ func TestInvariantManyAgentsFourInstances(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
 	insts := newInstances(t, d, 4, 5, newClock(1_700_000_000))
-	agents := make([]string, 24)
+	issueTwelveEachToLimitFive(t, d, insts, "did:agentmesh:agent-%02d", 24)
+	tx, retried, exhausted := retries(insts)
+	t.Logf("24 agents: %d transactions, %d serialization retries, %d exhausted", tx, retried, exhausted)
+}
+
+// issueTwelveEachToLimitFive releases 12 issues for each of n agents
+// (IDs from format and an index) at once over insts, whose limit is 5, and
+// checks every agent ends with exactly 5 issued, 7 refused and 5 rows.
+func issueTwelveEachToLimitFive(t *testing.T, d *testdb.DB, insts []instance, format string, n int) {
+	t.Helper()
+	agents := make([]string, n)
 	for i := range agents {
-		agents[i] = fmt.Sprintf("did:agentmesh:agent-%02d", i)
+		agents[i] = fmt.Sprintf(format, i)
 	}
 	tl := issueAtOnce(insts, agents, 12)
 	checkNoRawErrors(t, tl)
-	db := rowsPerAgent(t, d.Pool(t))
+	rows := rowsPerAgent(t, d.Pool(t))
 	for _, a := range agents {
-		if tl.ok[a] != 5 || tl.limited[a] != 7 || db[a] != 5 {
-			t.Errorf("%s: %d issued, %d limited, %d rows; want 5, 7, 5", a, tl.ok[a], tl.limited[a], db[a])
+		if tl.ok[a] != 5 || tl.limited[a] != 7 || rows[a] != 5 {
+			t.Errorf("%s: %d issued, %d limited, %d rows; want 5, 7, 5", a, tl.ok[a], tl.limited[a], rows[a])
 		}
 	}
-	tx, retried, exhausted := retries(insts)
-	t.Logf("24 agents: %d transactions, %d serialization retries, %d exhausted", tx, retried, exhausted)
 }
 
 // 256 distinct agents issue once each from 4 instances at the same
