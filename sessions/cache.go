@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,7 +170,6 @@ type sessionCache struct {
 	nonce     string        // tells our heartbeats from other instances'
 	base      time.Time     // origin of the monotonic readings below
 	conn      atomic.Uint64 // listener connection number, in heartbeats
-	epoch     atomic.Uint64 // bumped by every resync
 	fresh     atomic.Int64  // ns since base a confirmed heartbeat was sent; 0: not fresh
 	freshWall atomic.Int64  // the same send time as unix ns on the wall clock
 	seed      maphash.Seed
@@ -188,7 +188,7 @@ type cacheShard struct {
 
 // fillTicket is taken before a database read: the read's result may be
 // cached only if nothing in its shard was invalidated since.
-type fillTicket struct{ epoch, seq uint64 }
+type fillTicket struct{ seq uint64 }
 
 func newSessionCache(cfg CacheConfig) (*sessionCache, error) {
 	var b [8]byte
@@ -224,7 +224,7 @@ func (c *sessionCache) get(id string) (Session, bool, fillTicket) {
 	sh := c.shard(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	t := fillTicket{epoch: c.epoch.Load(), seq: sh.seq}
+	t := fillTicket{seq: sh.seq}
 	if s, ok := sh.m[id]; ok && c.isFresh() {
 		c.hits.Add(1)
 		return cloneSession(s), true, t
@@ -237,7 +237,7 @@ func (c *sessionCache) fill(s Session, t fillTicket) {
 	sh := c.shard(s.ID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if c.epoch.Load() != t.epoch || sh.seq != t.seq {
+	if sh.seq != t.seq {
 		return // invalidated while we read: the row may be stale
 	}
 	if len(sh.m) >= c.perShard {
@@ -259,31 +259,26 @@ func (c *sessionCache) invalidate(id string) {
 }
 
 func (c *sessionCache) invalidateAgent(agentID string) {
-	for i := range c.shards {
-		sh := &c.shards[i]
-		sh.mu.Lock()
-		for id, s := range sh.m {
-			if s.AgentID == agentID {
-				delete(sh.m, id)
-			}
-		}
-		sh.seq++
-		sh.mu.Unlock()
-	}
+	c.dropEverywhere(func(_ string, s Session) bool { return s.AgentID == agentID })
 	c.invalidations.Add(1)
 }
 
 // resync empties the cache and refuses fills begun before it.
 func (c *sessionCache) resync() {
-	c.epoch.Add(1)
+	c.dropEverywhere(func(string, Session) bool { return true })
+	c.resyncs.Add(1)
+}
+
+// dropEverywhere deletes the entries drop selects from every shard and
+// bumps every shard's seq, so fills begun before are refused.
+func (c *sessionCache) dropEverywhere(drop func(string, Session) bool) {
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.mu.Lock()
-		clear(sh.m)
+		maps.DeleteFunc(sh.m, drop)
 		sh.seq++
 		sh.mu.Unlock()
 	}
-	c.resyncs.Add(1)
 }
 
 func (c *sessionCache) stale() { c.fresh.Store(0) }
