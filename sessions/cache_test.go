@@ -55,6 +55,17 @@ func startCachedInstances(t testing.TB, d *testdb.DB, n int, cfg sessions.CacheC
 	return out
 }
 
+// authenticateTwice authenticates iss on m twice: a cache miss that
+// fills, then (with a running cache) a hit.
+func authenticateTwice(t testing.TB, m *sessions.Manager, iss sessions.Issued) {
+	t.Helper()
+	for range 2 {
+		if _, err := m.Authenticate(context.Background(), iss.Token, iss.Session.AgentID); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // waitFor polls cond until it holds, failing only if a poll that began
 // after limit still found it false (a slow poll that began in time is not
 // held against it).
@@ -85,11 +96,7 @@ func TestCacheRevocationAcrossInstances(t *testing.T) {
 	// Hits: after one authentication fills a cache, the next needs no query.
 	iss := mustIssue(t, in[0].mgr, agent)
 	for _, x := range in {
-		for range 2 {
-			if _, err := x.mgr.Authenticate(ctx, iss.Token, agent); err != nil {
-				t.Fatal(err)
-			}
-		}
+		authenticateTwice(t, x.mgr, iss)
 		if st := x.store.CacheStats(); st.Hits < 1 || st.Entries < 1 {
 			t.Fatalf("no cache hit after two authentications: %+v", st)
 		}
@@ -259,11 +266,7 @@ func TestCacheListenerLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	s1, s2 := mustIssue(t, other, agent), mustIssue(t, other, agent)
-	for range 2 {
-		if _, err := in.mgr.Authenticate(ctx, s1.Token, agent); err != nil {
-			t.Fatal(err)
-		}
-	}
+	authenticateTwice(t, in.mgr, s1)
 	pid := sessions.CacheListenerPID(in.store)
 	if _, err := d.Conn(t).Exec(ctx, "SELECT pg_terminate_backend($1)", int32(pid)); err != nil {
 		t.Fatal(err)
@@ -285,11 +288,7 @@ func TestCacheListenerLoss(t *testing.T) {
 		return st.Resyncs >= 2 && st.Fresh && sessions.CacheListenerPID(in.store) != pid
 	})
 	before := in.store.CacheStats().Hits
-	for range 2 {
-		if _, err := in.mgr.Authenticate(ctx, s2.Token, agent); err != nil {
-			t.Fatal(err)
-		}
-	}
+	authenticateTwice(t, in.mgr, s2)
 	if in.store.CacheStats().Hits == before {
 		t.Fatal("no cache hit after the listener came back")
 	}
@@ -342,11 +341,7 @@ func TestCacheTruncate(t *testing.T) {
 	in := startCachedInstances(t, d, 2, sessions.CacheConfig{MaxStaleness: staleness})
 	iss := mustIssue(t, in[0].mgr, agent)
 	for _, x := range in {
-		for range 2 {
-			if _, err := x.mgr.Authenticate(ctx, iss.Token, agent); err != nil {
-				t.Fatal(err)
-			}
-		}
+		authenticateTwice(t, x.mgr, iss)
 	}
 	resyncs := in[1].store.CacheStats().Resyncs
 	if _, err := d.Conn(t).Exec(ctx, "TRUNCATE agent_sessions"); err != nil {
