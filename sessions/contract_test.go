@@ -337,13 +337,18 @@ func TestMemoryStoreContract(t *testing.T) {
 
 func TestPostgresStoreContract(t *testing.T) {
 	t.Parallel()
-	runContract(t, func(t *testing.T) sessions.Store {
-		store, err := sessions.NewPostgresStore(testdb.New(t).Pool(t), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return store
-	})
+	runContract(t, newPostgresStore)
+}
+
+// newPostgresStore is a PostgresStore with default settings on a fresh,
+// migrated schema of its own.
+func newPostgresStore(t *testing.T) sessions.Store {
+	t.Helper()
+	store, err := sessions.NewPostgresStore(testdb.New(t).Pool(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
 }
 
 // A store refuses a second session with an existing ID rather than

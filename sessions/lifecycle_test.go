@@ -301,13 +301,7 @@ func TestMemoryStoreLifecycle(t *testing.T) {
 
 func TestPostgresStoreLifecycle(t *testing.T) {
 	t.Parallel()
-	runLifecycleContract(t, func(t *testing.T) sessions.Store {
-		store, err := sessions.NewPostgresStore(testdb.New(t).Pool(t), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return store
-	})
+	runLifecycleContract(t, newPostgresStore)
 }
 
 // A store without the optional capabilities makes the manager say so.
