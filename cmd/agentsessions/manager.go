@@ -204,6 +204,15 @@ func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 
 
 // printSession prints one session as "key  value" lines, token first if
 // given.
+// writeIssued prints an issued or refreshed session: its token, session
+// and any evicted IDs, as JSON or as a table.
+func writeIssued(w io.Writer, iss sessions.Issued, asJSON bool) error {
+	if asJSON {
+		return writeJSON(w, server.IssuedResponse{Token: iss.Token, Session: server.NewSession(iss.Session), Evicted: iss.Evicted})
+	}
+	return printSession(w, iss.Token, iss.Session, iss.Evicted)
+}
+
 func printSession(w io.Writer, token string, s sessions.Session, evicted []string) error {
 	t := newTable(w)
 	if token != "" {

@@ -53,11 +53,7 @@ func newIssueCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return explain(err)
 			}
-			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), server.IssuedResponse{
-					Token: iss.Token, Session: server.NewSession(iss.Session), Evicted: iss.Evicted})
-			}
-			return printSession(cmd.OutOrStdout(), iss.Token, iss.Session, iss.Evicted)
+			return writeIssued(cmd.OutOrStdout(), iss, asJSON)
 		},
 	}
 	cmd.Flags().StringVar(&agent, "agent", "", "agent ID to issue the session for (required)")
@@ -155,10 +151,7 @@ func newRefreshCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return explain(err)
 			}
-			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), server.IssuedResponse{Token: iss.Token, Session: server.NewSession(iss.Session)})
-			}
-			return printSession(cmd.OutOrStdout(), iss.Token, iss.Session, nil)
+			return writeIssued(cmd.OutOrStdout(), iss, asJSON)
 		},
 	}
 	cmd.Flags().StringVar(&agent, "agent", "", "agent the token belongs to (required)")
