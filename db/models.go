@@ -22,3 +22,9 @@ type AgentSession struct {
 	TokenDigest string
 	Metadata    []byte
 }
+
+type AgentSessionCount struct {
+	AgentID      string
+	Stored       int32
+	OldestExpiry time.Time
+}

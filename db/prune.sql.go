@@ -21,14 +21,28 @@ func (q *Queries) AdvisoryUnlock(ctx context.Context, key int64) (bool, error) {
 	return pg_advisory_unlock, err
 }
 
-const deleteExpiredBatch = `-- name: DeleteExpiredBatch :execrows
-DELETE FROM agent_sessions
-WHERE id IN (
-    SELECT expired.id FROM agent_sessions AS expired
-    WHERE expired.expires_at <= $1
-    ORDER BY expired.expires_at
-    LIMIT $2
+const deleteExpiredBatch = `-- name: DeleteExpiredBatch :one
+WITH gone AS (
+    DELETE FROM agent_sessions
+    WHERE id IN (
+        SELECT expired.id FROM agent_sessions AS expired
+        WHERE expired.expires_at <= $1
+        ORDER BY expired.expires_at
+        LIMIT $2
+    )
+    RETURNING agent_id
+),
+per_agent AS (
+    SELECT agent_id, count(*) AS n FROM gone GROUP BY agent_id
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - per_agent.n, 0)::integer,
+        oldest_expiry = CASE WHEN c.stored <= per_agent.n THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+    FROM per_agent
+    WHERE c.agent_id = per_agent.agent_id
 )
+SELECT count(*) FROM gone
 `
 
 type DeleteExpiredBatchParams struct {
@@ -37,16 +51,17 @@ type DeleteExpiredBatchParams struct {
 }
 
 // Oldest first, at most batch_size rows per statement, so each batch is a
-// short statement and never a table-wide delete. No FOR UPDATE SKIP
-// LOCKED: it would need UPDATE privilege, which the runtime role does not
-// get. At worst a batch waits for an issue transaction that is deleting
-// the same expired row, which takes milliseconds.
+// short statement and never a table-wide delete; the agents' counts go
+// down in the same statement. No FOR UPDATE SKIP LOCKED: it would need
+// UPDATE privilege, which the runtime role does not get. At worst a batch
+// waits for an issue transaction that is deleting the same expired row,
+// which takes milliseconds. oldest_expiry is left as it is (still a lower
+// bound); the agent's next limit check reads its rows once and tightens it.
 func (q *Queries) DeleteExpiredBatch(ctx context.Context, arg DeleteExpiredBatchParams) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteExpiredBatch, arg.Now, arg.BatchSize)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	row := q.db.QueryRow(ctx, deleteExpiredBatch, arg.Now, arg.BatchSize)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
 }
 
 const tryAdvisoryLock = `-- name: TryAdvisoryLock :one

@@ -10,66 +10,39 @@ import (
 	"time"
 )
 
-const countAgentSessions = `-- name: CountAgentSessions :one
-SELECT count(*) AS live,
-       coalesce((SELECT max_sessions FROM agent_limits l WHERE l.agent_id = $1), 0)::integer AS override
-FROM agent_sessions
-WHERE agent_sessions.agent_id = $1
+const deleteAgentSessions = `-- name: DeleteAgentSessions :one
+WITH gone AS (
+    DELETE FROM agent_sessions s WHERE s.agent_id = $1::text RETURNING 1
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - (SELECT count(*) FROM gone), 0)::integer,
+        oldest_expiry = CASE WHEN c.stored <= (SELECT count(*) FROM gone) THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+    WHERE c.agent_id = $1::text AND EXISTS (SELECT 1 FROM gone)
+)
+SELECT count(*) FROM gone
 `
 
-type CountAgentSessionsRow struct {
-	Live     int64
-	Override int32
-}
-
-// Runs right after DeleteExpiredAgentSessions in the same transaction, so
-// every row left for the agent is live by the caller's clock. The agent's
-// limit override (0 when there is none) comes back in the same round trip.
-func (q *Queries) CountAgentSessions(ctx context.Context, agentID string) (CountAgentSessionsRow, error) {
-	row := q.db.QueryRow(ctx, countAgentSessions, agentID)
-	var i CountAgentSessionsRow
-	err := row.Scan(&i.Live, &i.Override)
-	return i, err
-}
-
-const deleteAgentSessions = `-- name: DeleteAgentSessions :execrows
-DELETE FROM agent_sessions
-WHERE agent_id = $1
-`
-
+// Revoke all of an agent's sessions and zero its count.
 func (q *Queries) DeleteAgentSessions(ctx context.Context, agentID string) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteAgentSessions, agentID)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
-const deleteExpiredAgentSessions = `-- name: DeleteExpiredAgentSessions :execrows
-DELETE FROM agent_sessions
-WHERE agent_id = $1 AND expires_at <= $2
-`
-
-type DeleteExpiredAgentSessionsParams struct {
-	AgentID string
-	Now     time.Time
-}
-
-// Only the calling agent's rows: pruning other agents here would make
-// transactions for unrelated agents conflict with each other.
-func (q *Queries) DeleteExpiredAgentSessions(ctx context.Context, arg DeleteExpiredAgentSessionsParams) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteExpiredAgentSessions, arg.AgentID, arg.Now)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	row := q.db.QueryRow(ctx, deleteAgentSessions, agentID)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
 }
 
 const deleteSession = `-- name: DeleteSession :execrows
-DELETE FROM agent_sessions
-WHERE id = $1
+WITH gone AS (
+    DELETE FROM agent_sessions s WHERE s.id = $1::text RETURNING s.agent_id
+)
+UPDATE agent_session_counts c
+SET stored = greatest(c.stored - 1, 0),
+    oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+FROM gone
+WHERE c.agent_id = gone.agent_id
 `
 
+// Revoke: the row and its agent's count go together.
 func (q *Queries) DeleteSession(ctx context.Context, id string) (int64, error) {
 	result, err := q.db.Exec(ctx, deleteSession, id)
 	if err != nil {
@@ -78,48 +51,39 @@ func (q *Queries) DeleteSession(ctx context.Context, id string) (int64, error) {
 	return result.RowsAffected(), nil
 }
 
-const evictOldestAgentSessions = `-- name: EvictOldestAgentSessions :many
-DELETE FROM agent_sessions
-WHERE id IN (
-    SELECT s.id FROM agent_sessions s
-    WHERE s.agent_id = $1
-    ORDER BY s.issued_at, s.id
-    LIMIT $2
-)
-RETURNING id
+const ensureAgentCount = `-- name: EnsureAgentCount :exec
+INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
+SELECT $1::text, count(*), coalesce(min(s.expires_at), 'infinity'::timestamptz)
+FROM agent_sessions s
+WHERE s.agent_id = $1::text
+ON CONFLICT (agent_id) DO NOTHING
 `
 
-type EvictOldestAgentSessionsParams struct {
-	AgentID string
-	N       int32
+// Creates the agent's count row (migration 00004) before its first limit
+// check, in a transaction of its own: inserting a new key inside the
+// SERIALIZABLE limit check would lock and write an index page shared with
+// other agents, the very conflict the row is there to avoid. The count is
+// belt and braces: sessions are inserted only once the row exists, so
+// there is nothing to count unless rows came from elsewhere.
+func (q *Queries) EnsureAgentCount(ctx context.Context, agentID string) error {
+	_, err := q.db.Exec(ctx, ensureAgentCount, agentID)
+	return err
 }
 
-// Makes room under the evict-oldest policy: the agent's n oldest sessions,
-// ties broken by ID so every instance picks the same ones.
-func (q *Queries) EvictOldestAgentSessions(ctx context.Context, arg EvictOldestAgentSessionsParams) ([]string, error) {
-	rows, err := q.db.Query(ctx, evictOldestAgentSessions, arg.AgentID, arg.N)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		items = append(items, id)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const extendSession = `-- name: ExtendSession :execrows
-UPDATE agent_sessions
-SET expires_at = $1, token_digest = $2
-WHERE id = $3 AND token_digest = $4 AND expires_at > $5
+const extendSession = `-- name: ExtendSession :one
+WITH extended AS (
+    UPDATE agent_sessions
+    SET expires_at = $1, token_digest = $2
+    WHERE id = $3 AND token_digest = $4 AND expires_at > $5
+    RETURNING agent_id, expires_at
+),
+bound AS (
+    UPDATE agent_session_counts c
+    SET oldest_expiry = extended.expires_at
+    FROM extended
+    WHERE c.agent_id = extended.agent_id AND c.oldest_expiry > extended.expires_at
+)
+SELECT count(*) FROM extended
 `
 
 type ExtendSessionParams struct {
@@ -132,19 +96,20 @@ type ExtendSessionParams struct {
 
 // Refresh: only the holder of the current token (its digest) can extend a
 // live session, and concurrent refreshes of one token cannot both win: the
-// second re-checks the WHERE clause after the first commits.
+// second re-checks the WHERE clause after the first commits. The agent's
+// count row is written only if the new expiry is below its oldest_expiry
+// bound (a shorter TTL than before); an ordinary refresh leaves it alone.
 func (q *Queries) ExtendSession(ctx context.Context, arg ExtendSessionParams) (int64, error) {
-	result, err := q.db.Exec(ctx, extendSession,
+	row := q.db.QueryRow(ctx, extendSession,
 		arg.ExpiresAt,
 		arg.NewDigest,
 		arg.ID,
 		arg.OldDigest,
 		arg.Now,
 	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	var count int64
+	err := row.Scan(&count)
+	return count, err
 }
 
 const getSession = `-- name: GetSession :one
@@ -167,50 +132,39 @@ func (q *Queries) GetSession(ctx context.Context, id string) (AgentSession, erro
 	return i, err
 }
 
-const insertSession = `-- name: InsertSession :exec
-INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
-VALUES ($1, $2, $3, $4, $5, $6)
-`
-
-type InsertSessionParams struct {
-	ID          string
-	AgentID     string
-	IssuedAt    time.Time
-	ExpiresAt   time.Time
-	TokenDigest string
-	Metadata    []byte
-}
-
-func (q *Queries) InsertSession(ctx context.Context, arg InsertSessionParams) error {
-	_, err := q.db.Exec(ctx, insertSession,
-		arg.ID,
-		arg.AgentID,
-		arg.IssuedAt,
-		arg.ExpiresAt,
-		arg.TokenDigest,
-		arg.Metadata,
-	)
-	return err
-}
-
 const issueSession = `-- name: IssueSession :one
-WITH pruned AS (
-    DELETE FROM agent_sessions p
-    WHERE p.agent_id = $1::text AND p.expires_at <= $2::timestamptz
-),
-live AS (
-    SELECT count(*) AS n FROM agent_sessions l
-    WHERE l.agent_id = $1::text AND l.expires_at > $2::timestamptz
+WITH cnt AS (
+    SELECT c.stored, c.oldest_expiry FROM agent_session_counts c
+    WHERE c.agent_id = $1::text
 ),
 lim AS (
     SELECT coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = $1::text),
-                    $3::integer) AS n
+                    $2::integer) AS n
+),
+mode AS (
+    SELECT EXISTS (SELECT 1 FROM cnt) AS known,
+           coalesce((SELECT cnt.stored < (SELECT n FROM lim)
+                            AND (cnt.stored = 0 OR cnt.oldest_expiry > $3::timestamptz) FROM cnt), false) AS fast
+),
+pruned AS (
+    DELETE FROM agent_sessions p
+    WHERE (SELECT known AND NOT fast FROM mode)
+      AND p.agent_id = $1::text AND p.expires_at <= $3::timestamptz
+),
+scanned AS (
+    SELECT count(*) AS n, min(l.expires_at) AS oldest FROM agent_sessions l
+    WHERE (SELECT known AND NOT fast FROM mode)
+      AND l.agent_id = $1::text AND l.expires_at > $3::timestamptz
+),
+live AS (
+    SELECT CASE WHEN (SELECT fast FROM mode) THEN (SELECT stored FROM cnt) ELSE (SELECT n FROM scanned) END AS n
 ),
 evicted AS (
     DELETE FROM agent_sessions e
-    WHERE $4::boolean AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
+    WHERE $4::boolean AND (SELECT known AND NOT fast FROM mode)
+      AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
         SELECT s.id FROM agent_sessions s
-        WHERE s.agent_id = $1::text AND s.expires_at > $2::timestamptz
+        WHERE s.agent_id = $1::text AND s.expires_at > $3::timestamptz
         ORDER BY s.issued_at, s.id
         LIMIT greatest(0, (SELECT n FROM live) - (SELECT n FROM lim) + 1)
     )
@@ -220,11 +174,28 @@ inserted AS (
     INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
     SELECT $5::text, $1::text, $6::timestamptz, $7::timestamptz,
            $8::text, $9::jsonb
-    WHERE ($4::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
+    WHERE (SELECT known FROM mode)
+      AND ($4::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
       AND current_setting('transaction_isolation') = 'serializable'
-    RETURNING agent_sessions.id
+    RETURNING agent_sessions.expires_at
+),
+next AS (
+    SELECT ((SELECT n FROM live) - (SELECT count(*) FROM evicted) + (SELECT count(*) FROM inserted))::integer AS stored,
+           least(CASE WHEN (SELECT fast FROM mode) THEN (SELECT oldest_expiry FROM cnt)
+                      ELSE coalesce((SELECT oldest FROM scanned), 'infinity'::timestamptz) END,
+                 coalesce((SELECT min(expires_at) FROM inserted), 'infinity'::timestamptz)) AS oldest_expiry
+),
+counted AS (
+    -- Written only when it changes, so a refusal at the limit stays a
+    -- read-only transaction.
+    UPDATE agent_session_counts c
+    SET stored = next.stored, oldest_expiry = next.oldest_expiry
+    FROM next
+    WHERE c.agent_id = $1::text
+      AND (c.stored, c.oldest_expiry) IS DISTINCT FROM (next.stored, next.oldest_expiry)
 )
 SELECT current_setting('transaction_isolation') = 'serializable' AS serializable,
+       (SELECT known FROM mode) AS known,
        (SELECT count(*) FROM inserted)::integer AS inserted,
        (SELECT n FROM lim)::integer AS effective_limit,
        coalesce((SELECT array_agg(evicted.id) FROM evicted), '{}')::text[] AS evicted
@@ -232,8 +203,8 @@ SELECT current_setting('transaction_isolation') = 'serializable' AS serializable
 
 type IssueSessionParams struct {
 	AgentID      string
-	Now          time.Time
 	DefaultLimit int32
+	Now          time.Time
 	Evict        bool
 	ID           string
 	IssuedAt     time.Time
@@ -244,23 +215,36 @@ type IssueSessionParams struct {
 
 type IssueSessionRow struct {
 	Serializable   bool
+	Known          bool
 	Inserted       int32
 	EffectiveLimit int32
 	Evicted        []string
 }
 
-// The whole limit check as one statement, for PostgresStore.Insert: prune
-// the agent's expired rows, count its live ones, read its override, evict
-// the oldest (evict-oldest policy only) and insert if there is room. All
-// parts see one snapshot, so live counts rows as they were before the
-// prune; it skips expired rows itself. The caller runs it at SERIALIZABLE;
-// at any lower isolation it evicts and inserts nothing and says so in
-// serializable, since the limit would not hold.
+// The whole limit check as one statement, for PostgresStore.Insert. It
+// starts from the agent's count row (migration 00004):
+//
+//   - fast path: the count is below the limit and no stored row can have
+//     expired (stored = 0 or oldest_expiry > now), so live = stored. The
+//     agent's session rows are not read at all; the only predicate lock is
+//     on the count row. Insert the session and bump the count.
+//   - otherwise (at the limit, or rows may have expired): prune the agent's
+//     expired rows, count its live ones, evict the oldest (evict-oldest
+//     policy only) and insert if there is room; then rewrite the count row
+//     from what was found, so a count that drifted high heals.
+//
+// The (SELECT ... FROM mode) conditions become one-time filters: when
+// false, PostgreSQL never starts the scan under them. With no count row
+// nothing is done and known is false; the caller runs EnsureAgentCount and
+// tries again. All parts see one snapshot, so the live scan sees rows as
+// they were before the prune and skips expired ones itself. The caller
+// runs this at SERIALIZABLE; at any lower isolation it evicts and inserts
+// nothing and says so in serializable, since the limit would not hold.
 func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (IssueSessionRow, error) {
 	row := q.db.QueryRow(ctx, issueSession,
 		arg.AgentID,
-		arg.Now,
 		arg.DefaultLimit,
+		arg.Now,
 		arg.Evict,
 		arg.ID,
 		arg.IssuedAt,
@@ -271,6 +255,7 @@ func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (Iss
 	var i IssueSessionRow
 	err := row.Scan(
 		&i.Serializable,
+		&i.Known,
 		&i.Inserted,
 		&i.EffectiveLimit,
 		&i.Evicted,

@@ -1,16 +1,32 @@
--- name: DeleteExpiredBatch :execrows
+-- name: DeleteExpiredBatch :one
 -- Oldest first, at most batch_size rows per statement, so each batch is a
--- short statement and never a table-wide delete. No FOR UPDATE SKIP
--- LOCKED: it would need UPDATE privilege, which the runtime role does not
--- get. At worst a batch waits for an issue transaction that is deleting
--- the same expired row, which takes milliseconds.
-DELETE FROM agent_sessions
-WHERE id IN (
-    SELECT expired.id FROM agent_sessions AS expired
-    WHERE expired.expires_at <= @now
-    ORDER BY expired.expires_at
-    LIMIT @batch_size
-);
+-- short statement and never a table-wide delete; the agents' counts go
+-- down in the same statement. No FOR UPDATE SKIP LOCKED: it would need
+-- UPDATE privilege, which the runtime role does not get. At worst a batch
+-- waits for an issue transaction that is deleting the same expired row,
+-- which takes milliseconds. oldest_expiry is left as it is (still a lower
+-- bound); the agent's next limit check reads its rows once and tightens it.
+WITH gone AS (
+    DELETE FROM agent_sessions
+    WHERE id IN (
+        SELECT expired.id FROM agent_sessions AS expired
+        WHERE expired.expires_at <= @now
+        ORDER BY expired.expires_at
+        LIMIT @batch_size
+    )
+    RETURNING agent_id
+),
+per_agent AS (
+    SELECT agent_id, count(*) AS n FROM gone GROUP BY agent_id
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - per_agent.n, 0)::integer,
+        oldest_expiry = CASE WHEN c.stored <= per_agent.n THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+    FROM per_agent
+    WHERE c.agent_id = per_agent.agent_id
+)
+SELECT count(*) FROM gone;
 
 -- name: TryAdvisoryLock :one
 SELECT pg_try_advisory_lock(@key::bigint);

@@ -4,39 +4,15 @@ FROM agent_sessions
 WHERE id = $1;
 
 -- name: DeleteSession :execrows
-DELETE FROM agent_sessions
-WHERE id = $1;
-
--- name: DeleteExpiredAgentSessions :execrows
--- Only the calling agent's rows: pruning other agents here would make
--- transactions for unrelated agents conflict with each other.
-DELETE FROM agent_sessions
-WHERE agent_id = @agent_id AND expires_at <= @now;
-
--- name: CountAgentSessions :one
--- Runs right after DeleteExpiredAgentSessions in the same transaction, so
--- every row left for the agent is live by the caller's clock. The agent's
--- limit override (0 when there is none) comes back in the same round trip.
-SELECT count(*) AS live,
-       coalesce((SELECT max_sessions FROM agent_limits l WHERE l.agent_id = @agent_id), 0)::integer AS override
-FROM agent_sessions
-WHERE agent_sessions.agent_id = @agent_id;
-
--- name: EvictOldestAgentSessions :many
--- Makes room under the evict-oldest policy: the agent's n oldest sessions,
--- ties broken by ID so every instance picks the same ones.
-DELETE FROM agent_sessions
-WHERE id IN (
-    SELECT s.id FROM agent_sessions s
-    WHERE s.agent_id = @agent_id
-    ORDER BY s.issued_at, s.id
-    LIMIT @n
+-- Revoke: the row and its agent's count go together.
+WITH gone AS (
+    DELETE FROM agent_sessions s WHERE s.id = @id::text RETURNING s.agent_id
 )
-RETURNING id;
-
--- name: InsertSession :exec
-INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
-VALUES (@id, @agent_id, @issued_at, @expires_at, @token_digest, @metadata);
+UPDATE agent_session_counts c
+SET stored = greatest(c.stored - 1, 0),
+    oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+FROM gone
+WHERE c.agent_id = gone.agent_id;
 
 -- name: ListAgentSessions :many
 SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
@@ -44,41 +20,102 @@ FROM agent_sessions
 WHERE agent_id = @agent_id AND expires_at > @now
 ORDER BY issued_at, id;
 
--- name: DeleteAgentSessions :execrows
-DELETE FROM agent_sessions
-WHERE agent_id = @agent_id;
+-- name: DeleteAgentSessions :one
+-- Revoke all of an agent's sessions and zero its count.
+WITH gone AS (
+    DELETE FROM agent_sessions s WHERE s.agent_id = @agent_id::text RETURNING 1
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - (SELECT count(*) FROM gone), 0)::integer,
+        oldest_expiry = CASE WHEN c.stored <= (SELECT count(*) FROM gone) THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+    WHERE c.agent_id = @agent_id::text AND EXISTS (SELECT 1 FROM gone)
+)
+SELECT count(*) FROM gone;
 
--- name: ExtendSession :execrows
+-- name: ExtendSession :one
 -- Refresh: only the holder of the current token (its digest) can extend a
 -- live session, and concurrent refreshes of one token cannot both win: the
--- second re-checks the WHERE clause after the first commits.
-UPDATE agent_sessions
-SET expires_at = @expires_at, token_digest = @new_digest
-WHERE id = @id AND token_digest = @old_digest AND expires_at > @now;
+-- second re-checks the WHERE clause after the first commits. The agent's
+-- count row is written only if the new expiry is below its oldest_expiry
+-- bound (a shorter TTL than before); an ordinary refresh leaves it alone.
+WITH extended AS (
+    UPDATE agent_sessions
+    SET expires_at = @expires_at, token_digest = @new_digest
+    WHERE id = @id AND token_digest = @old_digest AND expires_at > @now
+    RETURNING agent_id, expires_at
+),
+bound AS (
+    UPDATE agent_session_counts c
+    SET oldest_expiry = extended.expires_at
+    FROM extended
+    WHERE c.agent_id = extended.agent_id AND c.oldest_expiry > extended.expires_at
+)
+SELECT count(*) FROM extended;
+
+-- name: EnsureAgentCount :exec
+-- Creates the agent's count row (migration 00004) before its first limit
+-- check, in a transaction of its own: inserting a new key inside the
+-- SERIALIZABLE limit check would lock and write an index page shared with
+-- other agents, the very conflict the row is there to avoid. The count is
+-- belt and braces: sessions are inserted only once the row exists, so
+-- there is nothing to count unless rows came from elsewhere.
+INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
+SELECT @agent_id::text, count(*), coalesce(min(s.expires_at), 'infinity'::timestamptz)
+FROM agent_sessions s
+WHERE s.agent_id = @agent_id::text
+ON CONFLICT (agent_id) DO NOTHING;
 
 -- name: IssueSession :one
--- The whole limit check as one statement, for PostgresStore.Insert: prune
--- the agent's expired rows, count its live ones, read its override, evict
--- the oldest (evict-oldest policy only) and insert if there is room. All
--- parts see one snapshot, so live counts rows as they were before the
--- prune; it skips expired rows itself. The caller runs it at SERIALIZABLE;
--- at any lower isolation it evicts and inserts nothing and says so in
--- serializable, since the limit would not hold.
-WITH pruned AS (
-    DELETE FROM agent_sessions p
-    WHERE p.agent_id = @agent_id::text AND p.expires_at <= @now::timestamptz
-),
-live AS (
-    SELECT count(*) AS n FROM agent_sessions l
-    WHERE l.agent_id = @agent_id::text AND l.expires_at > @now::timestamptz
+-- The whole limit check as one statement, for PostgresStore.Insert. It
+-- starts from the agent's count row (migration 00004):
+--
+--   - fast path: the count is below the limit and no stored row can have
+--     expired (stored = 0 or oldest_expiry > now), so live = stored. The
+--     agent's session rows are not read at all; the only predicate lock is
+--     on the count row. Insert the session and bump the count.
+--   - otherwise (at the limit, or rows may have expired): prune the agent's
+--     expired rows, count its live ones, evict the oldest (evict-oldest
+--     policy only) and insert if there is room; then rewrite the count row
+--     from what was found, so a count that drifted high heals.
+--
+-- The (SELECT ... FROM mode) conditions become one-time filters: when
+-- false, PostgreSQL never starts the scan under them. With no count row
+-- nothing is done and known is false; the caller runs EnsureAgentCount and
+-- tries again. All parts see one snapshot, so the live scan sees rows as
+-- they were before the prune and skips expired ones itself. The caller
+-- runs this at SERIALIZABLE; at any lower isolation it evicts and inserts
+-- nothing and says so in serializable, since the limit would not hold.
+WITH cnt AS (
+    SELECT c.stored, c.oldest_expiry FROM agent_session_counts c
+    WHERE c.agent_id = @agent_id::text
 ),
 lim AS (
     SELECT coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = @agent_id::text),
                     @default_limit::integer) AS n
 ),
+mode AS (
+    SELECT EXISTS (SELECT 1 FROM cnt) AS known,
+           coalesce((SELECT cnt.stored < (SELECT n FROM lim)
+                            AND (cnt.stored = 0 OR cnt.oldest_expiry > @now::timestamptz) FROM cnt), false) AS fast
+),
+pruned AS (
+    DELETE FROM agent_sessions p
+    WHERE (SELECT known AND NOT fast FROM mode)
+      AND p.agent_id = @agent_id::text AND p.expires_at <= @now::timestamptz
+),
+scanned AS (
+    SELECT count(*) AS n, min(l.expires_at) AS oldest FROM agent_sessions l
+    WHERE (SELECT known AND NOT fast FROM mode)
+      AND l.agent_id = @agent_id::text AND l.expires_at > @now::timestamptz
+),
+live AS (
+    SELECT CASE WHEN (SELECT fast FROM mode) THEN (SELECT stored FROM cnt) ELSE (SELECT n FROM scanned) END AS n
+),
 evicted AS (
     DELETE FROM agent_sessions e
-    WHERE @evict::boolean AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
+    WHERE @evict::boolean AND (SELECT known AND NOT fast FROM mode)
+      AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
         SELECT s.id FROM agent_sessions s
         WHERE s.agent_id = @agent_id::text AND s.expires_at > @now::timestamptz
         ORDER BY s.issued_at, s.id
@@ -90,11 +127,28 @@ inserted AS (
     INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
     SELECT @id::text, @agent_id::text, @issued_at::timestamptz, @expires_at::timestamptz,
            @token_digest::text, sqlc.narg(metadata)::jsonb
-    WHERE (@evict::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
+    WHERE (SELECT known FROM mode)
+      AND (@evict::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
       AND current_setting('transaction_isolation') = 'serializable'
-    RETURNING agent_sessions.id
+    RETURNING agent_sessions.expires_at
+),
+next AS (
+    SELECT ((SELECT n FROM live) - (SELECT count(*) FROM evicted) + (SELECT count(*) FROM inserted))::integer AS stored,
+           least(CASE WHEN (SELECT fast FROM mode) THEN (SELECT oldest_expiry FROM cnt)
+                      ELSE coalesce((SELECT oldest FROM scanned), 'infinity'::timestamptz) END,
+                 coalesce((SELECT min(expires_at) FROM inserted), 'infinity'::timestamptz)) AS oldest_expiry
+),
+counted AS (
+    -- Written only when it changes, so a refusal at the limit stays a
+    -- read-only transaction.
+    UPDATE agent_session_counts c
+    SET stored = next.stored, oldest_expiry = next.oldest_expiry
+    FROM next
+    WHERE c.agent_id = @agent_id::text
+      AND (c.stored, c.oldest_expiry) IS DISTINCT FROM (next.stored, next.oldest_expiry)
 )
 SELECT current_setting('transaction_isolation') = 'serializable' AS serializable,
+       (SELECT known FROM mode) AS known,
        (SELECT count(*) FROM inserted)::integer AS inserted,
        (SELECT n FROM lim)::integer AS effective_limit,
        coalesce((SELECT array_agg(evicted.id) FROM evicted), '{}')::text[] AS evicted;

@@ -344,10 +344,13 @@ func TestPostgresStoreContract(t *testing.T) {
 // migrated schema of its own.
 func newPostgresStore(t *testing.T) sessions.Store {
 	t.Helper()
-	store, err := sessions.NewPostgresStore(testdb.New(t).Pool(t), nil)
+	pool := testdb.New(t).Pool(t)
+	store, err := sessions.NewPostgresStore(pool, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Whatever the test did, every agent's count row must match its rows.
+	t.Cleanup(func() { checkCounts(t, pool) })
 	return store
 }
 

@@ -8,7 +8,3 @@ func CacheListenerPID(p *PostgresStore) uint32 {
 	}
 	return 0
 }
-
-// UseMultiStatementInsert switches p to the five-round-trip limit
-// transaction, for comparisons with the default single statement.
-func UseMultiStatementInsert(p *PostgresStore) { p.multiStatement = true }

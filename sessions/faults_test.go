@@ -113,6 +113,7 @@ func TestFaultBackendsTerminated(t *testing.T) {
 	if over := overLimit(t, d.Pool(t), limit); over != "" {
 		t.Fatal(over)
 	}
+	checkCounts(t, d.Pool(t))
 }
 
 func overLimit(t *testing.T, pool *pgxpool.Pool, limit int) string {
@@ -219,6 +220,7 @@ func TestFaultDatabaseRestart(t *testing.T) {
 	if over := overLimit(t, pool, limit); over != "" {
 		t.Fatal(over)
 	}
+	checkCounts(t, pool)
 }
 
 // A call whose deadline passes while the database holds it up leaves no

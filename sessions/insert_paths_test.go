@@ -16,18 +16,6 @@ import (
 	"github.com/agentsessions/agentsessions/sessions"
 )
 
-// The older five-round-trip limit transaction, kept for comparison, holds
-// the limit under the same contention as the default single statement.
-func TestInvariantMultiStatementFourInstances(t *testing.T) {
-	t.Parallel()
-	d := testdb.New(t)
-	insts := newInstances(t, d, 4, 5, newClock(1_700_000_000))
-	for _, in := range insts {
-		sessions.UseMultiStatementInsert(in.store)
-	}
-	issueTwelveEachToLimitFive(t, d, insts, "did:agentmesh:multi-%d", 8)
-}
-
 // serializablePool opens a pool whose connections default to SERIALIZABLE,
 // so the store sends its limit statement without BEGIN and COMMIT.
 func serializablePool(t testing.TB, d *testdb.DB, afterConnect func(context.Context, *pgx.Conn) error) *pgxpool.Pool {
@@ -84,13 +72,13 @@ func TestInsertRefusedBelowSerializable(t *testing.T) {
 	}
 }
 
-// Issue on PostgreSQL through the default single statement and through
-// the five-round-trip transaction, over 10,000 agents (little contention),
-// from parallel goroutines sharing one pool.
+// Issue on PostgreSQL through the limit statement, pipelined with BEGIN
+// and COMMIT or alone on a SERIALIZABLE pool, over 10,000 agents (little
+// contention), from parallel goroutines sharing one pool.
 //
 //	go test -run '^$' -bench IssuePostgres -benchtime 5s ./sessions
 func BenchmarkIssuePostgres(b *testing.B) {
-	for _, path := range []string{"single-statement", "serializable-pool", "multi-statement"} {
+	for _, path := range []string{"single-statement", "serializable-pool"} {
 		b.Run(path, func(b *testing.B) {
 			d := testdb.New(b)
 			pool := d.Pool(b)
@@ -100,9 +88,6 @@ func BenchmarkIssuePostgres(b *testing.B) {
 			store, err := sessions.NewPostgresStore(pool, nil)
 			if err != nil {
 				b.Fatal(err)
-			}
-			if path == "multi-statement" {
-				sessions.UseMultiStatementInsert(store)
 			}
 			m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 1 << 20})
 			if err != nil {

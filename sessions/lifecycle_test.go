@@ -385,6 +385,7 @@ func TestInvariantEvictOldestFourInstances(t *testing.T) {
 			t.Errorf("session %s: evicted-or-live count %d, want 1", ib.iss.Session.ID, evicted[ib.iss.Session.ID])
 		}
 	}
+	checkCounts(t, d.Pool(t))
 	tx, retried, _ := retries(insts)
 	t.Logf("evict-oldest, 4 instances, 64 issues: %d transactions, %d retries", tx, retried)
 }
@@ -429,6 +430,7 @@ func TestInvariantAgentLimitOverrideFourInstances(t *testing.T) {
 	if n := rowsPerAgent(t, d.Pool(t))[agent]; n != 4 {
 		t.Fatalf("%d rows once the new limit settled, want 4", n)
 	}
+	checkCounts(t, d.Pool(t))
 }
 
 // Eight instances refresh the same token at once: exactly one wins, the

@@ -66,8 +66,8 @@ type load struct {
 
 // run drives a mix of issue (40%), authenticate (45%) and revoke (15%) from
 // workers spread over the managers until ctx ends. Each worker remembers
-// the sessions it was told were issued and not revoked: those must
-// authenticate, expire, or fail with a store error, never be unknown.
+// the sessions it was told were issued and has not tried to revoke: those
+// must authenticate, expire, or fail with a store error, never be unknown.
 func (l *load) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for w := range l.workers {
@@ -111,12 +111,16 @@ func (l *load) worker(ctx context.Context, m *sessions.Manager) {
 			}
 		default:
 			i := rand.IntN(len(mine))
-			if err := m.Revoke(opCtx, mine[i].Session.ID); err == nil {
+			err := m.Revoke(opCtx, mine[i].Session.ID)
+			if err == nil {
 				l.stats.revoked.Add(1)
-				mine = append(mine[:i], mine[i+1:]...)
 			} else {
 				l.classify(ctx, err, nil, nil)
 			}
+			// A failed revoke may still have committed (a deadline or a
+			// broken connection after the DELETE went out), so the session
+			// is no longer one this worker can vouch for either way.
+			mine = append(mine[:i], mine[i+1:]...)
 		}
 		cancel()
 	}

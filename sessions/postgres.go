@@ -64,11 +64,6 @@ type PostgresStore struct {
 	stats pgStats
 	cache atomic.Pointer[sessionCache] // set while RunCache runs
 	one   *db.Queries                  // runs the limit statement as its own SERIALIZABLE transaction
-
-	// multiStatement selects the older limit transaction of five round
-	// trips (insertTx) over the single statement (insertStmt); kept so
-	// benchmarks and invariant tests can compare the two.
-	multiStatement bool
 }
 
 type pgStats struct {
@@ -194,11 +189,7 @@ func (p *PostgresStore) Insert(ctx context.Context, s Session, req InsertRequest
 	}
 	p.stats.transactions.Add(1)
 	err = p.retry(ctx, "insert", func() (err error) {
-		if p.multiStatement {
-			res, err = p.insertTx(ctx, s, md, req)
-		} else {
-			res, err = p.insertStmt(ctx, s, md, req)
-		}
+		res, err = p.insertStmt(ctx, s, md, req)
 		return err
 	})
 	if err != nil {
@@ -346,19 +337,20 @@ func (p *PostgresStore) retry(ctx context.Context, op string, attempt func() err
 // insertStmt is the limit check as one statement (queries/sessions.sql,
 // IssueSession) in one round trip: pipelined with BEGIN and COMMIT, or
 // alone on a pool whose connections default to SERIALIZABLE (less client
-// work: no batch, two fewer statements). It is the default because it
-// measured faster than insertTx, which needs five round trips (BEGIN,
-// prune, count, insert, COMMIT), and its shorter transactions conflict
-// less. BenchmarkIssuePostgres on 2026-11-24 (2 cores, 4 goroutines,
-// 10,000 agents, medians of 3, quiet machine): pipelined 287 µs/op and 20
-// retries per 1,000 issues; alone on a SERIALIZABLE pool 275 µs/op and 19;
-// insertTx 421 µs/op and 72.
+// work: no batch, two fewer statements). It replaced a transaction of five
+// round trips (BEGIN, prune, count, insert, COMMIT): BenchmarkIssuePostgres
+// on 2026-11-24 (2 cores, 4 goroutines, 10,000 agents, medians of 3)
+// measured 287 µs/op and 20 retries per 1,000 issues for the statement,
+// 421 µs/op and 72 for the transaction.
 //
-// The statement refuses to insert below SERIALIZABLE (a connection whose
-// default was changed after connecting), so a misconfigured pool fails
-// loudly instead of breaking the limit.
+// The statement works from the agent's count row (migration 00004), so
+// agents do not make each other retry; an agent without one gets it from
+// EnsureAgentCount, in its own short transaction, and the statement runs
+// again. The statement refuses to insert below SERIALIZABLE (a connection
+// whose default was changed after connecting), so a misconfigured pool
+// fails loudly instead of breaking the limit.
 func (p *PostgresStore) insertStmt(ctx context.Context, s Session, md []byte, req InsertRequest) (res InsertResult, err error) {
-	row, err := p.one.IssueSession(ctx, db.IssueSessionParams{
+	args := db.IssueSessionParams{
 		AgentID:      s.AgentID,
 		Now:          req.Now,
 		DefaultLimit: int32(min(req.Limit, math.MaxInt32)),
@@ -368,13 +360,25 @@ func (p *PostgresStore) insertStmt(ctx context.Context, s Session, md []byte, re
 		ExpiresAt:    s.ExpiresAt,
 		TokenDigest:  s.TokenDigest,
 		Metadata:     md,
-	})
+	}
+	row, err := p.one.IssueSession(ctx, args)
+	if err == nil && !row.Known && row.Serializable {
+		if err = p.q.EnsureAgentCount(ctx, s.AgentID); err != nil {
+			return res, err // nothing of this issue was written yet
+		}
+		row, err = p.one.IssueSession(ctx, args)
+	}
 	if err != nil {
 		return res, mayHaveCommitted(err)
 	}
 	if !row.Serializable {
 		return res, &ConfigError{Field: "pool", Reason: "the limit statement ran below SERIALIZABLE isolation; " +
 			"do not change default_transaction_isolation on the store's connections except to serializable"}
+	}
+	if !row.Known {
+		// Only a concurrent TRUNCATE or DELETE of agent_session_counts
+		// between the two statements gets here.
+		return res, fmt.Errorf("count row of agent %q vanished before the limit check", s.AgentID)
 	}
 	res = InsertResult{Inserted: row.Inserted == 1, Limit: int(row.EffectiveLimit)}
 	if len(row.Evicted) > 0 {
@@ -389,63 +393,6 @@ func (p *PostgresStore) insertStmt(ctx context.Context, s Session, md []byte, re
 func serializableByDefault(pool *pgxpool.Pool) bool {
 	v := pool.Config().ConnConfig.RuntimeParams["default_transaction_isolation"]
 	return strings.EqualFold(strings.TrimSpace(v), "serializable")
-}
-
-func (p *PostgresStore) insertTx(ctx context.Context, s Session, md []byte, req InsertRequest) (res InsertResult, err error) {
-	tx, err := p.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable})
-	if err != nil {
-		return res, err
-	}
-	defer func() {
-		if err != nil || !res.Inserted {
-			// Rollback on a broken connection fails too; the server aborts
-			// the transaction when the connection closes either way.
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-		}
-	}()
-	q := p.q.WithTx(tx)
-	if _, err := q.DeleteExpiredAgentSessions(ctx, db.DeleteExpiredAgentSessionsParams{AgentID: s.AgentID, Now: req.Now}); err != nil {
-		return res, err
-	}
-	row, err := q.CountAgentSessions(ctx, s.AgentID)
-	if err != nil {
-		return res, err
-	}
-	res.Limit = req.Limit
-	if row.Override > 0 {
-		res.Limit = int(row.Override)
-	}
-	if excess := row.Live - int64(res.Limit) + 1; excess > 0 {
-		if req.Policy != PolicyEvictOldest {
-			// Commit, not roll back: the prune above is worth keeping, and
-			// a commit is what lets PostgreSQL check this read against
-			// concurrent inserts (it may still fail with 40001 and be
-			// retried).
-			return res, commit(ctx, tx)
-		}
-		res.Evicted, err = q.EvictOldestAgentSessions(ctx, db.EvictOldestAgentSessionsParams{
-			AgentID: s.AgentID, N: int32(min(excess, math.MaxInt32)),
-		})
-		if err != nil {
-			return res, err
-		}
-	}
-	err = q.InsertSession(ctx, db.InsertSessionParams{
-		ID:          s.ID,
-		AgentID:     s.AgentID,
-		IssuedAt:    s.IssuedAt,
-		ExpiresAt:   s.ExpiresAt,
-		TokenDigest: s.TokenDigest,
-		Metadata:    md,
-	})
-	if err != nil {
-		return res, err
-	}
-	if err := commit(ctx, tx); err != nil {
-		return res, err
-	}
-	res.Inserted = true
-	return res, nil
 }
 
 func sessionFromRow(row db.AgentSession) (Session, error) {
@@ -491,13 +438,6 @@ func mayHaveCommitted(err error) error {
 		return err
 	}
 	return &commitError{err}
-}
-
-func commit(ctx context.Context, tx pgx.Tx) error {
-	if err := tx.Commit(ctx); err != nil {
-		return &commitError{err}
-	}
-	return nil
 }
 
 // brokenBeforeCommit reports whether err means the connection failed (not

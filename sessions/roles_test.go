@@ -17,7 +17,8 @@ import (
 
 // The runtime role SECURITY.md recommends (USAGE on the schema; SELECT,
 // INSERT, DELETE and UPDATE of the expiry and digest on agent_sessions;
-// SELECT on agent_limits) can do everything a service instance does, and
+// SELECT on agent_limits; SELECT, INSERT and UPDATE of the count on
+// agent_session_counts) can do everything a service instance does, and
 // cannot change the schema, rewrite whose a session is, or change limits.
 func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 	t.Parallel()
@@ -30,6 +31,7 @@ func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 		"GRANT USAGE ON SCHEMA " + d.Schema + " TO " + role,
 		"GRANT SELECT, INSERT, DELETE, UPDATE (expires_at, token_digest) ON agent_sessions TO " + role,
 		"GRANT SELECT ON agent_limits TO " + role,
+		"GRANT SELECT, INSERT, UPDATE (stored, oldest_expiry) ON agent_session_counts TO " + role,
 	} {
 		if _, err := admin.Exec(ctx, stmt); err != nil {
 			t.Fatal(err)
@@ -87,6 +89,8 @@ func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 		"UPDATE agent_sessions SET agent_id = 'someone-else'",
 		"UPDATE agent_limits SET max_sessions = 1000",
 		"DELETE FROM agent_limits",
+		"DELETE FROM agent_session_counts",
+		"UPDATE agent_session_counts SET agent_id = 'someone-else'",
 		"TRUNCATE agent_sessions",
 		"DROP TABLE agent_sessions",
 		"CREATE TABLE t (x int)",

@@ -75,6 +75,7 @@ func soak(t *testing.T, url string, pool *pgxpool.Pool, d time.Duration, fault f
 	if over := overLimit(t, pool, limit); over != "" {
 		t.Fatal(over)
 	}
+	checkCounts(t, pool)
 }
 
 // Bounded by default (30s); AGENTSESSIONS_SOAK=10m make test runs longer.
