@@ -186,13 +186,15 @@ next AS (
                  coalesce((SELECT min(expires_at) FROM inserted), 'infinity'::timestamptz)) AS oldest_expiry
 ),
 counted AS (
-    -- Written only when it changes, so a refusal at the limit stays a
-    -- read-only transaction.
+    -- Written only when the count changes, or when the bound has passed
+    -- and would keep the agent off the fast path: a refusal at the limit
+    -- stays a read-only transaction, which conflicts with nothing.
     UPDATE agent_session_counts c
     SET stored = next.stored, oldest_expiry = next.oldest_expiry
     FROM next
     WHERE c.agent_id = $1::text
-      AND (c.stored, c.oldest_expiry) IS DISTINCT FROM (next.stored, next.oldest_expiry)
+      AND (c.stored <> next.stored
+           OR (c.oldest_expiry <= $3::timestamptz AND c.oldest_expiry <> next.oldest_expiry))
 )
 SELECT current_setting('transaction_isolation') = 'serializable' AS serializable,
        (SELECT known FROM mode) AS known,
