@@ -42,10 +42,9 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 			"so it never touches the sessions there. --compare also runs pgbench (the statements the store sends, " +
 			"recorded from it, at the same client count; our ops/s is printed as a ratio of pgbench's) and a Redis " +
 			"peer (a Lua script per issue on one sorted set per agent), each skipped with a line saying why when " +
-			"it cannot run. --variants adds prototypes of the issue path, measured beside the library in the same " +
-			"run: cte (one data-modifying statement on connections whose default isolation is SERIALIZABLE) and " +
-			"lock (the same statement at READ COMMITTED after a per-agent advisory lock, both in one round trip); " +
-			"cached runs the library with its verified-session cache (RunCache) on every instance. " +
+			"it cannot run. --variants measures other ways of running the library beside it in the same run: " +
+			"cte puts the store on pools whose default isolation is SERIALIZABLE (its limit statement then goes " +
+			"out without BEGIN and COMMIT); cached runs the library with its verified-session cache (RunCache) on every instance. " +
 			"The exit status is 1 if any agent ended over its limit.",
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd, g) },
@@ -65,7 +64,7 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.IntVar(&o.cfg.MaxAttempts, "max-attempts", 20, "tries per call on serialization failure (store and pgbench --max-tries)")
 	f.BoolVar(&o.cfg.Compare, "compare", false, "also run pgbench and the Redis peer")
 	f.StringVar(&o.variants, "variants", bench.VariantLibrary, "comma-separated store variants: "+strings.Join(bench.VariantNames, ", ")+
-		" (cte and lock: prototypes of the issue path; cached: the library with its verified-session cache on)")
+		" (cte: the library on SERIALIZABLE pools; cached: the library with its verified-session cache on)")
 	f.StringVar(&o.cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis for --compare")
 	f.StringVar(&o.cfg.PgbenchPath, "pgbench", "pgbench", "pgbench executable for --compare")
 	f.BoolVar(&o.cfg.Keep, "keep", false, "keep the benchmark schema and Redis keys afterwards")

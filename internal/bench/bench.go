@@ -52,34 +52,31 @@ const (
 
 // Engines, as they appear in reports.
 const (
-	EngineOurs        = "agentsessions"        // the library
-	EngineCTE         = "agentsessions-cte"    // prototype: issue as one statement at SERIALIZABLE (cte.go)
-	EngineLock        = "agentsessions-lock"   // prototype: issue under a per-agent advisory lock (lock.go)
-	EngineCached      = "agentsessions-cached" // the library with its verified-session cache (RunCache) on
-	EnginePgbench     = "pgbench"              // pgbench replaying the library's statements
-	EnginePgbenchCTE  = "pgbench-cte"          // pgbench replaying the CTE prototype's statements
-	EnginePgbenchLock = "pgbench-lock"         // pgbench replaying the lock prototype's statements
-	EngineRedis       = "redis"
+	EngineOurs       = "agentsessions"        // the library
+	EngineCTE        = "agentsessions-cte"    // the library on pools that default to SERIALIZABLE (no BEGIN/COMMIT around its statement)
+	EngineCached     = "agentsessions-cached" // the library with its verified-session cache (RunCache) on
+	EnginePgbench    = "pgbench"              // pgbench replaying the library's statements
+	EnginePgbenchCTE = "pgbench-cte"          // pgbench replaying what the cte variant sends
+	EngineRedis      = "redis"
 )
 
 // Variants of the store's SQL that Config.Variants may name.
 const (
 	VariantLibrary = "library" // the library's PostgresStore
-	VariantCTE     = "cte"     // see cte.go
-	VariantLock    = "lock"    // see lock.go
+	VariantCTE     = "cte"     // the library on pools that default to SERIALIZABLE
 	VariantCached  = "cached"  // the library with PostgresStore.RunCache running on every instance
 )
 
 // VariantNames lists the variants in the order they run.
-var VariantNames = []string{VariantLibrary, VariantCTE, VariantLock, VariantCached}
+var VariantNames = []string{VariantLibrary, VariantCTE, VariantCached}
 
 // reference names the engine each engine's Ratio is computed against:
 // each PostgreSQL engine against pgbench running its own statements, and
 // Redis against pgbench running the library's.
 var reference = map[string]string{
-	EngineOurs: EnginePgbench, EngineCTE: EnginePgbenchCTE, EngineLock: EnginePgbenchLock, EngineRedis: EnginePgbench,
+	EngineOurs: EnginePgbench, EngineCTE: EnginePgbenchCTE, EngineRedis: EnginePgbench,
 	EngineCached:  EnginePgbench, // it sends the library's SQL, when the cache misses
-	EnginePgbench: EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE, EnginePgbenchLock: EnginePgbenchLock,
+	EnginePgbench: EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE,
 }
 
 // Workloads lists every workload in the order they run.
@@ -231,8 +228,9 @@ type Report struct {
 	Workloads []Workload `json:"workloads"`
 	Pgbench   Reference  `json:"pgbench"`
 	Redis     Reference  `json:"redis"`
-	// PgbenchPrototypes is pgbench replaying each prototype's statements,
-	// by engine name (with Config.Compare and a prototype in Variants).
+	// PgbenchPrototypes is pgbench replaying each other variant's
+	// statements, by engine name (with Config.Compare and the cte variant
+	// in Variants). The JSON name is kept for reports saved earlier.
 	PgbenchPrototypes map[string]*Reference `json:"pgbench_prototypes,omitempty"`
 }
 

@@ -25,7 +25,7 @@ func TestCheckTableDetectsOverLimitAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := copySessions(ctx, pool, rows); err != nil {
+	if err := copySessions(ctx, pool, rows, cfg.Agents); err != nil {
 		t.Fatal(err)
 	}
 	var res Result
@@ -67,7 +67,7 @@ func TestMintedSessionsAuthenticate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := copySessions(ctx, pool, rows); err != nil {
+	if err := copySessions(ctx, pool, rows, cfg.Agents); err != nil {
 		t.Fatal(err)
 	}
 	st, err := sessions.NewPostgresStore(pool, nil)
@@ -96,11 +96,11 @@ func TestMintedSessionsAuthenticate(t *testing.T) {
 	}
 }
 
-// The prototypes must hold the limit as the library does: instances racing
+// The variants must hold the limit as the library does: instances racing
 // to issue for one agent end with exactly the limit stored, and the
 // library's accounting (limit errors) agrees.
-func TestPrototypesHoldTheLimit(t *testing.T) {
-	for _, name := range []string{VariantCTE, VariantLock} {
+func TestVariantsHoldTheLimit(t *testing.T) {
+	for _, name := range []string{VariantLibrary, VariantCTE} {
 		t.Run(name, func(t *testing.T) {
 			d := testdb.New(t)
 			v := variants[name]
@@ -153,9 +153,6 @@ func TestPrototypesHoldTheLimit(t *testing.T) {
 			for _, s := range stores {
 				retries += s.retries()
 			}
-			if name == VariantLock && retries != 0 {
-				t.Errorf("the lock prototype retried %d times; it cannot get serialization failures", retries)
-			}
 			t.Logf("%s: outcomes %v, retries %d", name, outcomes, retries)
 
 			// An override in agent_limits applies as in the library.
@@ -181,12 +178,5 @@ func TestPrototypesHoldTheLimit(t *testing.T) {
 				t.Fatalf("expired session still stored (%d, %v)", n, err)
 			}
 		})
-	}
-}
-
-func TestCTEStoreRefusesAPoolAtReadCommitted(t *testing.T) {
-	d := testdb.New(t)
-	if _, err := newCTEStore(d.Pool(t), 20); err == nil {
-		t.Fatal("newCTEStore accepted a pool without default_transaction_isolation=serializable")
 	}
 }

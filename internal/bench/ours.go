@@ -26,7 +26,7 @@ const prefillBase = 1_000_000
 // integer variables name the same agents.
 func agentName(n int) string { return strconv.Itoa(n) }
 
-// benchStore is a store the bench drives: the library's, or a prototype.
+// benchStore is a store the bench drives.
 type benchStore interface {
 	sessions.Store
 	retries() int64 // serialization-failure reruns so far
@@ -38,7 +38,8 @@ type libStore struct{ *sessions.PostgresStore }
 func (s libStore) retries() int64 { return int64(s.Stats().Retries) }
 
 // variant is one way of running the store's operations on PostgreSQL:
-// the library's, or the CTE prototype (see cte.go).
+// the library's, on ordinary or SERIALIZABLE pools, with or without its
+// cache.
 type variant struct {
 	engine       string // our engine name in reports
 	pgEngine     string // the pgbench engine replaying its statements ("": none)
@@ -57,18 +58,14 @@ var (
 			return libStore{ps}, nil
 		}}
 	// The library again, on pools that default to SERIALIZABLE: its limit
-	// statement then goes out alone, without BEGIN and COMMIT (what the
-	// CTE prototype in cte.go measured before the library adopted it).
-	variantCTE  = variant{engine: EngineCTE, pgEngine: EnginePgbenchCTE, serializable: true, newStore: variantLibrary.newStore}
-	variantLock = variant{engine: EngineLock, pgEngine: EnginePgbenchLock,
-		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) { return newLockStore(pool, maxAttempts) }}
+	// statement then goes out alone, without BEGIN and COMMIT.
+	variantCTE = variant{engine: EngineCTE, pgEngine: EnginePgbenchCTE, serializable: true, newStore: variantLibrary.newStore}
 
 	// The cached variant has no pgbench reference of its own: on a miss it
 	// sends the library's statements, and a hit sends none.
 	variantCached = variant{engine: EngineCached, cache: true, newStore: variantLibrary.newStore}
 
-	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantLock: variantLock,
-		VariantCached: variantCached}
+	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantCached: variantCached}
 )
 
 // poolConfig returns a copy of base set up for the variant.
@@ -231,7 +228,12 @@ func (o *ours) retries() int64 {
 
 // reset empties the session table.
 func (o *ours) reset(ctx context.Context) error {
-	if _, err := o.pools[0].Exec(ctx, "TRUNCATE agent_sessions"); err != nil {
+	return resetTables(ctx, o.pools[0])
+}
+
+// resetTables empties the session table and the agents' counts.
+func resetTables(ctx context.Context, pool *pgxpool.Pool) error {
+	if _, err := pool.Exec(ctx, "TRUNCATE agent_sessions, agent_session_counts"); err != nil {
 		return fmt.Errorf("bench: truncate: %w", err)
 	}
 	return nil
@@ -258,7 +260,7 @@ func (o *ours) prefill(ctx context.Context, workload string) ([]prefilled, error
 	if err != nil {
 		return nil, err
 	}
-	if err := copySessions(ctx, o.pools[0], rows); err != nil {
+	if err := copySessions(ctx, o.pools[0], rows, o.cfg.Agents); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -296,10 +298,13 @@ func mintSessions(secret []byte, cfg Config, n int, agentOf func(i int) string) 
 	return st.rows, out, nil
 }
 
-// copySessions stores rows with COPY and refreshes the planner's
-// statistics, so the workload's queries get the plans a running
-// deployment gets.
-func copySessions(ctx context.Context, pool *pgxpool.Pool, rows []sessions.Session) error {
+// copySessions stores rows with COPY, gives every agent from 1 to agents
+// its count row (migration 00004) holding what COPY stored for it, and
+// refreshes the planner's statistics, so the workload runs against what a
+// deployment that has been up a while holds: agents that were issued
+// sessions before, with the plans such tables get. (An agent's very first
+// session costs one more short transaction, which creates that row.)
+func copySessions(ctx context.Context, pool *pgxpool.Pool, rows []sessions.Session, agents int) error {
 	src := pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
 		s := rows[i]
 		return []any{s.ID, s.AgentID, s.IssuedAt, s.ExpiresAt, s.TokenDigest}, nil
@@ -308,8 +313,22 @@ func copySessions(ctx context.Context, pool *pgxpool.Pool, rows []sessions.Sessi
 		[]string{"id", "agent_id", "issued_at", "expires_at", "token_digest"}, src); err != nil {
 		return fmt.Errorf("bench: prefill: %w", err)
 	}
-	if _, err := pool.Exec(ctx, "ANALYZE agent_sessions"); err != nil {
-		return fmt.Errorf("bench: prefill: %w", err)
+	for _, stmt := range []struct {
+		sql  string
+		args []any
+	}{
+		{`INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
+		  SELECT agent_id, count(*), min(expires_at) FROM agent_sessions GROUP BY agent_id
+		  ON CONFLICT (agent_id) DO UPDATE SET stored = excluded.stored, oldest_expiry = excluded.oldest_expiry`, nil},
+		{`INSERT INTO agent_session_counts (agent_id) SELECT g::text FROM generate_series(1, $1::integer) g
+		  ON CONFLICT (agent_id) DO NOTHING`, []any{agents}},
+		// VACUUM too, so autovacuum has nothing left to do with the
+		// fresh rows while the workload runs.
+		{"VACUUM (ANALYZE) agent_sessions, agent_session_counts", nil},
+	} {
+		if _, err := pool.Exec(ctx, stmt.sql, stmt.args...); err != nil {
+			return fmt.Errorf("bench: prefill: %w", err)
+		}
 	}
 	return nil
 }
@@ -460,4 +479,11 @@ func checkTable(ctx context.Context, pool *pgxpool.Pool, limit int, res *Result)
 func oneLine(r Result) string {
 	return fmt.Sprintf("%d ops in %.1fs = %.0f ops/s, p50 %s p99 %s, errors %d, retries/1k %.1f, over-limit agents %d",
 		r.Ops, r.ElapsedS, r.OpsPerSec, fmtDur(r.Latency.P50), fmtDur(r.Latency.P99), r.Errors, r.RetriesPer1k, r.OverLimitAgents)
+}
+
+// serializableDefault makes every transaction on connections from cfg
+// SERIALIZABLE unless it asks otherwise (the "cte" variant: the library
+// then sends its limit statement without BEGIN and COMMIT).
+func serializableDefault(cfg *pgxpool.Config) {
+	cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "serializable"
 }

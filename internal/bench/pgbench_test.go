@@ -64,7 +64,7 @@ func TestScriptsFromTheLibrary(t *testing.T) {
 		t.Errorf("store batched: %v; script:\n%s", batched, issue)
 	}
 	hot := files[scriptIssueHot]
-	if !strings.Contains(hot, "\\set aid random(1, :hot)\nDELETE FROM agent_sessions WHERE id = :prev_sid") ||
+	if !strings.Contains(hot, "\\set aid random(1, :hot)\nWITH gone AS ( DELETE FROM agent_sessions s WHERE s.id = :prev_sid") ||
 		!strings.HasSuffix(hot, "\\set prev_sid :sid\n"+map[bool]string{true: "\\endif\n"}[s.Gated]) {
 		t.Errorf("issue_hot.sql must revoke the previous session first and remember this one:\n%s", hot)
 	}
@@ -80,23 +80,7 @@ func TestScriptsFromTheLibrary(t *testing.T) {
 	runPgbench(t, d, s, "", scriptIssue, scriptIssueHot, scriptAuth, scriptRevoke)
 }
 
-// The lock prototype sends a batch: the script must pipeline it, so
-// pgbench also pays one round trip in one implicit transaction.
-func TestScriptsFromTheLockPrototype(t *testing.T) {
-	d := testdb.New(t)
-	_, s := traceFor(t, d, VariantLock)
-	if s.Gated {
-		t.Fatal("the lock prototype decides in SQL; the script must not branch")
-	}
-	issue := s.Files()[scriptIssue]
-	if !strings.Contains(issue, "\\startpipeline\nSELECT pg_advisory_xact_lock(:c1::integer, hashtext(:aid::text));\nWITH pruned AS") ||
-		!strings.HasSuffix(issue, "FROM lim;\n\\endpipeline\n") || s.Consts["c1"] != "1634926593" {
-		t.Errorf("issue.sql (consts %v):\n%s", s.Consts, issue)
-	}
-	runPgbench(t, d, s, "", scriptIssue, scriptIssueHot)
-}
-
-func TestScriptsFromTheCTEPrototype(t *testing.T) {
+func TestScriptsFromTheCTEVariant(t *testing.T) {
 	d := testdb.New(t)
 	_, s := traceFor(t, d, VariantCTE)
 	issue := s.Files()[scriptIssue]

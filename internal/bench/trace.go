@@ -143,7 +143,12 @@ func RecordTrace(ctx context.Context, v variant, poolCfg *pgxpool.Config, ttl ti
 	if err != nil {
 		return nil, err
 	}
-	if _, err := pool.Exec(ctx, "TRUNCATE agent_sessions"); err != nil {
+	// The probe agent is a known one, with its count row, as the
+	// workloads' agents are (copySessions).
+	if err := resetTables(ctx, pool); err != nil {
+		return nil, err
+	}
+	if _, err := pool.Exec(ctx, "INSERT INTO agent_session_counts (agent_id) VALUES ($1)", t.Agent); err != nil {
 		return nil, fmt.Errorf("bench: trace: %w", err)
 	}
 	tr.take()
@@ -175,8 +180,8 @@ func RecordTrace(ctx context.Context, v variant, poolCfg *pgxpool.Config, ttl ti
 		}
 		rows.Close()
 	}
-	if _, err := pool.Exec(ctx, "TRUNCATE agent_sessions"); err != nil {
-		return nil, fmt.Errorf("bench: trace: %w", err)
+	if err := resetTables(ctx, pool); err != nil {
+		return nil, err
 	}
 	return t, nil
 }
