@@ -3,6 +3,13 @@ SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
 FROM agent_sessions
 WHERE id = $1;
 
+-- name: GetSessionBatch :batchone
+-- GetSession for lookups that arrived together (sessions/lookups.go): one
+-- pipelined round trip for all of them, each its own primary-key lookup.
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
+FROM agent_sessions
+WHERE id = $1;
+
 -- name: DeleteSession :execrows
 -- Revoke: the row and its agent's count go together.
 WITH gone AS (

@@ -30,6 +30,25 @@ func (serializableRow) Query(context.Context, string, ...any) (pgx.Rows, error) 
 	return nil, errors.ErrUnsupported
 }
 
+func (serializableRow) SendBatch(context.Context, *pgx.Batch) pgx.BatchResults {
+	return unsupportedBatch{}
+}
+
+// unsupportedBatch answers every call with errors.ErrUnsupported.
+type unsupportedBatch struct{}
+
+func (unsupportedBatch) Exec() (pgconn.CommandTag, error) {
+	return pgconn.CommandTag{}, errors.ErrUnsupported
+}
+func (unsupportedBatch) Query() (pgx.Rows, error) { return nil, errors.ErrUnsupported }
+func (unsupportedBatch) QueryRow() pgx.Row        { return errRow{} }
+func (unsupportedBatch) Close() error             { return errors.ErrUnsupported }
+func (unsupportedBatch) Tx() pgx.Tx               { return nil }
+
+type errRow struct{}
+
+func (errRow) Scan(...any) error { return errors.ErrUnsupported }
+
 type pipelinedRow struct {
 	ctx  context.Context
 	pool *pgxpool.Pool
