@@ -48,8 +48,19 @@ func newLookups(p *PostgresStore, slots int) *lookups {
 // get looks id up, alone or in a batch. It returns when the lookup is
 // done or ctx ends, whichever comes first.
 func (b *lookups) get(ctx context.Context, id string) (Session, bool, error) {
-	l := &lookup{ctx: ctx, id: id, done: make(chan struct{})}
 	b.mu.Lock()
+	if b.running < b.slots && len(b.queue) == 0 {
+		// Nothing to wait for: look up on this goroutine, under ctx, as
+		// if there were no batching at all.
+		b.running++
+		b.mu.Unlock()
+		b.store.stats.lookups.Add(1)
+		b.store.stats.lookupTrips.Add(1)
+		s, found, err := b.store.getOne(ctx, id)
+		b.release()
+		return s, found, err
+	}
+	l := &lookup{ctx: ctx, id: id, done: make(chan struct{})}
 	b.queue = append(b.queue, l)
 	start := b.running < b.slots
 	if start {
@@ -65,6 +76,19 @@ func (b *lookups) get(ctx context.Context, id string) (Session, bool, error) {
 	case <-ctx.Done():
 		return Session{}, false, b.store.wrap(ctx, "get", ctx.Err())
 	}
+}
+
+// release frees a slot, or hands it to a goroutine that sends the
+// lookups queued meanwhile.
+func (b *lookups) release() {
+	b.mu.Lock()
+	if len(b.queue) == 0 {
+		b.running--
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	go b.drain()
 }
 
 // drain sends batches until the queue is empty, then frees its slot.
