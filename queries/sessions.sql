@@ -67,10 +67,17 @@ SELECT count(*) FROM extended;
 -- other agents, the very conflict the row is there to avoid. The count is
 -- belt and braces: sessions are inserted only once the row exists, so
 -- there is nothing to count unless rows came from elsewhere.
+--
+-- Its commit does not wait for the WAL flush (synchronous_commit off for
+-- this transaction only; HAVING runs set_config once, rows or none): if
+-- the server crashes first, the row is simply missing and made again,
+-- and the limit check's own commit flushes the WAL past this one anyway.
+-- That saves an agent's first issue one of its two disk flushes.
 INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
 SELECT @agent_id::text, count(*), coalesce(min(s.expires_at), 'infinity'::timestamptz)
 FROM agent_sessions s
 WHERE s.agent_id = @agent_id::text
+HAVING set_config('synchronous_commit', 'off', true) IS NOT NULL
 ON CONFLICT (agent_id) DO NOTHING;
 
 -- name: IssueSession :one
