@@ -207,9 +207,11 @@ func (p *PostgresStore) invalidate(ids ...string) {
 	}
 }
 
-// Insert implements [Store] with one SERIALIZABLE transaction: delete the
-// agent's expired rows, count the rest and read its override, evict or
-// give up at the limit, insert. Serialization failures and deadlocks are
+// Insert implements [Store] with one SERIALIZABLE transaction. Below the
+// limit, with nothing of the agent's expired, it reads and bumps the
+// agent's count row and inserts; otherwise it deletes the agent's expired
+// rows, counts the rest and reads its override, evicts or gives up at the
+// limit, inserts, and rewrites the count (see insertStmt). Serialization failures and deadlocks are
 // retried with jittered exponential backoff up to MaxAttempts; the caller
 // sees them only as [ErrRetriesExhausted].
 func (p *PostgresStore) Insert(ctx context.Context, s Session, req InsertRequest) (res InsertResult, err error) {
