@@ -57,18 +57,27 @@ func agentNames(n int) []string {
 	return out
 }
 
-// recovered runs a second, fault-free load and requires that it sees no
-// store error at all: the instances healed by themselves.
+// recovered runs fault-free load in one-second windows until one window
+// completes operations with no store error at all: the instances healed
+// by themselves. It allows 10 windows, since a server shared with the
+// package's other parallel tests (one container in make test-containers,
+// under -race) can stay saturated for a while after the fault.
 func recovered(t *testing.T, mgrs []*sessions.Manager, agents []string, limit int) {
 	t.Helper()
-	after := &loadStats{}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	(&load{mgrs: mgrs, agents: agents, limit: limit, workers: 8, stats: after}).run(ctx)
-	after.check(t)
-	if after.storeErrs.Load() > 0 || after.ops() == 0 {
-		t.Fatalf("not recovered after the fault: %s\nfirst store errors: %q", after, after.storeExamples)
+	var after *loadStats
+	for window := 1; window <= 10; window++ {
+		after = &loadStats{}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		(&load{mgrs: mgrs, agents: agents, limit: limit, workers: 8, stats: after}).run(ctx)
+		cancel()
+		after.check(t)
+		if after.storeErrs.Load() == 0 && after.ops() > 0 {
+			t.Logf("recovered: window %d clean (%s)", window, after)
+			return
+		}
+		t.Logf("window %d after the fault not clean yet: %s; first store errors: %q", window, after, after.storeExamples)
 	}
+	t.Fatalf("not recovered 10 s after the fault: %s\nfirst store errors: %q", after, after.storeExamples)
 }
 
 // Backends are killed with pg_terminate_backend every 100ms for 2s in the
