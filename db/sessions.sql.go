@@ -193,14 +193,17 @@ next AS (
                  coalesce((SELECT min(expires_at) FROM inserted), 'infinity'::timestamptz)) AS oldest_expiry
 ),
 counted AS (
-    -- Written only when the count changes, or when the bound has passed
-    -- and would keep the agent off the fast path: a refusal at the limit
-    -- stays a read-only transaction, which conflicts with nothing.
+    -- Written only when the count changes, when the bound must come down
+    -- (a new session expiring before the agent's others, as after a TTL
+    -- cut), or when the bound has passed and would keep the agent off the
+    -- fast path: a refusal at the limit stays a read-only transaction,
+    -- which conflicts with nothing.
     UPDATE agent_session_counts c
     SET stored = next.stored, oldest_expiry = next.oldest_expiry
     FROM next
     WHERE c.agent_id = $1::text
       AND (c.stored <> next.stored
+           OR next.oldest_expiry < c.oldest_expiry
            OR (c.oldest_expiry <= $3::timestamptz AND c.oldest_expiry <> next.oldest_expiry))
 )
 SELECT current_setting('transaction_isolation') = 'serializable' AS serializable,

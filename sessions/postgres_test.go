@@ -510,3 +510,30 @@ func TestExtremeContentionNoRetries(t *testing.T) {
 	t.Logf("128 goroutines, no retries: %d issued, %d limited, %d gave up (ErrRetriesExhausted), %d retries",
 		tl.ok[agent], tl.limited[agent], exhaustedErrs, retried)
 }
+
+// Evicting at the limit for a session that expires before the agent's
+// others (its issuer has a shorter TTL) leaves the count unchanged but
+// must lower the count row's expiry bound, which checkCounts verifies.
+func TestCountBoundFollowsShorterTTL(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := newClock(1_700_000_000)
+	withTTL := func(ttl time.Duration) *sessions.Manager {
+		return newManager(t, store, clock, func(c *sessions.Config) {
+			c.Limit, c.TTL, c.Policy = 2, ttl, sessions.PolicyEvictOldest
+		})
+	}
+	long, short := withTTL(2*time.Hour), withTTL(time.Hour)
+	mustIssue(t, long, agent)
+	mustIssue(t, long, agent)
+	clock.Advance(time.Second)
+	iss := mustIssue(t, short, agent)
+	if len(iss.Evicted) != 1 {
+		t.Fatalf("evicted %v, want the oldest session", iss.Evicted)
+	}
+	checkCounts(t, d.Pool(t))
+}
