@@ -19,14 +19,8 @@ func TestLookupsBatchConcurrentCallers(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	d := testdb.New(t)
-	store, err := sessions.NewPostgresStore(d.Pool(t), &sessions.PostgresConfig{LookupBatches: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := oneLookupSlotStore(t, d)
+	m := newManager(t, store, newClock(1_700_000_000), func(c *sessions.Config) { c.Limit = 100 })
 	var issued []sessions.Issued
 	for i := range 40 {
 		issued = append(issued, mustIssue(t, m, fmt.Sprintf("did:agentmesh:lookup-%d", i%4)))
@@ -68,14 +62,8 @@ func TestLookupCallerGivesUpWhileQueued(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	d := testdb.New(t)
-	store, err := sessions.NewPostgresStore(d.Pool(t), &sessions.PostgresConfig{LookupBatches: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := oneLookupSlotStore(t, d)
+	m := newManager(t, store, newClock(1_700_000_000), nil)
 	iss := mustIssue(t, m, agent)
 	tx, err := d.Conn(t).Begin(ctx)
 	if err != nil {
@@ -119,4 +107,15 @@ func TestLookupCallerGivesUpWhileQueued(t *testing.T) {
 	if _, err := m.Authenticate(ctx, iss.Token, agent); err != nil {
 		t.Fatalf("lookup after the lock: %v", err)
 	}
+}
+
+// oneLookupSlotStore is a store on d whose lookups share one batch slot,
+// so concurrent ones must queue and batch.
+func oneLookupSlotStore(t *testing.T, d *testdb.DB) *sessions.PostgresStore {
+	t.Helper()
+	store, err := sessions.NewPostgresStore(d.Pool(t), &sessions.PostgresConfig{LookupBatches: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
 }
