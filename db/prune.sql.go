@@ -23,14 +23,15 @@ func (q *Queries) AdvisoryUnlock(ctx context.Context, key int64) (bool, error) {
 
 const deleteExpiredBatch = `-- name: DeleteExpiredBatch :one
 WITH gone AS (
-    DELETE FROM agent_sessions
-    WHERE id IN (
+    DELETE FROM agent_sessions AS target
+    WHERE target.expires_at <= $1
+      AND target.id IN (
         SELECT expired.id FROM agent_sessions AS expired
         WHERE expired.expires_at <= $1
         ORDER BY expired.expires_at
         LIMIT $2
     )
-    RETURNING agent_id
+    RETURNING target.agent_id
 ),
 per_agent AS (
     SELECT agent_id, count(*) AS n FROM gone GROUP BY agent_id
@@ -57,6 +58,13 @@ type DeleteExpiredBatchParams struct {
 // waits for an issue transaction that is deleting the same expired row,
 // which takes milliseconds. oldest_expiry is left as it is (still a lower
 // bound); the agent's next limit check reads its rows once and tightens it.
+//
+// The expiry predicate stands on the outer DELETE too, not only in the
+// subquery: at READ COMMITTED, a DELETE that waited on a row a concurrent
+// refresh (ExtendSession) was updating re-checks only its own WHERE
+// clause against the new row version, not the subquery that picked it.
+// Without the outer predicate a session extended while the batch waited
+// would be deleted though its refresh was acknowledged.
 func (q *Queries) DeleteExpiredBatch(ctx context.Context, arg DeleteExpiredBatchParams) (int64, error) {
 	row := q.db.QueryRow(ctx, deleteExpiredBatch, arg.Now, arg.BatchSize)
 	var count int64

@@ -31,24 +31,62 @@ func (q *Queries) DeleteAgentSessions(ctx context.Context, agentID string) (int6
 	return count, err
 }
 
-const deleteSession = `-- name: DeleteSession :execrows
+const deleteExpiredSession = `-- name: DeleteExpiredSession :one
 WITH gone AS (
-    DELETE FROM agent_sessions s WHERE s.id = $1::text RETURNING s.agent_id
+    DELETE FROM agent_sessions s
+    WHERE s.id = $1::text
+      AND (s.expires_at <= $2::timestamptz OR s.token_digest = $3::text)
+    RETURNING s.agent_id
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - 1, 0),
+        oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+    FROM gone
+    WHERE c.agent_id = gone.agent_id
 )
-UPDATE agent_session_counts c
-SET stored = greatest(c.stored - 1, 0),
-    oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
-FROM gone
-WHERE c.agent_id = gone.agent_id
+SELECT count(*) FROM gone
 `
 
-// Revoke: the row and its agent's count go together.
+type DeleteExpiredSessionParams struct {
+	ID          string
+	Now         time.Time
+	TokenDigest string
+}
+
+// Delete on sight (Authenticate saw an expired token): only if the row
+// really expired by the caller's clock, or still holds the presented
+// token's digest. A session refreshed since that token was issued has a
+// later expiry and a new digest and is left alone, so a stale copy of an
+// old token (a retry in flight, a log) cannot log the agent out.
+func (q *Queries) DeleteExpiredSession(ctx context.Context, arg DeleteExpiredSessionParams) (int64, error) {
+	row := q.db.QueryRow(ctx, deleteExpiredSession, arg.ID, arg.Now, arg.TokenDigest)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
+}
+
+const deleteSession = `-- name: DeleteSession :one
+WITH gone AS (
+    DELETE FROM agent_sessions s WHERE s.id = $1::text RETURNING s.agent_id
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - 1, 0),
+        oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+    FROM gone
+    WHERE c.agent_id = gone.agent_id
+)
+SELECT count(*) FROM gone
+`
+
+// Revoke: the row and its agent's count go together. Returns how many
+// rows were deleted (0 or 1).
 func (q *Queries) DeleteSession(ctx context.Context, id string) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteSession, id)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	row := q.db.QueryRow(ctx, deleteSession, id)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
 }
 
 const ensureAgentCount = `-- name: EnsureAgentCount :exec

@@ -373,7 +373,7 @@ func (a *Adapter) terminate(ctx context.Context, r *http.Request, sessionID stri
 	case verdictValid:
 		cctx, cancel := context.WithTimeout(ctx, a.timeout)
 		defer cancel()
-		if err := a.m.Revoke(cctx, s.ID); err != nil {
+		if _, err := a.m.Revoke(cctx, s.ID); err != nil {
 			return false, a.fail(ctx, OpTerminate, err)
 		}
 		if st := stateFrom(ctx); st != nil {

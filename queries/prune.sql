@@ -6,15 +6,23 @@
 -- waits for an issue transaction that is deleting the same expired row,
 -- which takes milliseconds. oldest_expiry is left as it is (still a lower
 -- bound); the agent's next limit check reads its rows once and tightens it.
+--
+-- The expiry predicate stands on the outer DELETE too, not only in the
+-- subquery: at READ COMMITTED, a DELETE that waited on a row a concurrent
+-- refresh (ExtendSession) was updating re-checks only its own WHERE
+-- clause against the new row version, not the subquery that picked it.
+-- Without the outer predicate a session extended while the batch waited
+-- would be deleted though its refresh was acknowledged.
 WITH gone AS (
-    DELETE FROM agent_sessions
-    WHERE id IN (
+    DELETE FROM agent_sessions AS target
+    WHERE target.expires_at <= @now
+      AND target.id IN (
         SELECT expired.id FROM agent_sessions AS expired
         WHERE expired.expires_at <= @now
         ORDER BY expired.expires_at
         LIMIT @batch_size
     )
-    RETURNING agent_id
+    RETURNING target.agent_id
 ),
 per_agent AS (
     SELECT agent_id, count(*) AS n FROM gone GROUP BY agent_id

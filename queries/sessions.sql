@@ -10,16 +10,41 @@ SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
 FROM agent_sessions
 WHERE id = $1;
 
--- name: DeleteSession :execrows
--- Revoke: the row and its agent's count go together.
+-- name: DeleteSession :one
+-- Revoke: the row and its agent's count go together. Returns how many
+-- rows were deleted (0 or 1).
 WITH gone AS (
     DELETE FROM agent_sessions s WHERE s.id = @id::text RETURNING s.agent_id
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - 1, 0),
+        oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+    FROM gone
+    WHERE c.agent_id = gone.agent_id
 )
-UPDATE agent_session_counts c
-SET stored = greatest(c.stored - 1, 0),
-    oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
-FROM gone
-WHERE c.agent_id = gone.agent_id;
+SELECT count(*) FROM gone;
+
+-- name: DeleteExpiredSession :one
+-- Delete on sight (Authenticate saw an expired token): only if the row
+-- really expired by the caller's clock, or still holds the presented
+-- token's digest. A session refreshed since that token was issued has a
+-- later expiry and a new digest and is left alone, so a stale copy of an
+-- old token (a retry in flight, a log) cannot log the agent out.
+WITH gone AS (
+    DELETE FROM agent_sessions s
+    WHERE s.id = @id::text
+      AND (s.expires_at <= @now::timestamptz OR s.token_digest = @token_digest::text)
+    RETURNING s.agent_id
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - 1, 0),
+        oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+    FROM gone
+    WHERE c.agent_id = gone.agent_id
+)
+SELECT count(*) FROM gone;
 
 -- name: ListAgentSessions :many
 SELECT id, agent_id, issued_at, expires_at, token_digest, metadata

@@ -69,7 +69,7 @@ func BenchmarkIssueRevokeMemory(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := m.Revoke(ctx, iss.Session.ID); err != nil {
+		if _, err := m.Revoke(ctx, iss.Session.ID); err != nil {
 			b.Fatal(err)
 		}
 	}

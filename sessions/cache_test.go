@@ -111,7 +111,7 @@ func TestCacheRevocationAcrossInstances(t *testing.T) {
 			}
 		}
 		revoker := (round + 1) % 4
-		if err := in[revoker].mgr.Revoke(ctx, iss.Session.ID); err != nil {
+		if _, err := in[revoker].mgr.Revoke(ctx, iss.Session.ID); err != nil {
 			t.Fatal(err)
 		}
 		revoked := time.Now()
@@ -223,7 +223,7 @@ func TestCacheConcurrentRevocations(t *testing.T) {
 	}
 	order := rand.New(rand.NewPCG(7, 7)).Perm(n)[:n/2]
 	for k, i := range order {
-		if err := in[k%4].mgr.Revoke(ctx, tokens[i].Session.ID); err != nil {
+		if _, err := in[k%4].mgr.Revoke(ctx, tokens[i].Session.ID); err != nil {
 			t.Fatal(err)
 		}
 		revokedAt[i].Store(time.Now().UnixNano())
@@ -271,7 +271,7 @@ func TestCacheListenerLoss(t *testing.T) {
 	if _, err := d.Conn(t).Exec(ctx, "SELECT pg_terminate_backend($1)", int32(pid)); err != nil {
 		t.Fatal(err)
 	}
-	if err := other.Revoke(ctx, s1.Session.ID); err != nil {
+	if _, err := other.Revoke(ctx, s1.Session.ID); err != nil {
 		t.Fatal(err)
 	}
 	revoked := time.Now()

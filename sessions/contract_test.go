@@ -44,9 +44,13 @@ func (c *countingStore) Get(ctx context.Context, id string) (sessions.Session, b
 	c.calls.Add(1)
 	return c.Store.Get(ctx, id)
 }
-func (c *countingStore) Delete(ctx context.Context, id string) error {
+func (c *countingStore) Delete(ctx context.Context, id string) (bool, error) {
 	c.calls.Add(1)
 	return c.Store.Delete(ctx, id)
+}
+func (c *countingStore) DeleteExpired(ctx context.Context, id, digest string, now time.Time) error {
+	c.calls.Add(1)
+	return c.Store.DeleteExpired(ctx, id, digest, now)
 }
 func (c *countingStore) Insert(ctx context.Context, s sessions.Session, req sessions.InsertRequest) (sessions.InsertResult, error) {
 	c.calls.Add(1)
@@ -183,17 +187,17 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 	t.Run("Revoke", func(t *testing.T) {
 		e := newEnv(t, newStore(t), 1)
 		iss := mustIssue(t, e.mgr, agent)
-		if err := e.mgr.Revoke(ctx, iss.Session.ID); err != nil {
-			t.Fatal(err)
+		if revoked, err := e.mgr.Revoke(ctx, iss.Session.ID); err != nil || !revoked {
+			t.Fatalf("revoke: revoked=%v, %v", revoked, err)
 		}
 		_, err := e.mgr.Authenticate(ctx, iss.Token, agent)
 		wantDenied(t, err, sessions.ReasonUnknownSession)
-		if err := e.mgr.Revoke(ctx, iss.Session.ID); err != nil {
-			t.Fatalf("second revoke: %v", err)
+		if revoked, err := e.mgr.Revoke(ctx, iss.Session.ID); err != nil || revoked {
+			t.Fatalf("second revoke: revoked=%v, %v; want false, nil", revoked, err)
 		}
 		// Revoking freed the agent's slot.
 		mustIssue(t, e.mgr, agent)
-		if err := e.mgr.Revoke(ctx, ""); !errors.Is(err, sessions.ErrInvalidSessionID) {
+		if _, err := e.mgr.Revoke(ctx, ""); !errors.Is(err, sessions.ErrInvalidSessionID) {
 			t.Fatalf("revoke empty id: %v", err)
 		}
 	})
@@ -321,8 +325,8 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 func replace(t *testing.T, store sessions.Store, s sessions.Session, mutate func(*sessions.Session)) {
 	t.Helper()
 	ctx := context.Background()
-	if err := store.Delete(ctx, s.ID); err != nil {
-		t.Fatal(err)
+	if found, err := store.Delete(ctx, s.ID); err != nil || !found {
+		t.Fatalf("delete: found=%v, %v", found, err)
 	}
 	mutate(&s)
 	if res, err := store.Insert(ctx, s, sessions.InsertRequest{Limit: 100, Now: s.IssuedAt}); err != nil || !res.Inserted {

@@ -41,7 +41,7 @@ func Example() {
 	_, err = m.Issue(ctx, "did:agentmesh:planner")
 	fmt.Println("second session:", errors.Is(err, sessions.ErrLimitExceeded))
 
-	_ = m.Revoke(ctx, issued.Session.ID)
+	_, _ = m.Revoke(ctx, issued.Session.ID)
 	_, err = m.Authenticate(ctx, issued.Token, "did:agentmesh:planner")
 	fmt.Println("after revoke:", errors.Is(err, sessions.ErrAccessDenied))
 	// Output:
@@ -137,7 +137,7 @@ func ExampleMiddleware() {
 	}
 	call(issued.Token, "did:agentmesh:planner")
 	call(issued.Token, "did:agentmesh:critic")
-	_ = m.Revoke(ctx, issued.Session.ID)
+	_, _ = m.Revoke(ctx, issued.Session.ID)
 	call(issued.Token, "did:agentmesh:planner")
 	// Output:
 	// 200 hello did:agentmesh:planner

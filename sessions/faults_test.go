@@ -250,7 +250,7 @@ func TestFaultDeadlineLeavesNoOpenTransaction(t *testing.T) {
 	}
 	for _, op := range []func(context.Context) error{
 		func(c context.Context) error { _, err := mgrs[0].Issue(c, agent); return err },
-		func(c context.Context) error { return mgrs[0].Revoke(c, "some-session") },
+		func(c context.Context) error { _, err := mgrs[0].Revoke(c, "some-session"); return err },
 	} {
 		dctx, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
 		err := op(dctx)

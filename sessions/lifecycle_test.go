@@ -282,7 +282,7 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 		if s, err := m.Verify(ctx, iss.Token); err != nil || s.AgentID != agent {
 			t.Fatalf("verify = %+v, %v", s, err)
 		}
-		if err := m.Revoke(ctx, iss.Session.ID); err != nil {
+		if _, err := m.Revoke(ctx, iss.Session.ID); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := m.Verify(ctx, iss.Token); !errors.Is(err, sessions.ErrAccessDenied) {

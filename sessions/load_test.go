@@ -111,7 +111,7 @@ func (l *load) worker(ctx context.Context, m *sessions.Manager) {
 			}
 		default:
 			i := rand.IntN(len(mine))
-			err := m.Revoke(opCtx, mine[i].Session.ID)
+			_, err := m.Revoke(opCtx, mine[i].Session.ID)
 			if err == nil {
 				l.stats.revoked.Add(1)
 			} else {

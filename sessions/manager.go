@@ -117,7 +117,8 @@ func (m *Manager) sign(s Session, exp uint64) (string, Session) {
 //     ([ErrInvalidSignature]), payload ([ErrInvalidTokenFormat]);
 //  2. the token's agent is agentID ([ReasonAgentMismatch]);
 //  3. not expired by the manager's clock ([ErrSessionExpired]; the session
-//     is deleted from the store);
+//     is deleted from the store if it really expired or this token is its
+//     current one, so a stale token of a refreshed session deletes nothing);
 //  4. the session is in the store ([ReasonUnknownSession]) with the
 //     token's agent and expiry ([ReasonMetadataMismatch]) and the token's
 //     digest ([ReasonDigestMismatch], compared in constant time).
@@ -155,7 +156,10 @@ func (m *Manager) authenticate(ctx context.Context, token string, agentID *strin
 		return Session{}, 0, err
 	}
 	if p.Exp <= now {
-		if err := m.store.Delete(ctx, p.SID); err != nil {
+		// Delete on sight, but only what this token proves dead: the row
+		// itself expired, or still holds this token. A refreshed session
+		// outlives the stale copies of its old tokens.
+		if err := m.store.DeleteExpired(ctx, p.SID, tokenDigest(token), unixTime(now)); err != nil {
 			return Session{}, 0, storeErr("delete", err)
 		}
 		return Session{}, 0, ErrSessionExpired
@@ -177,16 +181,20 @@ func (m *Manager) authenticate(ctx context.Context, token string, agentID *strin
 	return s, now, nil
 }
 
-// Revoke deletes the session with this ID. Revoking a session that does not
-// exist (already revoked, expired and pruned) is not an error.
-func (m *Manager) Revoke(ctx context.Context, sessionID string) error {
+// Revoke deletes the session with this ID and reports whether there was
+// one. Revoking a session that does not exist (already revoked, expired
+// and pruned) is not an error: revoked is false. After a store failure the
+// PostgreSQL store reruns the delete, so a revoke retried that way may
+// report false for a session it did delete.
+func (m *Manager) Revoke(ctx context.Context, sessionID string) (revoked bool, err error) {
 	if err := validateSessionID(sessionID); err != nil {
-		return err
+		return false, err
 	}
-	if err := m.store.Delete(ctx, sessionID); err != nil {
-		return storeErr("delete", err)
+	found, err := m.store.Delete(ctx, sessionID)
+	if err != nil {
+		return false, storeErr("delete", err)
 	}
-	return nil
+	return found, nil
 }
 
 func (m *Manager) deny(ctx context.Context, reason DenyReason) error {

@@ -48,13 +48,25 @@ func (m *MemoryStore) Get(ctx context.Context, id string) (Session, bool, error)
 }
 
 // Delete implements [Store].
-func (m *MemoryStore) Delete(ctx context.Context, id string) error {
+func (m *MemoryStore) Delete(ctx context.Context, id string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.deleteLocked(id), nil
+}
+
+// DeleteExpired implements [Store].
+func (m *MemoryStore) DeleteExpired(ctx context.Context, id, digest string, now time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.deleteLocked(id)
+	if s, ok := m.byID[id]; ok && (!s.ExpiresAt.After(now) || s.TokenDigest == digest) {
+		m.deleteLocked(id)
+	}
 	return nil
 }
 
@@ -216,10 +228,11 @@ func (m *MemoryStore) agentLocked(agentID string, now time.Time) []Session {
 	return out
 }
 
-func (m *MemoryStore) deleteLocked(id string) {
+// deleteLocked deletes the session and reports whether there was one.
+func (m *MemoryStore) deleteLocked(id string) bool {
 	s, ok := m.byID[id]
 	if !ok {
-		return
+		return false
 	}
 	delete(m.byID, id)
 	ids := m.byAgent[s.AgentID]
@@ -227,6 +240,7 @@ func (m *MemoryStore) deleteLocked(id string) {
 	if len(ids) == 0 {
 		delete(m.byAgent, s.AgentID)
 	}
+	return true
 }
 
 // cloneSession copies the metadata map so callers cannot change what the

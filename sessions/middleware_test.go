@@ -60,7 +60,7 @@ func TestMiddlewarePostgres(t *testing.T) {
 
 	live := mustIssue(t, e.mgr, agent)
 	revoked := mustIssue(t, e.mgr, agent)
-	if err := e.mgr.Revoke(t.Context(), revoked.Session.ID); err != nil {
+	if _, err := e.mgr.Revoke(t.Context(), revoked.Session.ID); err != nil {
 		t.Fatal(err)
 	}
 	other := mustIssue(t, e.mgr, "did:agentmesh:other")

@@ -188,11 +188,24 @@ func (p *PostgresStore) getOne(ctx context.Context, id string) (s Session, found
 	return s, found, err
 }
 
-// Delete implements [Store].
-func (p *PostgresStore) Delete(ctx context.Context, id string) error {
+// Delete implements [Store]. A delete is rerun after a broken connection
+// even if it may have committed: deleting twice is harmless, but then
+// found may be false for a session this call did delete.
+func (p *PostgresStore) Delete(ctx context.Context, id string) (found bool, err error) {
+	defer p.invalidate(id)
+	err = p.retry(ctx, "delete", func() error {
+		n, err := p.q.DeleteSession(ctx, id)
+		found = n > 0
+		return err
+	})
+	return found, err
+}
+
+// DeleteExpired implements [Store].
+func (p *PostgresStore) DeleteExpired(ctx context.Context, id, digest string, now time.Time) error {
 	defer p.invalidate(id)
 	return p.retry(ctx, "delete", func() error {
-		_, err := p.q.DeleteSession(ctx, id)
+		_, err := p.q.DeleteExpiredSession(ctx, db.DeleteExpiredSessionParams{ID: id, Now: now, TokenDigest: digest})
 		return err
 	})
 }

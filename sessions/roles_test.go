@@ -76,7 +76,7 @@ func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 	if err := m.SetAgentLimit(ctx, agent, 9); !errors.Is(err, sessions.ErrStore) {
 		t.Errorf("runtime role could set a limit: %v", err)
 	}
-	if err := m.Revoke(ctx, iss.Session.ID); err != nil {
+	if _, err := m.Revoke(ctx, iss.Session.ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := m.RevokeAgent(ctx, agent); err != nil {

@@ -36,9 +36,16 @@ type Store interface {
 	// none (expired sessions may still be found until pruned).
 	Get(ctx context.Context, id string) (s Session, found bool, err error)
 
-	// Delete removes the session with this ID. Deleting a session that does
-	// not exist is not an error.
-	Delete(ctx context.Context, id string) error
+	// Delete removes the session with this ID and reports whether there
+	// was one. Deleting a session that does not exist is not an error.
+	Delete(ctx context.Context, id string) (found bool, err error)
+
+	// DeleteExpired removes the session with this ID only if it expired
+	// at or before now, or its token digest is digest, as one atomic
+	// step ("delete on sight" of an expired token). A session refreshed
+	// since the presented token was issued has a later expiry and another
+	// digest, so a stale copy of an old token cannot delete it.
+	DeleteExpired(ctx context.Context, id, digest string, now time.Time) error
 
 	// Insert, as one atomic step: deletes s.AgentID's sessions that expired
 	// at or before req.Now; finds the agent's limit (its override in a

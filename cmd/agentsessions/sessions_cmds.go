@@ -199,7 +199,7 @@ func newRevokeCmd(g *globalOpts) *cobra.Command {
 				_, err = fmt.Fprintf(out, "revoked %d %s of agent %s\n", n, plural(n, "session"), agent)
 				return err
 			}
-			if err := m.Revoke(cmd.Context(), sessionID); err != nil {
+			if _, err := m.Revoke(cmd.Context(), sessionID); err != nil {
 				return explain(err)
 			}
 			if asJSON {

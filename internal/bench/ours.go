@@ -340,7 +340,10 @@ type collectStore struct{ rows []sessions.Session }
 func (c *collectStore) Get(context.Context, string) (sessions.Session, bool, error) {
 	return sessions.Session{}, false, nil
 }
-func (c *collectStore) Delete(context.Context, string) error { return nil }
+func (c *collectStore) Delete(context.Context, string) (bool, error) { return false, nil }
+func (c *collectStore) DeleteExpired(context.Context, string, string, time.Time) error {
+	return nil
+}
 func (c *collectStore) Insert(_ context.Context, s sessions.Session, req sessions.InsertRequest) (sessions.InsertResult, error) {
 	c.rows = append(c.rows, s)
 	return sessions.InsertResult{Inserted: true, Limit: req.Limit}, nil
@@ -375,7 +378,7 @@ func (o *ours) run(ctx context.Context, workload string) (Result, error) {
 				return err
 			})
 			if err == nil {
-				_ = timed(ctx, cfg, w, OpRevoke, func(ctx context.Context) error { return m.Revoke(ctx, iss.Session.ID) })
+				_ = timed(ctx, cfg, w, OpRevoke, func(ctx context.Context) error { _, err := m.Revoke(ctx, iss.Session.ID); return err })
 			}
 		}
 	case WorkloadAuthenticate:
@@ -450,7 +453,7 @@ func (o *ours) mixedStep(ctx context.Context, w *worker) {
 	default:
 		i := w.rng.IntN(len(w.owned))
 		s := w.owned[i].(prefilled)
-		if timed(ctx, cfg, w, OpRevoke, func(ctx context.Context) error { return m.Revoke(ctx, s.id) }) == nil {
+		if timed(ctx, cfg, w, OpRevoke, func(ctx context.Context) error { _, err := m.Revoke(ctx, s.id); return err }) == nil {
 			w.owned[i] = w.owned[len(w.owned)-1]
 			w.owned = w.owned[:len(w.owned)-1]
 		}

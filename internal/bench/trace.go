@@ -165,7 +165,7 @@ func RecordTrace(ctx context.Context, v variant, poolCfg *pgxpool.Config, ttl ti
 		return nil, fmt.Errorf("bench: trace: authenticate: %w", err)
 	}
 	t.Authenticate = tr.take()
-	if err := m.Revoke(ctx, iss.Session.ID); err != nil {
+	if _, err := m.Revoke(ctx, iss.Session.ID); err != nil {
 		return nil, fmt.Errorf("bench: trace: revoke: %w", err)
 	}
 	t.Revoke = tr.take()

@@ -88,7 +88,7 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if err := s.timed(r.Context(), "revoke", func(ctx context.Context) error { return s.m.Revoke(ctx, id) }); err != nil {
+	if err := s.timed(r.Context(), "revoke", func(ctx context.Context) error { _, err := s.m.Revoke(ctx, id); return err }); err != nil {
 		s.fail(w, r, err)
 		return
 	}
