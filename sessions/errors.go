@@ -38,7 +38,8 @@ var (
 	// errors.Is(err, context.DeadlineExceeded) works.
 	ErrStore = errors.New("sessions: store failure")
 	// ErrInvalidMetadata: metadata given to [WithMetadata] has an empty
-	// key, invalid UTF-8, or is over [MaxMetadataBytes] encoded.
+	// key, invalid UTF-8, a NUL character, or is over [MaxMetadataBytes]
+	// encoded.
 	ErrInvalidMetadata = errors.New("sessions: invalid session metadata")
 	// ErrInvalidLimit: a per-agent limit is below 1 or above 2^31-1.
 	ErrInvalidLimit = errors.New("sessions: invalid limit")

@@ -202,6 +202,44 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 		}
 	})
 
+	// A superseded token presented after its own expiry is refused as
+	// expired, and deletes nothing: the refreshed session lives on. Only
+	// a token that is the session's current one (or a row that really
+	// expired) is deleted on sight.
+	t.Run("StaleTokenAfterRefreshDeletesNothing", func(t *testing.T) {
+		clock := newClock(1_700_000_000)
+		store := newStore(t)
+		m := newManager(t, store, clock, nil) // TTL 1 min
+		iss := mustIssue(t, m, agent)
+		clock.Advance(30 * time.Second)
+		ref, err := m.Refresh(ctx, iss.Token, agent) // expires 90 s after issue
+		if err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(40 * time.Second) // the old token's exp (60 s) has passed; the session's (90 s) has not
+		stale := map[string]func() error{
+			"Authenticate": func() error { _, err := m.Authenticate(ctx, iss.Token, agent); return err },
+			"Verify":       func() error { _, err := m.Verify(ctx, iss.Token); return err },
+			"Refresh":      func() error { _, err := m.Refresh(ctx, iss.Token, agent); return err },
+		}
+		for name, call := range stale {
+			if err := call(); !errors.Is(err, sessions.ErrSessionExpired) {
+				t.Fatalf("%s with the superseded token: %v; want ErrSessionExpired", name, err)
+			}
+			if _, err := m.Authenticate(ctx, ref.Token, agent); err != nil {
+				t.Fatalf("after %s with the superseded token, the refreshed session is gone: %v", name, err)
+			}
+		}
+		// The current token, once expired, still deletes its row on sight.
+		clock.Advance(20 * time.Second)
+		if _, err := m.Authenticate(ctx, ref.Token, agent); !errors.Is(err, sessions.ErrSessionExpired) {
+			t.Fatalf("expired current token: %v", err)
+		}
+		if _, found, err := store.Get(ctx, ref.Session.ID); err != nil || found {
+			t.Fatalf("expired session still stored after its own token was seen: found=%v, %v", found, err)
+		}
+	})
+
 	t.Run("SecretRotation", func(t *testing.T) {
 		clock := newClock(1_700_000_000)
 		store := newStore(t)
@@ -266,6 +304,10 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 			"empty key": {"": "x"},
 			"bad utf8":  {"k": "\xff"},
 			"too big":   {"k": strings.Repeat("x", sessions.MaxMetadataBytes)},
+			// PostgreSQL's jsonb cannot hold U+0000: refused up front on
+			// every store, not a store failure (a 503 clients retry).
+			"nul in key":   {"a\x00b": "x"},
+			"nul in value": {"k": "a\x00b"},
 		} {
 			if _, err := m.Issue(ctx, agent, sessions.WithMetadata(bad)); !errors.Is(err, sessions.ErrInvalidMetadata) {
 				t.Errorf("%s: %v", name, err)

@@ -3,6 +3,7 @@ package sessions
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -21,8 +22,9 @@ type issueOptions struct {
 
 // WithMetadata attaches md to the new session; it comes back in every
 // [Session] read from the store. Keys must be non-empty, keys and values
-// valid UTF-8, and the JSON encoding at most [MaxMetadataBytes], or Issue
-// fails with [ErrInvalidMetadata]. The map is copied.
+// valid UTF-8 without NUL characters, and the JSON encoding at most
+// [MaxMetadataBytes], or Issue fails with [ErrInvalidMetadata]. The map is
+// copied.
 func WithMetadata(md map[string]string) IssueOption {
 	return func(o *issueOptions) { o.metadata = md }
 }
@@ -39,6 +41,11 @@ func encodeMetadata(md map[string]string) ([]byte, error) {
 		case !utf8.ValidString(k) || !utf8.ValidString(v):
 			// encoding/json would silently replace invalid bytes.
 			return nil, fmt.Errorf("%w: key or value for %q is not valid UTF-8", ErrInvalidMetadata, k)
+		case strings.IndexByte(k, 0) >= 0 || strings.IndexByte(v, 0) >= 0:
+			// PostgreSQL's jsonb cannot store U+0000; refusing it here
+			// makes every store agree, and a caller's mistake is not
+			// reported as a store failure.
+			return nil, fmt.Errorf("%w: key or value for %q contains a NUL character", ErrInvalidMetadata, k)
 		}
 	}
 	b, err := json.Marshal(md)
