@@ -205,6 +205,10 @@ live AS (
     SELECT CASE WHEN (SELECT fast FROM mode) THEN (SELECT stored FROM cnt) ELSE (SELECT n FROM scanned) END AS n
 ),
 evicted AS (
+    -- Picked by a subquery like the pruner's batch, but safe without
+    -- repeating its predicate: at SERIALIZABLE a row changed by a
+    -- concurrent transaction fails the statement with 40001 (and a
+    -- rerun) instead of being re-checked against the new version.
     DELETE FROM agent_sessions e
     WHERE $4::boolean AND (SELECT known AND NOT fast FROM mode)
       AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/agentsessions/agentsessions/db"
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
 )
@@ -177,4 +179,174 @@ func TestMemoryStorePruneExpired(t *testing.T) {
 	if _, found, _ := store.Get(context.Background(), "seed-12"); !found {
 		t.Fatal("live session pruned")
 	}
+}
+
+// A prune batch that waits on a row a refresh is extending must not delete
+// it once the refresh commits: at READ COMMITTED PostgreSQL re-checks only
+// the DELETE's own WHERE clause against the new row version, so the expiry
+// predicate has to stand there and not only in the subquery that picked
+// the ids.
+func TestPruneSparesRowExtendedWhileItWaited(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := testdb.New(t)
+	store, _ := sessions.NewPostgresStore(d.Pool(t), nil)
+	now := time.Unix(1_700_000_000, 0)
+	s := sessions.Session{ID: "near-expiry", AgentID: agent, IssuedAt: now.Add(-time.Minute), ExpiresAt: now, TokenDigest: digest("old")}
+	if res, err := store.Insert(ctx, s, sessions.InsertRequest{Limit: 5, Now: s.IssuedAt}); err != nil || !res.Inserted {
+		t.Fatalf("insert: %+v %v", res, err)
+	}
+
+	// The refresh, as ExtendSession runs it, held open in a transaction:
+	// its instance's clock still has the session live.
+	refresher := d.Conn(t)
+	tx, err := refresher.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	n, err := db.New(tx).ExtendSession(ctx, db.ExtendSessionParams{
+		ID: s.ID, OldDigest: s.TokenDigest, ExpiresAt: now.Add(time.Minute), NewDigest: digest("new"), Now: now.Add(-time.Second),
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("extend: %d %v", n, err)
+	}
+
+	// The pruner's clock has it expired; its batch blocks on the row.
+	type result struct {
+		res sessions.PruneResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := store.Prune(ctx, sessions.PruneConfig{Clock: func() time.Time { return now }, LockID: lockID()})
+		done <- result{res, err}
+	}()
+	waitForBlocked(t, d, refresher.PgConn().PID())
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.res.Deleted != 0 {
+		t.Fatalf("prune = %+v, %v; want nothing deleted", r.res, r.err)
+	}
+	got, found, err := store.Get(ctx, s.ID)
+	if err != nil || !found {
+		t.Fatalf("the session whose refresh committed was pruned (found=%v, %v)", found, err)
+	}
+	if !got.ExpiresAt.Equal(now.Add(time.Minute)) || got.TokenDigest != digest("new") {
+		t.Fatalf("stored %+v, want the refreshed expiry and digest", got)
+	}
+	checkCounts(t, d.Pool(t))
+}
+
+// Refreshes made in the last second before expiry race the pruner, whose
+// clock has just passed it (4 instances, 16 refreshing goroutines, pruners
+// in a loop). A refresh may lose the race (its session is pruned first and
+// Refresh says so), but a refresh that was acknowledged must never be
+// lost: its session is stored afterwards with the new expiry.
+func TestLoadRefreshNearExpiryLosesNoAcknowledgedRefresh(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := testdb.New(t)
+	const sessionsN, ttl = 1200, time.Minute
+	expiry := time.Unix(1_700_000_000, 0)
+	issueClock := newClock(expiry.Add(-ttl).Unix())
+	insts := newInstances(t, d, 4, sessionsN, issueClock)
+	for i := range insts { // the same stores, with the short TTL
+		m, err := sessions.New(insts[i].store, sessions.Config{Secret: []byte(secret), TTL: ttl, Limit: sessionsN, Clock: issueClock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		insts[i].mgr = m
+	}
+	tokens := make([]sessions.Issued, sessionsN)
+	for i := range tokens {
+		tokens[i] = mustIssue(t, insts[i%4].mgr, fmt.Sprintf("did:agentmesh:near-%03d", i%300))
+	}
+	// Refreshers run one second before expiry; the pruners at it.
+	issueClock.Advance(ttl - time.Second)
+	pruneCfg := sessions.PruneConfig{BatchSize: 20, Clock: func() time.Time { return expiry }, LockID: lockID()}
+
+	var (
+		next             atomic.Int64
+		acked            sync.Map // session ID -> refreshed session
+		ackedN, refused  atomic.Int64
+		pruned, passes   atomic.Int64
+		unexpected       = make(chan error, 1)
+		refreshing, prun sync.WaitGroup
+	)
+	stop := make(chan struct{})
+	for p := range 2 {
+		prun.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := insts[p].store.Prune(ctx, pruneCfg)
+				pruned.Add(res.Deleted)
+				passes.Add(1)
+				if err != nil {
+					select {
+					case unexpected <- fmt.Errorf("prune: %w", err):
+					default:
+					}
+				}
+			}
+		})
+	}
+	for w := range 16 {
+		refreshing.Go(func() {
+			for i := next.Add(1) - 1; i < sessionsN; i = next.Add(1) - 1 {
+				iss := tokens[i]
+				ref, err := insts[w%4].mgr.Refresh(ctx, iss.Token, iss.Session.AgentID)
+				switch {
+				case err == nil:
+					acked.Store(iss.Session.ID, ref.Session)
+					ackedN.Add(1)
+				case errors.Is(err, sessions.ErrAccessDenied):
+					refused.Add(1) // pruned before the refresh got to it
+				default:
+					select {
+					case unexpected <- fmt.Errorf("refresh: %w", err):
+					default:
+					}
+				}
+			}
+		})
+	}
+	refreshing.Wait()
+	close(stop)
+	prun.Wait()
+	select {
+	case err := <-unexpected:
+		t.Fatal(err)
+	default:
+	}
+	// One last pass: nothing acknowledged has expired by the pruner's clock.
+	if _, err := insts[0].store.Prune(ctx, pruneCfg); err != nil {
+		t.Fatal(err)
+	}
+	var lost int
+	acked.Range(func(k, v any) bool {
+		got, found, err := insts[0].store.Get(ctx, k.(string))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := v.(sessions.Session); !found || !got.ExpiresAt.Equal(want.ExpiresAt) || got.TokenDigest != want.TokenDigest {
+			lost++
+		}
+		return true
+	})
+	t.Logf("%d refreshes acknowledged, %d refused (pruned first), %d acknowledged refreshes lost; %d rows pruned in %d passes",
+		ackedN.Load(), refused.Load(), lost, pruned.Load(), passes.Load())
+	if lost != 0 {
+		t.Fatalf("%d of %d acknowledged refreshes were lost to the pruner", lost, ackedN.Load())
+	}
+	if ackedN.Load() == 0 || refused.Load() == 0 {
+		t.Fatalf("refreshes and pruning did not overlap (%d acknowledged, %d pruned first): the test proves nothing", ackedN.Load(), refused.Load())
+	}
+	checkCounts(t, d.Pool(t))
 }
