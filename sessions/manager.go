@@ -81,8 +81,12 @@ func (m *Manager) Issue(ctx context.Context, agentID string, opts ...IssueOption
 	if err != nil {
 		return Issued{}, err
 	}
+	// now first: past maxExpiry, maxExpiry-now would wrap around.
+	if now > maxExpiry {
+		return Issued{}, &ConfigError{Field: "Clock", Reason: "reads past 9999-12-31T23:59:59Z, the latest expiry a session can have"}
+	}
 	if m.ttl > maxExpiry-now {
-		return Issued{}, &ConfigError{Field: "TTL", Reason: "overflows the latest representable expiry at the current time"}
+		return Issued{}, &ConfigError{Field: "TTL", Reason: "overflows the latest representable expiry (9999-12-31T23:59:59Z) at the current time"}
 	}
 	token, s := m.sign(Session{ID: sid, AgentID: agentID, IssuedAt: unixTime(now), Metadata: maps.Clone(o.metadata)}, now+m.ttl)
 	res, err := m.store.Insert(ctx, s, InsertRequest{Limit: m.cfg.Limit, Policy: m.cfg.Policy, Now: unixTime(now)})
