@@ -61,6 +61,12 @@ func FuzzParsePayload(f *testing.F) {
 	}
 	f.Add([]byte(`{"sid":"a","aid":"b","exp":1,"x":[{"y":null}]}`))
 	f.Add([]byte(`{"exp":18446744073709551615,"aid":"\u00e9\"","sid":"\\"}`))
+	// Lone surrogates: refused in keys, sid and aid; accepted (skipped)
+	// in ignored values, as serde_json does.
+	f.Add([]byte(`{"sid":"a","aid":"b","exp":1,"x":"\ud800"}`))
+	f.Add([]byte(`{"sid":"a","aid":"b","exp":1,"x":{"\udc00":["\ud800\u0041"]}}`))
+	f.Add([]byte(`{"sid":"\ud800","aid":"b","exp":1}`))
+	f.Add([]byte(`{"sid":"a","aid":"b","exp":1,"\ud800":0}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		p, ok := parsePayload(raw)
 		if !ok {
@@ -86,6 +92,8 @@ func FuzzParsePayloadFastPath(f *testing.F) {
 	f.Add([]byte(`{"sid":"a","aid":"b","exp":0}`))
 	f.Add([]byte(`{"sid":"a","aid":"b","exp":01}`))
 	f.Add([]byte(`{"sid":"a\u0041","aid":"b","exp":1}`))
+	f.Add([]byte(`{"sid":"a","aid":"b","exp":1,"x":"\ud800"}`))
+	f.Add([]byte(`{"sid":"a\ud800","aid":"b","exp":1}`))
 	f.Add([]byte(`{"sid":"é","aid":"","exp":18446744073709551615}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		fast, ok := parseCanonicalPayload(raw)

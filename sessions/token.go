@@ -160,12 +160,15 @@ func decodeB64(s string) ([]byte, bool) {
 // parsePayload accepts what serde_json accepts for the reference struct:
 // one JSON object with string "sid", string "aid" and an unsigned 64-bit
 // integer "exp", each exactly once; keys are case-sensitive; unknown keys
-// are ignored; nothing may follow the object; escapes may not encode lone
-// UTF-16 surrogates. Where it differs from serde it is stricter: it refuses
-// the array form ["sid","aid",exp] (serde's derived structs take it; the
-// reference never emits it) and invalid UTF-8 anywhere in the payload
-// (serde tolerates it inside ignored fields). Only a holder of the secret
-// can present a payload at all, so these cases are defence in depth.
+// are ignored; nothing may follow the object; escapes in the keys and in
+// the sid and aid values may not encode lone UTF-16 surrogates, while
+// inside ignored values they may (serde_json skips those without
+// validating the escapes, and so does this parser). Where it differs from
+// serde it is stricter: it refuses the array form ["sid","aid",exp]
+// (serde's derived structs take it; the reference never emits it) and
+// invalid UTF-8 anywhere in the payload (serde tolerates it inside ignored
+// fields). Only a holder of the secret can present a payload at all, so
+// these cases are defence in depth.
 func parsePayload(raw []byte) (payload, bool) {
 	if p, ok := parseCanonicalPayload(raw); ok {
 		return p, true
@@ -232,7 +235,7 @@ func cutPlainString(b []byte) (string, []byte, bool) {
 // parsePayloadJSON is the general parser behind parsePayload.
 func parsePayloadJSON(raw []byte) (payload, bool) {
 	var p payload
-	if !utf8.Valid(raw) || hasLoneSurrogate(raw) {
+	if !utf8.Valid(raw) {
 		return p, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
@@ -240,20 +243,27 @@ func parsePayloadJSON(raw []byte) (payload, bool) {
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return p, false
 	}
+	// Go's decoder turns a lone surrogate escape into U+FFFD; serde_json
+	// refuses it in what it decodes (keys, sid, aid) and skips it in what
+	// it ignores. So the raw text of exactly those tokens is checked:
+	// raw[from:dec.InputOffset()] spans the separator and the token.
+	loneSurrogateSince := func(from int64) bool { return hasLoneSurrogate(raw[from:dec.InputOffset()]) }
 	var seenSID, seenAID, seenExp bool
 	for dec.More() {
+		keyFrom := dec.InputOffset()
 		tok, err := dec.Token()
-		if err != nil {
+		if err != nil || loneSurrogateSince(keyFrom) {
 			return p, false
 		}
 		key, _ := tok.(string)
+		valueFrom := dec.InputOffset()
 		var ok bool
 		switch key {
 		case "sid":
-			ok = !seenSID && decodeString(dec, &p.SID)
+			ok = !seenSID && decodeString(dec, &p.SID) && !loneSurrogateSince(valueFrom)
 			seenSID = true
 		case "aid":
-			ok = !seenAID && decodeString(dec, &p.AID)
+			ok = !seenAID && decodeString(dec, &p.AID) && !loneSurrogateSince(valueFrom)
 			seenAID = true
 		case "exp":
 			ok = !seenExp && decodeUint(dec, &p.Exp)
@@ -300,9 +310,10 @@ func decodeUint(dec *json.Decoder, dst *uint64) bool {
 	return true
 }
 
-// hasLoneSurrogate reports whether a JSON text has a \uXXXX escape for a
-// UTF-16 surrogate that is not half of a high+low pair. Go's decoder turns
-// such escapes into U+FFFD; serde_json refuses them.
+// hasLoneSurrogate reports whether a JSON text (or a run of whole tokens
+// of one, starting outside a string) has a \uXXXX escape for a UTF-16
+// surrogate that is not half of a high+low pair. Go's decoder turns such
+// escapes into U+FFFD; serde_json refuses them where it decodes.
 func hasLoneSurrogate(raw []byte) bool {
 	inString := false
 	for i := 0; i < len(raw); i++ {

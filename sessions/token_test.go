@@ -155,7 +155,8 @@ func TestParseTokenRejects(t *testing.T) {
 		{"lone high surrogate", body(`{"sid":"\ud800","aid":"a","exp":60}`), ErrInvalidTokenFormat},
 		{"lone low surrogate", body(`{"sid":"\udc00x","aid":"a","exp":60}`), ErrInvalidTokenFormat},
 		{"high surrogate then non-low", body(`{"sid":"\ud800\u0041","aid":"a","exp":60}`), ErrInvalidTokenFormat},
-		{"lone surrogate in ignored field", body(`{"sid":"s","aid":"a","exp":60,"x":"\uDBFF"}`), ErrInvalidTokenFormat},
+		{"lone surrogate in a key", body(`{"sid":"s","aid":"a","exp":60,"x\uDBFF":1}`), ErrInvalidTokenFormat},
+		{"lone surrogate in aid", body(`{"sid":"s","aid":"\ud800","exp":60}`), ErrInvalidTokenFormat},
 		{"invalid utf-8", body("{\"sid\":\"\xff\",\"aid\":\"a\",\"exp\":60}"), ErrInvalidTokenFormat},
 		{"null", body(`null`), ErrInvalidTokenFormat},
 	}
@@ -176,6 +177,10 @@ func TestParseTokenAccepts(t *testing.T) {
 		"escaped chars in value":     `{"sid":"\u0073","aid":"a","exp":60}`,
 		"escaped backslash before u": `{"sid":"s","aid":"a","exp":60,"x":"\\ud800"}`,
 		"escaped quote":              `{"sid":"s","aid":"a","exp":60,"x":"\"\\"}`,
+		// serde_json skips ignored values without validating their
+		// escapes, so the reference accepts these; so do we.
+		"lone surrogate in ignored value":      `{"sid":"s","aid":"a","exp":60,"x":"\uDBFF"}`,
+		"lone surrogate in ignored nested key": `{"x":{"\udc00":["\ud800",1]},"sid":"s","aid":"a","exp":60}`,
 	}
 	for name, js := range cases {
 		p, err := parseToken([]byte(secret), body(js))
