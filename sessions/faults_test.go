@@ -2,15 +2,19 @@ package sessions_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
@@ -187,6 +191,134 @@ func (c *cluster) devdb(arg string) string {
 
 func (c *cluster) stop()  { c.devdb("--stop") }
 func (c *cluster) start() { c.devdb(c.db) }
+
+func (c *cluster) getenv(name string) string {
+	for _, kv := range c.env {
+		if v, ok := strings.CutPrefix(kv, name+"="); ok {
+			v = strings.TrimSpace(v)
+			return v
+		}
+	}
+	c.t.Fatalf("cluster: %s not set", name)
+	return ""
+}
+
+// pgCtl runs pg_ctl on the cluster's data directory as the directory's
+// owner (initdb ran as another user when we are root).
+func (c *cluster) pgCtl(args ...string) {
+	c.t.Helper()
+	pgdata := c.getenv("AGENTSESSIONS_PGDATA")
+	fi, err := os.Stat(pgdata)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cmdline := append([]string{"pg_ctl", "-D", pgdata}, args...)
+	if owner := fmt.Sprint(fi.Sys().(*syscall.Stat_t).Uid); owner != fmt.Sprint(os.Getuid()) {
+		u, err := user.LookupId(owner)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		cmdline = append([]string{"runuser", "-u", u.Username, "--"}, cmdline...)
+	}
+	if out, err := exec.Command(cmdline[0], cmdline[1:]...).CombinedOutput(); err != nil {
+		c.t.Fatalf("%s: %v\n%s", strings.Join(cmdline, " "), err, out)
+	}
+}
+
+// startStandby starts the stopped cluster as a standby with hot standby
+// off and no primary to follow: it stays in recovery and refuses every
+// connection with SQLSTATE 57P03, as a server starting up does, until
+// promote.
+func (c *cluster) startStandby() {
+	c.t.Helper()
+	pgdata := c.getenv("AGENTSESSIONS_PGDATA")
+	if err := os.WriteFile(filepath.Join(pgdata, "standby.signal"), nil, 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	c.pgCtl("-l", filepath.Join(pgdata, "server.log"), "-w", "-t", "60", "-o",
+		fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %s -c unix_socket_directories='%s.sock' -c fsync=off -c hot_standby=off",
+			c.getenv("AGENTSESSIONS_PGPORT"), pgdata), "start")
+}
+
+func (c *cluster) promote() { c.pgCtl("-w", "-t", "60", "promote") }
+
+// Writes whose connection could not even be opened (server down: refused
+// dial; server in recovery: 57P03 at connect) sent nothing, so they are
+// rerun like any break before commit (maxReconnects = 4 times) instead of
+// failing at once as "may have committed". Once the server is back, the
+// same pools carry on.
+func TestFaultConnectFailuresAreRerun(t *testing.T) {
+	t.Parallel()
+	c, url := newCluster(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := migrations.Up(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	store, err := sessions.NewPostgresStore(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss := mustIssue(t, m, agent)
+	now := time.Now()
+	writes := []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"Issue", func(ctx context.Context) error { _, err := m.Issue(ctx, agent); return err }},
+		{"RevokeAgent", func(ctx context.Context) error { _, err := m.RevokeAgent(ctx, other); return err }},
+		{"Extend", func(ctx context.Context) error {
+			_, err := store.Extend(ctx, iss.Session.ID, iss.Session.TokenDigest, iss.Session.ExpiresAt.Add(time.Minute), digest("x"), now)
+			return err
+		}},
+		{"SetAgentLimit", func(ctx context.Context) error { return m.SetAgentLimit(ctx, agent, 4) }},
+		{"DeleteAgentLimit", func(ctx context.Context) error { _, err := m.DeleteAgentLimit(ctx, agent); return err }},
+	}
+	const maxReconnects = 4
+	outage := func(what, wantCode string) {
+		t.Helper()
+		for _, w := range writes {
+			before := store.Stats().Reconnects
+			err := w.call(ctx)
+			if !errors.Is(err, sessions.ErrStore) {
+				t.Fatalf("%s with %s: %v; want ErrStore", w.name, what, err)
+			}
+			var pgErr *pgconn.PgError
+			if wantCode != "" && (!errors.As(err, &pgErr) || pgErr.Code != wantCode) {
+				t.Fatalf("%s with %s: %v; want SQLSTATE %s in the chain (is the server really in recovery?)", w.name, what, err, wantCode)
+			}
+			if n := store.Stats().Reconnects - before; n != maxReconnects {
+				t.Errorf("%s with %s: rerun %d times, want %d: nothing was sent, so it cannot have committed (%v)",
+					w.name, what, n, maxReconnects, err)
+			}
+		}
+	}
+	c.stop()
+	// Connections the pool held were cut mid-session; a write on one of
+	// them may have committed and is rightly not rerun. This test is
+	// about the calls after that, which must open new connections.
+	pool.Reset()
+	outage("the server stopped", "")
+	c.startStandby()
+	outage("the server in recovery", "57P03")
+	c.promote()
+	for _, w := range writes {
+		if err := w.call(ctx); err != nil {
+			t.Fatalf("%s once the server is back: %v", w.name, err)
+		}
+	}
+	if _, err := m.Authenticate(ctx, iss.Token, agent); !errors.Is(err, sessions.ErrAccessDenied) {
+		t.Fatalf("the session was extended with a new digest, so its old token is superseded: %v", err)
+	}
+}
 
 // The database server is shut down for a second and started again in the
 // middle of traffic from 4 instances. Same guarantees as above: only

@@ -471,7 +471,7 @@ func (e *commitError) Unwrap() error { return e.err }
 // (Extend: ok=false with the new digest stored). Serialization failures
 // stay retryable, as they did not commit.
 func mayHaveCommitted(err error) error {
-	if err == nil || pgconn.SafeToRetry(err) {
+	if err == nil || pgconn.SafeToRetry(err) || connectFailed(err) {
 		return err
 	}
 	var ce *commitError
@@ -492,6 +492,16 @@ func brokenBeforeCommit(err error) bool {
 	if pgconn.SafeToRetry(err) {
 		return true // nothing reached the server
 	}
+	if connectFailed(err) {
+		// Nothing was sent. A refused dial or a server starting up or
+		// shutting down (57P03) may pass; a wrong password or a missing
+		// database will not, so those are not rerun.
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return connectionGone(pgErr.Code)
+		}
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	}
 	var ce *commitError
 	if errors.As(err, &ce) {
 		// Even a FATAL in reply to COMMIT is ambiguous: the backend can be
@@ -504,6 +514,14 @@ func brokenBeforeCommit(err error) bool {
 	}
 	// Not a server error: the network, EOF, or a closed connection.
 	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// connectFailed reports whether err is a failure to open a connection
+// (the pool's dial or startup handshake), so nothing of the call itself
+// was sent and it cannot have committed.
+func connectFailed(err error) bool {
+	var ce *pgconn.ConnectError
+	return errors.As(err, &ce)
 }
 
 // connectionGone: the server ended the session (admin or crash shutdown,
