@@ -56,6 +56,13 @@ var (
 // written.
 var ErrRetriesExhausted = errors.New("sessions: serialization retries exhausted")
 
+// ErrNotMigrated is in the chain of a [StoreError] when the PostgreSQL
+// store found its tables or columns missing (SQLSTATE 42P01 or 42703):
+// the database has not been migrated, or only partly. Apply the
+// migrations (migrations.Up, or `agentsessions migrate up`); retrying
+// without that will not help.
+var ErrNotMigrated = errors.New("sessions: database schema missing or out of date")
+
 // ConfigError describes a rejected configuration field.
 type ConfigError struct {
 	Field  string

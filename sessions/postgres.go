@@ -567,8 +567,14 @@ func isSerializationFailure(err error) bool {
 // failed, so errors.Is(err, context.DeadlineExceeded) holds.
 func (p *PostgresStore) wrap(ctx context.Context, op string, err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "agent_sessions_pkey" {
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "agent_sessions_pkey":
 		err = fmt.Errorf("%w: %w", errDuplicateID, err)
+	case errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "42703"):
+		// undefined_table, undefined_column: the schema is missing or
+		// older than this code. Say how to fix it.
+		err = fmt.Errorf("%w: apply the migrations with migrations.Up "+
+			"(or: agentsessions migrate up --database-url URL): %w", ErrNotMigrated, err)
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
 		err = errors.Join(ctxErr, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -536,4 +537,41 @@ func TestCountBoundFollowsShorterTTL(t *testing.T) {
 		t.Fatalf("evicted %v, want the oldest session", iss.Evicted)
 	}
 	checkCounts(t, d.Pool(t))
+}
+
+// On a database that was never migrated, every call fails with a store
+// error that names the fix, not a bare "relation does not exist".
+func TestUnmigratedDatabaseNamesTheFix(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := sessions.NewPostgresStore(testdb.NewEmpty(t).Pool(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Minute, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := sessions.New(sessions.NewMemoryStore(), sessions.Config{Secret: []byte(secret), TTL: time.Minute, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := mustIssue(t, iss, agent).Token // a genuine token, so Authenticate reaches the store
+	for name, call := range map[string]func() error{
+		"Issue":         func() error { _, err := m.Issue(ctx, agent); return err },
+		"Authenticate":  func() error { _, err := m.Authenticate(ctx, token, agent); return err },
+		"Revoke":        func() error { _, err := m.Revoke(ctx, "some-session"); return err },
+		"RevokeAgent":   func() error { _, err := m.RevokeAgent(ctx, agent); return err },
+		"List":          func() error { _, err := m.List(ctx, agent); return err },
+		"SetAgentLimit": func() error { return m.SetAgentLimit(ctx, agent, 2) },
+	} {
+		err := call()
+		if !errors.Is(err, sessions.ErrStore) || !errors.Is(err, sessions.ErrNotMigrated) {
+			t.Errorf("%s: %v; want ErrStore with ErrNotMigrated in the chain", name, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), "migrations.Up") || !strings.Contains(err.Error(), "agentsessions migrate up") {
+			t.Errorf("%s: %q does not say how to migrate", name, err)
+		}
+	}
 }
