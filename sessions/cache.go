@@ -32,7 +32,15 @@ const (
 	invalidateChannel = "agentsessions_invalidate"
 	flushChannel      = "agentsessions_flush"
 	heartbeatChannel  = "agentsessions_heartbeat"
+
+	// triggersOff is the trigger state (InvalidationTriggerState, and the
+	// last field of a heartbeat) when invalidations cannot be trusted.
+	triggersOff = "off"
 )
+
+var errTriggersOff = errors.New("the invalidation triggers of migration 00003 on agent_sessions are missing or do not fire always; " +
+	"apply the migrations, or after a restore run: ALTER TABLE agent_sessions ENABLE ALWAYS TRIGGER agent_sessions_notify_invalidate; " +
+	"ALTER TABLE agent_sessions ENABLE ALWAYS TRIGGER agent_sessions_notify_flush")
 
 // CacheConfig configures the verified-session cache; see
 // [PostgresStore.RunCache]. The zero value gives the defaults.
@@ -105,8 +113,14 @@ type CacheStats struct {
 //     while it was away are lost) and refills from the database.
 //
 // Run one RunCache per store; a second one returns an error. It fails at
-// once if the invalidation triggers are missing or disabled, and a later
-// (re)connection that finds them disabled leaves the cache bypassed.
+// once if the invalidation triggers are missing or disabled. Every
+// heartbeat reads the triggers' state as it passes through the database:
+// one that finds them disabled (as pg_restore --disable-triggers leaves
+// them while it runs) makes the cache bypassed at once, and one that finds
+// them changed since the listener connected (disabled and enabled again,
+// recreated) empties the cache, since invalidations may have been lost in
+// between. So the MaxStaleness bound holds even while someone disables
+// the triggers.
 //
 // Costs, cache or not: the triggers NOTIFY on every deleted or updated
 // session, and PostgreSQL serializes the commits of transactions that
@@ -119,12 +133,12 @@ func (p *PostgresStore) RunCache(ctx context.Context, cfg CacheConfig) error {
 	if err != nil {
 		return err
 	}
-	enabled, err := p.q.InvalidationTriggerEnabled(ctx)
+	state, err := p.q.InvalidationTriggerState(ctx)
 	if err != nil {
 		return p.wrap(ctx, "cache check", err)
 	}
-	if !enabled {
-		return &ConfigError{Field: "RunCache", Reason: "agent_sessions has no enabled invalidation trigger; apply the migrations (00003)"}
+	if state == triggersOff {
+		return &ConfigError{Field: "RunCache", Reason: errTriggersOff.Error()}
 	}
 	c, err := newSessionCache(cfg)
 	if err != nil {
@@ -311,10 +325,14 @@ func (c *sessionCache) listen(ctx context.Context, p *PostgresStore) (connected 
 	}()
 	c.pid.Store(conn.PgConn().PID())
 	q := db.New(conn)
-	// Checked on every connection: a trigger disabled since the last one
-	// would silently stop invalidations.
-	if enabled, err := q.InvalidationTriggerEnabled(ctx); err != nil || !enabled {
-		return false, cmpErr(err, errors.New("the invalidation triggers of migration 00003 are missing or disabled"))
+	// Read before LISTEN: a heartbeat that later finds another state
+	// means the triggers changed after this point, and the cache resyncs.
+	triggers, err := q.InvalidationTriggerState(ctx)
+	if err != nil {
+		return false, err
+	}
+	if triggers == triggersOff {
+		return false, errTriggersOff
 	}
 	if err := q.ListenInvalidations(ctx); err != nil {
 		return false, err
@@ -335,7 +353,7 @@ func (c *sessionCache) listen(ctx context.Context, p *PostgresStore) (connected 
 	wg.Go(func() { c.heartbeats(hbCtx, p, connNo) })
 	defer wg.Wait()
 	defer stop()
-	return true, c.receive(ctx, conn, connNo)
+	return true, c.receive(ctx, conn, connNo, triggers)
 }
 
 // heartbeats sends a heartbeat through the pool every MaxStaleness/4. Its
@@ -360,8 +378,11 @@ func (c *sessionCache) heartbeats(ctx context.Context, p *PostgresStore, connNo 
 
 // receive applies notifications until the connection fails, falls
 // silent for 2×MaxStaleness (a half-open connection), or ctx ends.
-func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint64) error {
+// triggers is the invalidation triggers' state when the listener
+// connected.
+func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint64, triggers string) error {
 	lastHeard := c.now()
+	off := false // the last heartbeat found the triggers off (logged once)
 	for {
 		waitCtx, cancel := context.WithTimeout(ctx, c.cfg.MaxStaleness)
 		n, err := conn.WaitForNotification(waitCtx)
@@ -385,36 +406,58 @@ func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint6
 		case flushChannel:
 			c.resync()
 		case heartbeatChannel:
-			if sent, wall, ok := c.ownHeartbeat(n.Payload, connNo); ok {
-				lastHeard = c.now()
-				if sent > c.fresh.Load() {
-					c.freshWall.Store(wall)
-					c.fresh.Store(sent)
+			hb, ok := c.ownHeartbeat(n.Payload, connNo)
+			if !ok {
+				continue
+			}
+			lastHeard = c.now()
+			switch hb.triggers {
+			case triggersOff:
+				// Revocations may be committing unannounced right now.
+				c.stale()
+				if !off {
+					c.cfg.Logger.WarnContext(ctx, "sessions: cache bypassed: "+errTriggersOff.Error())
 				}
+				off = true
+				continue
+			case triggers:
+				off = false
+			default:
+				off = false
+				// Changed since we connected (disabled and enabled again,
+				// recreated): what was revoked in between was never
+				// announced. Start over, as after a reconnect.
+				c.resync()
+				triggers = hb.triggers
+				c.cfg.Logger.InfoContext(ctx, "sessions: invalidation triggers changed; cache emptied")
+			}
+			if hb.sent > c.fresh.Load() {
+				c.freshWall.Store(hb.wall)
+				c.fresh.Store(hb.sent)
 			}
 		}
 	}
 }
 
-// ownHeartbeat parses a heartbeat payload of this cache's current
-// connection: nonce/conn/monotonic ns/wall-clock unix ns.
-func (c *sessionCache) ownHeartbeat(payload string, connNo uint64) (sent, wall int64, ok bool) {
-	rest, ok := strings.CutPrefix(payload, c.nonce+"/"+strconv.FormatUint(connNo, 10)+"/")
-	if !ok {
-		return 0, 0, false
-	}
-	mono, wallStr, ok := strings.Cut(rest, "/")
-	if !ok {
-		return 0, 0, false
-	}
-	sent, err1 := strconv.ParseInt(mono, 10, 64)
-	wall, err2 := strconv.ParseInt(wallStr, 10, 64)
-	return sent, wall, err1 == nil && err2 == nil && sent > 0
+// heartbeat is one of this cache's heartbeats, come back.
+type heartbeat struct {
+	sent, wall int64  // when it was sent: monotonic ns since base, wall-clock unix ns
+	triggers   string // the invalidation triggers' state as the database saw it
 }
 
-func cmpErr(err, otherwise error) error {
-	if err != nil {
-		return err
+// ownHeartbeat parses a heartbeat payload of this cache's current
+// connection: nonce/conn/monotonic ns/wall-clock unix ns/trigger state
+// (the last field appended by the NotifyHeartbeat statement).
+func (c *sessionCache) ownHeartbeat(payload string, connNo uint64) (hb heartbeat, ok bool) {
+	rest, ok := strings.CutPrefix(payload, c.nonce+"/"+strconv.FormatUint(connNo, 10)+"/")
+	if !ok {
+		return hb, false
 	}
-	return otherwise
+	fields := strings.Split(rest, "/")
+	if len(fields) != 3 || fields[2] == "" {
+		return hb, false
+	}
+	sent, err1 := strconv.ParseInt(fields[0], 10, 64)
+	wall, err2 := strconv.ParseInt(fields[1], 10, 64)
+	return heartbeat{sent: sent, wall: wall, triggers: fields[2]}, err1 == nil && err2 == nil && sent > 0
 }

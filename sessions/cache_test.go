@@ -439,3 +439,70 @@ func TestCacheOnNotificationPoolAndDisabledTrigger(t *testing.T) {
 	}
 	waitFor(t, 15*time.Second, "cache fresh again once the trigger is back", func() bool { return store.CacheStats().Fresh })
 }
+
+// The invalidation trigger is disabled while the caches run (as
+// pg_restore --disable-triggers does, or a DBA by hand), then enabled
+// again. A session revoked meanwhile is never announced, yet no instance
+// accepts its token later than MaxStaleness after the revoke returned:
+// the heartbeats carry the triggers' state, so a cache stops answering as
+// soon as one finds them disabled, and empties itself when one finds them
+// changed.
+func TestCacheTriggerDisabledWhileRunning(t *testing.T) {
+	const staleness = 300 * time.Millisecond
+	ctx := context.Background()
+	d := testdb.New(t)
+	in := startCachedInstances(t, d, 2, sessions.CacheConfig{MaxStaleness: staleness})
+	admin := d.Conn(t)
+	alter := func(sql string) {
+		t.Helper()
+		if _, err := admin.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const disable = "ALTER TABLE agent_sessions DISABLE TRIGGER agent_sessions_notify_invalidate"
+	const enable = "ALTER TABLE agent_sessions ENABLE ALWAYS TRIGGER agent_sessions_notify_invalidate"
+
+	// revokeUnannounced revokes a session cached on in[0] through in[1]
+	// (whose own cache drops it at once) while the trigger is off, with
+	// between() run after the revoke; in[0] must refuse the token from
+	// MaxStaleness after the revoke returned on.
+	revokeUnannounced := func(name string, between func()) {
+		t.Helper()
+		iss := mustIssue(t, in[0].mgr, agent)
+		authenticateTwice(t, in[0].mgr, iss)
+		hits := in[0].store.CacheStats().Hits
+		if _, err := in[0].mgr.Authenticate(ctx, iss.Token, agent); err != nil || in[0].store.CacheStats().Hits == hits {
+			t.Fatalf("%s: the session is not served from in[0]'s cache (%v); the test proves nothing", name, err)
+		}
+		alter(disable)
+		if ok, err := in[1].mgr.Revoke(ctx, iss.Session.ID); err != nil || !ok {
+			t.Fatalf("%s: revoke = %v, %v", name, ok, err)
+		}
+		revoked := time.Now()
+		between()
+		time.Sleep(time.Until(revoked.Add(staleness)))
+		for range 20 {
+			if _, err := in[0].mgr.Authenticate(ctx, iss.Token, agent); err == nil {
+				t.Fatalf("%s: in[0] accepted a revoked token %v after the revoke (MaxStaleness %v)", name, time.Since(revoked), staleness)
+			}
+			time.Sleep(staleness / 10)
+		}
+	}
+
+	// Disabled and left so: the caches go stale and stay bypassed.
+	revokeUnannounced("trigger left disabled", func() {})
+	if st := in[0].store.CacheStats(); st.Fresh {
+		t.Fatalf("cache fresh while its trigger is disabled: %+v", st)
+	}
+	alter(enable)
+	waitFor(t, 10*time.Second, "cache fresh again once the trigger is back", func() bool { return in[0].store.CacheStats().Fresh })
+
+	// Disabled and enabled again at once, possibly between two heartbeats:
+	// the changed trigger state empties the cache.
+	resyncs := in[0].store.CacheStats().Resyncs
+	revokeUnannounced("trigger disabled and enabled again", func() { alter(enable) })
+	if st := in[0].store.CacheStats(); st.Resyncs == resyncs {
+		t.Fatalf("the cache was not emptied after the trigger changed: %+v", st)
+	}
+	waitFor(t, 10*time.Second, "cache fresh after the resync", func() bool { return in[0].store.CacheStats().Fresh })
+}
