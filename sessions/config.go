@@ -71,6 +71,9 @@ type Config struct {
 	// Secret is the HMAC-SHA256 key tokens are signed with. Required; the
 	// manager keeps its own copy. Use at least 32 random bytes: anyone who
 	// holds the secret can mint tokens for any session ID in the store.
+	// A shorter secret works but [New] logs a warning. Load it from a file
+	// with [LoadSecretFile] to read it exactly as the agentsessions CLI
+	// does.
 	Secret []byte
 
 	// TTL is how long an issued session lives. Required, at least one

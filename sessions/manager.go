@@ -3,6 +3,7 @@ package sessions
 import (
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"log/slog"
 	"maps"
 	"math"
@@ -32,7 +33,9 @@ type Issued struct {
 
 // New returns a manager on store. It returns an error matching
 // [ErrInvalidConfig] when store is nil, Secret is empty, TTL is under one
-// second, or Limit is under 1.
+// second, or Limit is under 1. A Secret (or verify-only secret) shorter
+// than [RecommendedSecretSize] is accepted but logged as a warning through
+// Config.Logger.
 func New(store Store, cfg Config) (*Manager, error) {
 	if store == nil {
 		return nil, &ConfigError{Field: "store", Reason: "must not be nil"}
@@ -41,12 +44,31 @@ func New(store Store, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	warnShortSecrets(cfg)
 	return &Manager{
 		store:       store,
 		cfg:         cfg,
 		ttl:         uint64(cfg.TTL / time.Second),
 		maxLifetime: uint64(cfg.MaxLifetime / time.Second),
 	}, nil
+}
+
+// warnShortSecrets logs a warning for each secret shorter than
+// [RecommendedSecretSize]. It logs lengths, never secrets.
+func warnShortSecrets(cfg Config) {
+	warn := func(field string, n int) {
+		cfg.Logger.Warn("sessions: a secret is shorter than recommended; use at least 32 random bytes "+
+			"(head -c 32 /dev/urandom | base64)",
+			slog.String("field", field), slog.Int("bytes", n), slog.Int("recommended_bytes", RecommendedSecretSize))
+	}
+	if len(cfg.Secret) < RecommendedSecretSize {
+		warn("Secret", len(cfg.Secret))
+	}
+	for i, s := range cfg.PreviousSecrets {
+		if len(s) < RecommendedSecretSize {
+			warn(fmt.Sprintf("PreviousSecrets[%d]", i), len(s))
+		}
+	}
 }
 
 // Issue creates a session for agentID and returns it with its token. At
