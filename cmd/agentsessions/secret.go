@@ -8,13 +8,15 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/agentsessions/agentsessions/sessions"
 )
 
 // Secrets are read from files or the environment, never from a flag value
 // (flag values show in ps and shell history), and are never printed.
 const (
 	// minSecretBytes is the shortest signing secret or admin key accepted.
-	minSecretBytes = 32
+	minSecretBytes = sessions.RecommendedSecretSize
 	envSecret      = "AGENTSESSIONS_SECRET"
 	envAdminKey    = "AGENTSESSIONS_ADMIN_KEY"
 	generateHint   = "generate one with: head -c 32 /dev/urandom | base64 > secret.key && chmod 600 secret.key"
@@ -100,22 +102,30 @@ func loadAdminKey(file string) (key []byte, warnings []string, err error) {
 	return key, warnings, nil
 }
 
-// readSecretFile reads a secret file. Its content is never part of an
-// error; a file others may read gives a warning.
+// readSecretFile reads a secret file with [sessions.LoadSecretFile], the
+// library's one rule (trailing CR/LF dropped), so a service loading the
+// same file with the library signs with the same bytes. Its content is
+// never part of an error; a file others may read gives a warning.
 func readSecretFile(flag, path string) ([]byte, []string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil, usageError{fmt.Errorf("cannot read %s: %w", flag, err)}
+	b, err := sessions.LoadSecretFile(path)
+	var ce *sessions.ConfigError
+	switch {
+	case errors.As(err, &ce): // empty or oversized
+		return nil, nil, usageError{fmt.Errorf("%s: %s %s; %s", flag, ce.Field, ce.Reason, generateHint)}
+	case err != nil:
+		return nil, nil, usageError{fmt.Errorf("cannot read %s: %s", flag, clean(err))}
 	}
 	var warnings []string
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		warnings = append(warnings, fmt.Sprintf("%s %s is readable by group or others (mode %04o); chmod 600 it",
 			flag, path, fi.Mode().Perm()))
 	}
-	return trimNewline(b), warnings, nil
+	return b, warnings, nil
 }
 
-// trimNewline drops trailing CR/LF, which editors and `echo` add.
+// trimNewline drops trailing CR/LF, which editors and `echo` add: the
+// rule [sessions.LoadSecretFile] applies to files, applied to a secret
+// from the environment.
 func trimNewline(b []byte) []byte { return bytes.TrimRight(b, "\r\n") }
 
 // randomSecret returns a fresh 32-byte secret for a process that signs
