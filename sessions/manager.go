@@ -16,8 +16,9 @@ import (
 type Manager struct {
 	store       Store
 	cfg         Config
-	ttl         uint64 // whole seconds
-	maxLifetime uint64 // whole seconds
+	verify      [][]byte // cfg.VerifySecrets then cfg.PreviousSecrets
+	ttl         uint64   // whole seconds
+	maxLifetime uint64   // whole seconds
 }
 
 // Issued is a freshly issued (or refreshed) session and the token to hand
@@ -48,6 +49,7 @@ func New(store Store, cfg Config) (*Manager, error) {
 	return &Manager{
 		store:       store,
 		cfg:         cfg,
+		verify:      cfg.verifySecrets(),
 		ttl:         uint64(cfg.TTL / time.Second),
 		maxLifetime: uint64(cfg.MaxLifetime / time.Second),
 	}, nil
@@ -63,6 +65,11 @@ func warnShortSecrets(cfg Config) {
 	}
 	if len(cfg.Secret) < RecommendedSecretSize {
 		warn("Secret", len(cfg.Secret))
+	}
+	for i, s := range cfg.VerifySecrets {
+		if len(s) < RecommendedSecretSize {
+			warn(fmt.Sprintf("VerifySecrets[%d]", i), len(s))
+		}
 	}
 	for i, s := range cfg.PreviousSecrets {
 		if len(s) < RecommendedSecretSize {
@@ -166,7 +173,7 @@ func (m *Manager) Verify(ctx context.Context, token string) (Session, error) {
 // authenticate implements Authenticate (agentID set) and Verify (nil),
 // returning the session, the token's payload and the manager's clock.
 func (m *Manager) authenticate(ctx context.Context, token string, agentID *string) (Session, uint64, error) {
-	p, err := parseTokenRotating(m.cfg.Secret, m.cfg.PreviousSecrets, token)
+	p, err := parseTokenRotating(m.cfg.Secret, m.verify, token)
 	if err != nil {
 		return Session{}, 0, err
 	}

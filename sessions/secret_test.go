@@ -109,18 +109,19 @@ func TestNewWarnsAboutShortSecrets(t *testing.T) {
 	long := strings.Repeat("L", sessions.RecommendedSecretSize)
 	m, err := sessions.New(sessions.NewMemoryStore(), sessions.Config{
 		Secret: []byte(short), PreviousSecrets: [][]byte{[]byte(long), []byte("shortPrev")},
-		TTL: time.Hour, Limit: 1, Logger: logger,
+		VerifySecrets: [][]byte{[]byte("shortVerify")},
+		TTL:           time.Hour, Limit: 1, Logger: logger,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := logs.String()
-	for _, want := range []string{"level=WARN", "field=Secret bytes=14", "field=PreviousSecrets[1] bytes=9"} {
+	for _, want := range []string{"level=WARN", "field=Secret bytes=14", "field=PreviousSecrets[1] bytes=9", "field=VerifySecrets[0] bytes=11"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(out, short) || strings.Contains(out, "shortPrev") || strings.Contains(out, "PreviousSecrets[0]") {
+	if strings.Contains(out, short) || strings.Contains(out, "shortPrev") || strings.Contains(out, "shortVerify") || strings.Contains(out, "PreviousSecrets[0]") {
 		t.Errorf("log holds a secret or warns about the long one:\n%s", out)
 	}
 	if _, err := m.Issue(context.Background(), "agent"); err != nil {
