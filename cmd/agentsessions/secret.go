@@ -22,24 +22,30 @@ const (
 	generateHint   = "generate one with: head -c 32 /dev/urandom | base64 > secret.key && chmod 600 secret.key"
 )
 
-// secretOpts are the flags naming the signing secret.
+// secretOpts are the flags naming the signing secret and the verify-only
+// secrets.
 type secretOpts struct {
 	file     string
-	previous []string
+	verify   []string // --verify-secret-file
+	previous []string // --previous-secret-file, the old name of --verify-secret-file
 }
 
 func (o *secretOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.file, "secret-file", "",
-		"file holding the HMAC signing secret, >= 32 bytes; its bytes are the secret, minus a trailing newline "+
+		"file holding the HMAC signing secret, >= 32 bytes; its bytes are the secret, minus trailing CR/LF "+
 			"(default $"+envSecret+")")
-	cmd.Flags().StringArrayVar(&o.previous, "previous-secret-file", nil,
-		"file holding a previous secret still accepted when verifying during rotation (repeatable)")
+	cmd.Flags().StringArrayVar(&o.verify, "verify-secret-file", nil,
+		"file holding a secret accepted when verifying tokens but never used to sign: the next secret, then the "+
+			"old one, during a rotation (repeatable; see SECURITY.md)")
+	// The old name, kept working; it appends to the same list.
+	cmd.Flags().StringArrayVar(&o.previous, "previous-secret-file", nil, "old name of --verify-secret-file")
+	_ = cmd.Flags().MarkHidden("previous-secret-file")
 }
 
 // loadedSecret is the signing secret and where it came from.
 type loadedSecret struct {
 	secret   []byte
-	previous [][]byte
+	verify   [][]byte
 	source   string   // "--secret-file PATH", "$AGENTSESSIONS_SECRET", or "" when none was given
 	warnings []string // e.g. a secret file readable by others
 }
@@ -67,16 +73,19 @@ func (o *secretOpts) load(required bool) (loadedSecret, error) {
 		return ls, usageError{fmt.Errorf("the secret from %s is %d bytes; use at least %d random bytes: %s",
 			ls.source, len(ls.secret), minSecretBytes, generateHint)}
 	}
-	for _, path := range o.previous {
-		b, warn, err := readSecretFile("--previous-secret-file", path)
+	if len(o.previous) > 0 {
+		ls.warnings = append(ls.warnings, "--previous-secret-file is the old name of --verify-secret-file; use that")
+	}
+	for _, path := range append(append([]string(nil), o.verify...), o.previous...) {
+		b, warn, err := readSecretFile("--verify-secret-file", path)
 		if err != nil {
 			return ls, err
 		}
 		if len(b) < minSecretBytes {
-			return ls, usageError{fmt.Errorf("the secret in --previous-secret-file %s is %d bytes; previous secrets must be >= %d bytes too",
+			return ls, usageError{fmt.Errorf("the secret in --verify-secret-file %s is %d bytes; verify-only secrets must be >= %d bytes too",
 				path, len(b), minSecretBytes)}
 		}
-		ls.previous = append(ls.previous, b)
+		ls.verify = append(ls.verify, b)
 		ls.warnings = append(ls.warnings, warn...)
 	}
 	return ls, nil

@@ -116,7 +116,7 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	for _, w := range append(ls.warnings, adminWarnings...) {
 		log.Warn(w)
 	}
-	cfg.Secret, cfg.PreviousSecrets, cfg.Logger = ls.secret, ls.previous, log
+	cfg.Secret, cfg.VerifySecrets, cfg.Logger = ls.secret, ls.verify, log
 	opts := server.Options{Logger: log}
 
 	var (
@@ -213,7 +213,7 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		storeName = "postgres"
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "store", storeName, "ttl", cfg.TTL, "limit", cfg.Limit,
-		"policy", cfg.Policy.String(), "admin_routes", adminKey != nil, "previous_secrets", len(cfg.PreviousSecrets))
+		"policy", cfg.Policy.String(), "admin_routes", adminKey != nil, "verify_secrets", len(cfg.VerifySecrets))
 	err = server.Run(ctx, ln, srv, server.RunOptions{ShutdownTimeout: o.shutdownTimeout, Logger: log, Background: runPruner})
 	if errors.Is(err, server.ErrShutdownTimeout) {
 		return fmt.Errorf("in-flight requests did not finish within --shutdown-timeout %s; closed them", o.shutdownTimeout)

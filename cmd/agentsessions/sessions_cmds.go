@@ -76,7 +76,7 @@ func newVerifyCmd(g *globalOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify --token TOKEN|- [--agent AGENT]",
 		Short: "Check a token and print its session; exit 1 if it is rejected",
-		Long: "verify checks a token exactly as the service does: signature (current or previous secret), expiry, " +
+		Long: "verify checks a token exactly as the service does: signature (the --secret-file secret or a --verify-secret-file one), expiry, " +
 			"and the stored session. With --agent the token must belong to that agent; without it, to the agent " +
 			"it names. --token - reads the token from standard input, which keeps it out of ps and shell history.",
 		Args: exactArgs(0),

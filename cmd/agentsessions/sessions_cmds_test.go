@@ -343,7 +343,7 @@ func TestSecretRules(t *testing.T) {
 		t.Fatal("refreshed token does not verify with the new secret alone")
 	}
 	code, _, errOut = record(cli(t, "verify", "--token", newTok, "--secret-file", newFile, "--previous-secret-file", shortFile))
-	if code != exitUsage || !strings.Contains(errOut, "previous secrets must be >= 32 bytes") {
+	if code != exitUsage || !strings.Contains(errOut, "verify-only secrets must be >= 32 bytes") {
 		t.Fatalf("short previous secret: %d %q", code, errOut)
 	}
 
