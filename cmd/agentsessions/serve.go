@@ -104,6 +104,9 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	if addr == "" {
 		addr = defaultAddr
 	}
+	if err := checkAddr(addr); err != nil {
+		return err
+	}
 	dbURL := g.databaseURL
 	if dbURL == "" {
 		dbURL = os.Getenv("DATABASE_URL")
@@ -187,6 +190,13 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 			}
 		}
 	}
+	// Listen before generating (and printing) an admin key: a bad or busy
+	// address must not leave a printed key behind.
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s (--addr / %s): %w", addr, envAddr, err)
+	}
+	defer ln.Close() // Run closes it; this covers the returns before Run
 	switch {
 	case adminKey == nil && dbURL == "":
 		// A fresh machine: make `agentsessions serve` usable at once. The
@@ -210,10 +220,6 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("cannot listen on %s (--addr / %s): %w", addr, envAddr, err)
-	}
 	storeName := "memory"
 	if dbURL != "" {
 		storeName = "postgres"
@@ -225,6 +231,23 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		return fmt.Errorf("in-flight requests did not finish within --shutdown-timeout %s; closed them", o.shutdownTimeout)
 	}
 	return err
+}
+
+// checkAddr refuses a listen address that cannot be one (no port, a port
+// that is not a number or service name) before anything connects.
+func checkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = net.LookupPort("tcp", port)
+	}
+	if err == nil && strings.ContainsAny(host, " /") {
+		err = errors.New("invalid host")
+	}
+	if err != nil {
+		return usageError{fmt.Errorf("--addr / $%s %q is not a listen address HOST:PORT (e.g. %s, or :8080 for every interface): %v",
+			envAddr, addr, defaultAddr, err)}
+	}
+	return nil
 }
 
 // refuseUnmigrated runs the readiness check once at start and refuses to

@@ -472,3 +472,41 @@ func TestServeMigrateConcurrentStarts(t *testing.T) {
 		}
 	}
 }
+
+// A bad or busy --addr fails before serve generates (and prints) an admin
+// key, in memory mode where it would generate one.
+func TestServeBadAddrFailsBeforeAdminKey(t *testing.T) {
+	t.Setenv("DATABASE_URL", "")
+	t.Setenv(envSecret, "")
+	t.Setenv(envAdminKey, "")
+	t.Setenv(envAddr, "")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, c := range []struct {
+		addr string
+		code int
+		want string
+	}{
+		{"nonsense", exitUsage, `--addr / $AGENTSESSIONS_ADDR "nonsense" is not a listen address HOST:PORT`},
+		{"127.0.0.1:notaport", exitUsage, "is not a listen address"},
+		{"127.0.0.1:99999", exitUsage, "is not a listen address"},
+		{"no such host.invalid:8080", exitUsage, "is not a listen address"},
+		{busy.Addr().String(), exitError, "cannot listen on " + busy.Addr().String()},
+	} {
+		code, out, errOut := cli(t, "serve", "--addr", c.addr)
+		if code != c.code || !strings.Contains(errOut, c.want) {
+			t.Errorf("--addr %q: exit %d, stderr %q; want exit %d and %q", c.addr, code, errOut, c.code, c.want)
+		}
+		if strings.Contains(out+errOut, "admin key") {
+			t.Errorf("--addr %q: an admin key was generated before the address failed:\n%s", c.addr, out+errOut)
+		}
+	}
+	// The same from the environment.
+	t.Setenv(envAddr, "nonsense")
+	if code, _, errOut := cli(t, "serve"); code != exitUsage || !strings.Contains(errOut, "is not a listen address") {
+		t.Errorf("$%s=nonsense: exit %d, %q", envAddr, code, errOut)
+	}
+}
