@@ -14,7 +14,9 @@
 //
 // The database URL comes from --database-url, else $DATABASE_URL. The
 // signing secret comes from --secret-file PATH, else $AGENTSESSIONS_SECRET,
-// never from a flag value. Commands that print data take --json. Exit
+// never from a flag value; verify-only secrets (rotation, SECURITY.md) from
+// --verify-secret-file PATH, repeatable. Files are read with
+// sessions.LoadSecretFile. Commands that print data take --json. Exit
 // status: 0 on success, 1 when the operation failed (including a rejected
 // token), 2 on a usage error.
 package main
