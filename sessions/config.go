@@ -71,6 +71,9 @@ type Config struct {
 	// Secret is the HMAC-SHA256 key tokens are signed with. Required; the
 	// manager keeps its own copy. Use at least 32 random bytes: anyone who
 	// holds the secret can mint tokens for any session ID in the store.
+	// A shorter secret works but [New] logs a warning. Load it from a file
+	// with [LoadSecretFile] to read it exactly as the agentsessions CLI
+	// does.
 	Secret []byte
 
 	// TTL is how long an issued session lives. Required, at least one
@@ -92,12 +95,38 @@ type Config struct {
 	// unique. Default: 128 bits from crypto/rand as 32 lowercase hex digits.
 	NewID func() (string, error)
 
-	// PreviousSecrets are secrets tokens may still be signed with while the
-	// secret is being rotated: Authenticate, Verify and Refresh accept a
-	// token signed with Secret or any of these; Issue and Refresh sign with
-	// Secret only. To rotate, deploy the new Secret with the old one here,
-	// then drop the old one once every token signed with it has expired
-	// (at most MaxLifetime later). Default: none.
+	// VerifySecrets are secrets accepted when checking a token and never
+	// used to sign one: Authenticate, Verify and Refresh accept a token
+	// signed with Secret or with any of these; Issue and Refresh sign with
+	// Secret only. Default: none.
+	//
+	// They carry a rotation across a fleet of instances without any
+	// instance ever rejecting another's token. With old the current secret
+	// and next the new one, roll out each phase to every instance before
+	// starting the next:
+	//
+	//  1. Secret: old, VerifySecrets: [next]. Every instance still signs
+	//     with old and now also accepts next.
+	//  2. Secret: next, VerifySecrets: [old]. Instances sign with next;
+	//     not-yet-updated ones (phase 1) already accept it, and every
+	//     instance still accepts tokens signed with old.
+	//  3. Secret: next, no VerifySecrets, once every token signed with old
+	//     has expired: MaxLifetime after the last phase-1 instance stopped
+	//     (a refresh re-signs a token with Secret).
+	//
+	// Putting the new Secret and the old one here in a single step (the
+	// rotation this field's old name, PreviousSecrets, suggested) breaks a
+	// rolling deploy: instances not yet updated reject every token the
+	// updated ones sign. A leaked secret stays usable to an attacker for as
+	// long as it is listed here.
+	VerifySecrets [][]byte
+
+	// PreviousSecrets is the former name of VerifySecrets and works
+	// exactly like it: the manager accepts the secrets of both lists.
+	//
+	// Deprecated: Use VerifySecrets. The name suggested that only past
+	// secrets belong here, whereas the next secret must be listed here
+	// first (phase 1 above) for a rotation without rejected tokens.
 	PreviousSecrets [][]byte
 
 	// Policy is what Issue does when the agent is at its limit. Default:
@@ -132,6 +161,11 @@ func (c *Config) validate() error {
 	case c.Policy != PolicyReject && c.Policy != PolicyEvictOldest:
 		return &ConfigError{Field: "Policy", Reason: fmt.Sprintf("unknown policy %d", c.Policy)}
 	}
+	for i, v := range c.VerifySecrets {
+		if len(v) == 0 {
+			return &ConfigError{Field: fmt.Sprintf("VerifySecrets[%d]", i), Reason: "must not be empty"}
+		}
+	}
 	for i, prev := range c.PreviousSecrets {
 		if len(prev) == 0 {
 			return &ConfigError{Field: fmt.Sprintf("PreviousSecrets[%d]", i), Reason: "must not be empty"}
@@ -142,11 +176,8 @@ func (c *Config) validate() error {
 
 func (c Config) withDefaults() Config {
 	c.Secret = append([]byte(nil), c.Secret...)
-	prev := make([][]byte, len(c.PreviousSecrets))
-	for i, p := range c.PreviousSecrets {
-		prev[i] = append([]byte(nil), p...)
-	}
-	c.PreviousSecrets = prev
+	c.VerifySecrets = copySecrets(c.VerifySecrets)
+	c.PreviousSecrets = copySecrets(c.PreviousSecrets)
 	if c.MaxLifetime == 0 {
 		c.MaxLifetime = max(DefaultMaxLifetime, c.TTL)
 	}
@@ -160,6 +191,20 @@ func (c Config) withDefaults() Config {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
+}
+
+func copySecrets(in [][]byte) [][]byte {
+	out := make([][]byte, len(in))
+	for i, s := range in {
+		out[i] = append([]byte(nil), s...)
+	}
+	return out
+}
+
+// verifySecrets is every verify-only secret: VerifySecrets, then the
+// deprecated PreviousSecrets.
+func (c *Config) verifySecrets() [][]byte {
+	return append(append([][]byte(nil), c.VerifySecrets...), c.PreviousSecrets...)
 }
 
 func randomID() (string, error) {

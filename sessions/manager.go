@@ -3,6 +3,7 @@ package sessions
 import (
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"log/slog"
 	"maps"
 	"math"
@@ -15,8 +16,9 @@ import (
 type Manager struct {
 	store       Store
 	cfg         Config
-	ttl         uint64 // whole seconds
-	maxLifetime uint64 // whole seconds
+	verify      [][]byte // cfg.VerifySecrets then cfg.PreviousSecrets
+	ttl         uint64   // whole seconds
+	maxLifetime uint64   // whole seconds
 }
 
 // Issued is a freshly issued (or refreshed) session and the token to hand
@@ -32,7 +34,9 @@ type Issued struct {
 
 // New returns a manager on store. It returns an error matching
 // [ErrInvalidConfig] when store is nil, Secret is empty, TTL is under one
-// second, or Limit is under 1.
+// second, or Limit is under 1. A Secret (or verify-only secret) shorter
+// than [RecommendedSecretSize] is accepted but logged as a warning through
+// Config.Logger.
 func New(store Store, cfg Config) (*Manager, error) {
 	if store == nil {
 		return nil, &ConfigError{Field: "store", Reason: "must not be nil"}
@@ -41,12 +45,37 @@ func New(store Store, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	warnShortSecrets(cfg)
 	return &Manager{
 		store:       store,
 		cfg:         cfg,
+		verify:      cfg.verifySecrets(),
 		ttl:         uint64(cfg.TTL / time.Second),
 		maxLifetime: uint64(cfg.MaxLifetime / time.Second),
 	}, nil
+}
+
+// warnShortSecrets logs a warning for each secret shorter than
+// [RecommendedSecretSize]. It logs lengths, never secrets.
+func warnShortSecrets(cfg Config) {
+	warn := func(field string, n int) {
+		cfg.Logger.Warn("sessions: a secret is shorter than recommended; use at least 32 random bytes "+
+			"(head -c 32 /dev/urandom | base64)",
+			slog.String("field", field), slog.Int("bytes", n), slog.Int("recommended_bytes", RecommendedSecretSize))
+	}
+	if len(cfg.Secret) < RecommendedSecretSize {
+		warn("Secret", len(cfg.Secret))
+	}
+	for i, s := range cfg.VerifySecrets {
+		if len(s) < RecommendedSecretSize {
+			warn(fmt.Sprintf("VerifySecrets[%d]", i), len(s))
+		}
+	}
+	for i, s := range cfg.PreviousSecrets {
+		if len(s) < RecommendedSecretSize {
+			warn(fmt.Sprintf("PreviousSecrets[%d]", i), len(s))
+		}
+	}
 }
 
 // Issue creates a session for agentID and returns it with its token. At
@@ -148,7 +177,7 @@ func (m *Manager) Verify(ctx context.Context, token string) (Session, error) {
 // authenticate implements Authenticate (agentID set) and Verify (nil),
 // returning the session, the token's payload and the manager's clock.
 func (m *Manager) authenticate(ctx context.Context, token string, agentID *string) (Session, uint64, error) {
-	p, err := parseTokenRotating(m.cfg.Secret, m.cfg.PreviousSecrets, token)
+	p, err := parseTokenRotating(m.cfg.Secret, m.verify, token)
 	if err != nil {
 		return Session{}, 0, err
 	}

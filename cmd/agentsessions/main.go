@@ -14,7 +14,9 @@
 //
 // The database URL comes from --database-url, else $DATABASE_URL. The
 // signing secret comes from --secret-file PATH, else $AGENTSESSIONS_SECRET,
-// never from a flag value. Commands that print data take --json. Exit
+// never from a flag value; verify-only secrets (rotation, SECURITY.md) from
+// --verify-secret-file PATH, repeatable. Files are read with
+// sessions.LoadSecretFile. Commands that print data take --json. Exit
 // status: 0 on success, 1 when the operation failed (including a rejected
 // token), 2 on a usage error.
 package main
@@ -106,7 +108,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{flagHint(cmd, err)} })
 	// The default is read at use, not shown in --help: it may hold a password.
 	root.PersistentFlags().StringVar(&opts.databaseURL, "database-url", "",
 		"PostgreSQL connection URL (default $DATABASE_URL)")
@@ -114,6 +116,37 @@ func newRootCmd() *cobra.Command {
 		newIssueCmd(opts), newVerifyCmd(opts), newRefreshCmd(opts), newRevokeCmd(opts), newListCmd(opts),
 		newLimitsCmd(opts), newServeCmd(opts), newBenchCmd(opts))
 	return root
+}
+
+// secretFlagHints maps flags a user may guess for passing a secret to the
+// file flag (and environment variable) the command takes instead.
+var secretFlagHints = map[string]struct{ fileFlag, env string }{
+	"secret":          {"secret-file", envSecret},
+	"secret-key":      {"secret-file", envSecret},
+	"signing-secret":  {"secret-file", envSecret},
+	"previous-secret": {"verify-secret-file", ""},
+	"verify-secret":   {"verify-secret-file", ""},
+	"admin-key":       {"admin-key-file", envAdminKey},
+}
+
+// flagHint adds to cobra's "unknown flag: --secret" the flag to use
+// instead, when the command has it: secrets are read from files or the
+// environment, never from flag values.
+func flagHint(cmd *cobra.Command, err error) error {
+	name, ok := strings.CutPrefix(err.Error(), "unknown flag: --")
+	if !ok {
+		return err
+	}
+	h, ok := secretFlagHints[name]
+	if !ok || cmd.Flags().Lookup(h.fileFlag) == nil {
+		return err
+	}
+	how := "--" + h.fileFlag + " PATH"
+	if h.env != "" {
+		how += " or set $" + h.env
+	}
+	return fmt.Errorf("%w: secrets are never given as flag values (they would show in ps and shell history); "+
+		"put it in a file readable only by you (chmod 600) and pass %s", err, how)
 }
 
 // requireDatabaseURL returns the URL or a usage error saying how to give one.

@@ -149,3 +149,33 @@ func TestPrune(t *testing.T) {
 		t.Fatalf("negative batch size: exit %d, %q", code, errOut)
 	}
 }
+
+// Guessing a flag for a secret's value gets a hint at the file flag (and
+// environment variable) that command takes; usage error, nothing run.
+func TestUnknownSecretFlagHints(t *testing.T) {
+	t.Setenv("DATABASE_URL", "")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"issue", "--agent", "a", "--secret", "s3cr3t-value"}, "pass --secret-file PATH or set $AGENTSESSIONS_SECRET"},
+		{[]string{"verify", "--token", "x.y", "--secret=s3cr3t-value"}, "pass --secret-file PATH or set $AGENTSESSIONS_SECRET"},
+		{[]string{"serve", "--secret", "s3cr3t-value"}, "pass --secret-file PATH or set $AGENTSESSIONS_SECRET"},
+		{[]string{"verify", "--token", "x.y", "--previous-secret", "s3cr3t-value"}, "pass --verify-secret-file PATH"},
+		{[]string{"serve", "--verify-secret", "s3cr3t-value"}, "pass --verify-secret-file PATH"},
+		{[]string{"serve", "--admin-key", "s3cr3t-value"}, "pass --admin-key-file PATH or set $AGENTSESSIONS_ADMIN_KEY"},
+	} {
+		code, out, errOut := cli(t, c.args...)
+		if code != exitUsage || !strings.Contains(errOut, "unknown flag: --") || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit 2 and %q", c.args, code, errOut, c.want)
+		}
+		if strings.Contains(out+errOut, "s3cr3t-value") {
+			t.Errorf("%v: the value is echoed: %q", c.args, out+errOut)
+		}
+	}
+	// A command that takes no secret gets cobra's error alone.
+	code, _, errOut := cli(t, "list", "--agent", "a", "--secret", "x")
+	if code != exitUsage || errOut != "agentsessions: unknown flag: --secret\nRun 'agentsessions --help' for usage.\n" {
+		t.Errorf("list --secret: exit %d, %q", code, errOut)
+	}
+}

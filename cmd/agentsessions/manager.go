@@ -113,7 +113,7 @@ func (g *globalOpts) openManager(ctx context.Context, cfg sessions.Config) (*ses
 }
 
 // openSigningManager is openManager for commands that sign or check
-// tokens: the secret (required) and previous secrets come from sec, and
+// tokens: the secret (required) and verify-only secrets come from sec, and
 // its warnings go to stderr before anything connects.
 func (g *globalOpts) openSigningManager(cmd *cobra.Command, sec *secretOpts, cfg sessions.Config) (*sessions.Manager, func(), error) {
 	ls, err := sec.load(true)
@@ -121,7 +121,7 @@ func (g *globalOpts) openSigningManager(cmd *cobra.Command, sec *secretOpts, cfg
 		return nil, nil, err
 	}
 	warn(cmd, ls.warnings)
-	cfg.Secret, cfg.PreviousSecrets = ls.secret, ls.previous
+	cfg.Secret, cfg.VerifySecrets = ls.secret, ls.verify
 	return g.openManager(cmd.Context(), cfg)
 }
 

@@ -46,7 +46,8 @@ func newServeCmd(g *globalOpts) *cobra.Command {
 		Short: "Serve the HTTP JSON API (see api/openapi.yaml)",
 		Long: "serve runs the HTTP API. With a database (--database-url or $DATABASE_URL) it uses the PostgreSQL store, " +
 			"shared by every instance, and runs the pruner; without one it keeps sessions in memory: one instance only, " +
-			"lost on restart.\n\n" +
+			"lost on restart. The database must hold every migration in this binary (agentsessions migrate up), " +
+			"or serve refuses to start; --migrate applies them first.\n\n" +
 			"Secrets come from files or the environment, never from flags: the signing secret from --secret-file or " +
 			"$" + envSecret + " (required with a database; random and ephemeral without one), the admin key from " +
 			"--admin-key-file or $" + envAdminKey + " (without one: in memory mode a random key is generated and printed " +
@@ -61,7 +62,9 @@ func newServeCmd(g *globalOpts) *cobra.Command {
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	f.BoolVar(&o.migrate, "migrate", false, "apply pending migrations at start (needs a role allowed to run DDL)")
+	f.BoolVar(&o.migrate, "migrate", false, "apply pending migrations at start, under the migrations' advisory lock so "+
+		"instances starting together take turns (needs a role allowed to run DDL); without it serve refuses to start "+
+		"on a database that is not fully migrated")
 	f.DurationVar(&o.pruneInterval, "prune-interval", time.Minute, "how often the pruner deletes expired sessions")
 	f.DurationVar(&o.cacheStaleness, "cache-max-staleness", 0,
 		"with a database: cache verified sessions in this instance, accepting a revoked token for at most this long "+
@@ -101,6 +104,9 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	if addr == "" {
 		addr = defaultAddr
 	}
+	if err := checkAddr(addr); err != nil {
+		return err
+	}
 	dbURL := g.databaseURL
 	if dbURL == "" {
 		dbURL = os.Getenv("DATABASE_URL")
@@ -116,7 +122,7 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	for _, w := range append(ls.warnings, adminWarnings...) {
 		log.Warn(w)
 	}
-	cfg.Secret, cfg.PreviousSecrets, cfg.Logger = ls.secret, ls.previous, log
+	cfg.Secret, cfg.VerifySecrets, cfg.Logger = ls.secret, ls.verify, log
 	opts := server.Options{Logger: log}
 
 	var (
@@ -144,6 +150,9 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		}
 		store = pg
 		if opts.Ready, err = server.PostgresReady(pool); err != nil {
+			return err
+		}
+		if err := refuseUnmigrated(ctx, opts.Ready, log); err != nil {
 			return err
 		}
 		opts.StoreStats = pg.Stats
@@ -181,6 +190,13 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 			}
 		}
 	}
+	// Listen before generating (and printing) an admin key: a bad or busy
+	// address must not leave a printed key behind.
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s (--addr / %s): %w", addr, envAddr, err)
+	}
+	defer ln.Close() // Run closes it; this covers the returns before Run
 	switch {
 	case adminKey == nil && dbURL == "":
 		// A fresh machine: make `agentsessions serve` usable at once. The
@@ -204,21 +220,57 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("cannot listen on %s (--addr / %s): %w", addr, envAddr, err)
-	}
 	storeName := "memory"
 	if dbURL != "" {
 		storeName = "postgres"
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "store", storeName, "ttl", cfg.TTL, "limit", cfg.Limit,
-		"policy", cfg.Policy.String(), "admin_routes", adminKey != nil, "previous_secrets", len(cfg.PreviousSecrets))
+		"policy", cfg.Policy.String(), "admin_routes", adminKey != nil, "verify_secrets", len(cfg.VerifySecrets))
 	err = server.Run(ctx, ln, srv, server.RunOptions{ShutdownTimeout: o.shutdownTimeout, Logger: log, Background: runPruner})
 	if errors.Is(err, server.ErrShutdownTimeout) {
 		return fmt.Errorf("in-flight requests did not finish within --shutdown-timeout %s; closed them", o.shutdownTimeout)
 	}
 	return err
+}
+
+// checkAddr refuses a listen address that cannot be one (no port, a port
+// that is not a number or service name) before anything connects.
+func checkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = net.LookupPort("tcp", port)
+	}
+	if err == nil && strings.ContainsAny(host, " /") {
+		err = errors.New("invalid host")
+	}
+	if err != nil {
+		return usageError{fmt.Errorf("--addr / $%s %q is not a listen address HOST:PORT (e.g. %s, or :8080 for every interface): %v",
+			envAddr, addr, defaultAddr, err)}
+	}
+	return nil
+}
+
+// refuseUnmigrated runs the readiness check once at start and refuses to
+// serve when migrations embedded in this binary are not applied: /readyz
+// would answer 503 until someone migrates, so say now what to run. Other
+// readiness failures (e.g. no SELECT on the version table) are logged and
+// left to /readyz.
+func refuseUnmigrated(ctx context.Context, ready func(context.Context) error, log *slog.Logger) error {
+	err := ready(ctx)
+	var nr *server.NotReadyError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &nr) && len(nr.Pending) > 0:
+		return fmt.Errorf("the database is not migrated: %d %s embedded in this binary not yet applied "+
+			"(first: %d), so serve would only answer 503. Apply them, with the same database URL, by running\n\n"+
+			"    agentsessions migrate up --database-url \"$DATABASE_URL\"\n\n"+
+			"(in a source checkout: make migrate), or start serve with --migrate to apply them at start "+
+			"(needs a role allowed to run DDL)",
+			len(nr.Pending), plural(len(nr.Pending), "migration"), nr.Pending[0])
+	}
+	log.Warn("the database is not ready yet; /readyz answers 503 until it is", slog.Any("error", err))
+	return nil
 }
 
 // newLogger returns a slog logger writing format ("text" or "json") to w.

@@ -52,23 +52,40 @@ var listeningRE = regexp.MustCompile(`(?:msg=listening addr=|"msg":"listening","
 // until it listens. The caller ends ctx and calls wait.
 func startServe(t *testing.T, ctx context.Context, args ...string) *serving {
 	t.Helper()
+	s := launchServe(t, ctx, args...)
+	if code, listening := s.listenOrExit(); !listening {
+		t.Fatalf("serve exited with %d before listening:\n%s", code, s.stderr.String())
+	}
+	return s
+}
+
+// launchServe starts `serve --addr 127.0.0.1:0 args...` with ctx and
+// returns at once.
+func launchServe(t *testing.T, ctx context.Context, args ...string) *serving {
 	s := &serving{t: t, stderr: &syncBuffer{}, exit: make(chan int, 1)}
 	go func() {
 		s.exit <- runIO(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...),
 			strings.NewReader(""), io.Discard, s.stderr)
 	}()
+	return s
+}
+
+// listenOrExit waits until serve listens (and sets s.addr) or exits (and
+// returns its status).
+func (s *serving) listenOrExit() (code int, listening bool) {
+	s.t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if m := listeningRE.FindStringSubmatch(s.stderr.String()); m != nil {
 			s.addr = m[1]
-			return s
+			return 0, true
 		}
 		select {
 		case code := <-s.exit:
-			t.Fatalf("serve exited with %d before listening:\n%s", code, s.stderr.String())
+			return code, false
 		case <-time.After(5 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("serve did not listen:\n%s", s.stderr.String())
+			s.t.Fatalf("serve neither listened nor exited:\n%s", s.stderr.String())
 		}
 	}
 }
@@ -363,26 +380,49 @@ func TestServeConfigErrors(t *testing.T) {
 	}
 }
 
-// /readyz reports an un-migrated database until serve --migrate (or
-// agentsessions migrate up) has run.
-func TestServeReadinessAndMigrate(t *testing.T) {
+// serve refuses an empty or partly migrated database, saying which
+// command migrates it, instead of answering 503 forever; with --migrate it
+// migrates and is ready.
+func TestServeRefusesUnmigratedDatabase(t *testing.T) {
 	d := testdb.NewEmpty(t)
 	t.Setenv("DATABASE_URL", d.URL)
 	t.Setenv(envSecret, testSecret)
 	t.Setenv(envAdminKey, "")
+	files := embeddedMigrations(t)
+
+	refused := func(wantCount string) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		s := launchServe(t, ctx)
+		code, listening := s.listenOrExit()
+		if listening {
+			cancel()
+			s.wait()
+			t.Fatalf("serve started on an unmigrated database:\n%s", s.stderr.String())
+		}
+		errOut := s.stderr.String()
+		for _, want := range []string{wantCount, "agentsessions migrate up --database-url \"$DATABASE_URL\"",
+			"make migrate", "--migrate"} {
+			if code != exitError || !strings.Contains(errOut, want) {
+				t.Fatalf("exit %d, want %d with %q in:\n%s", code, exitError, want, errOut)
+			}
+		}
+		if strings.Contains(errOut, d.URL) {
+			t.Fatalf("the database URL is printed:\n%s", errOut)
+		}
+	}
+	refused(fmt.Sprintf("%d migrations embedded in this binary not yet applied (first: 1)", len(files)))
+
+	// Partly migrated: every migration but the newest.
+	mustCLI(t, "migrate", "up")
+	mustCLI(t, "migrate", "down")
+	refused("1 migration embedded in this binary not yet applied (first: " +
+		strings.TrimLeft(strings.SplitN(files[len(files)-1], "_", 2)[0], "0") + ")")
 
 	ctx, cancel := context.WithCancel(context.Background())
-	s := startServe(t, ctx)
-	var e server.ErrorBody
-	if code := s.call("GET", "/readyz", "", "", &e); code != 503 || !strings.Contains(e.Error.Message, "agentsessions migrate up") {
-		t.Fatalf("readyz on an empty schema: %d %+v", code, e)
-	}
-	cancel()
-	s.wait()
-
-	ctx, cancel = context.WithCancel(context.Background())
 	defer cancel()
-	s = startServe(t, ctx, "--migrate")
+	s := startServe(t, ctx, "--migrate")
 	if code := s.call("GET", "/readyz", "", "", nil); code != 200 {
 		t.Fatalf("readyz after --migrate: %d", code)
 	}
@@ -392,5 +432,81 @@ func TestServeReadinessAndMigrate(t *testing.T) {
 	cancel()
 	if code := s.wait(); code != exitOK {
 		t.Fatalf("exit %d", code)
+	}
+	// Migrated: serve starts without --migrate.
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	s = startServe(t, ctx)
+	if code := s.call("GET", "/readyz", "", "", nil); code != 200 {
+		t.Fatalf("readyz on a migrated database: %d", code)
+	}
+	cancel()
+	s.wait()
+}
+
+// Instances started together with --migrate on an empty database take
+// turns under the advisory lock: all of them start, ready.
+func TestServeMigrateConcurrentStarts(t *testing.T) {
+	d := testdb.NewEmpty(t)
+	t.Setenv("DATABASE_URL", d.URL)
+	t.Setenv(envSecret, testSecret)
+	t.Setenv(envAdminKey, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var all []*serving
+	for range 3 {
+		all = append(all, launchServe(t, ctx, "--migrate"))
+	}
+	for i, s := range all {
+		if code, listening := s.listenOrExit(); !listening {
+			t.Fatalf("instance %d exited with %d:\n%s", i, code, s.stderr.String())
+		}
+		if code := s.call("GET", "/readyz", "", "", nil); code != 200 {
+			t.Fatalf("instance %d: readyz %d", i, code)
+		}
+	}
+	cancel()
+	for i, s := range all {
+		if code := s.wait(); code != exitOK {
+			t.Fatalf("instance %d: exit %d:\n%s", i, code, s.stderr.String())
+		}
+	}
+}
+
+// A bad or busy --addr fails before serve generates (and prints) an admin
+// key, in memory mode where it would generate one.
+func TestServeBadAddrFailsBeforeAdminKey(t *testing.T) {
+	t.Setenv("DATABASE_URL", "")
+	t.Setenv(envSecret, "")
+	t.Setenv(envAdminKey, "")
+	t.Setenv(envAddr, "")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, c := range []struct {
+		addr string
+		code int
+		want string
+	}{
+		{"nonsense", exitUsage, `--addr / $AGENTSESSIONS_ADDR "nonsense" is not a listen address HOST:PORT`},
+		{"127.0.0.1:notaport", exitUsage, "is not a listen address"},
+		{"127.0.0.1:99999", exitUsage, "is not a listen address"},
+		{"no such host.invalid:8080", exitUsage, "is not a listen address"},
+		{busy.Addr().String(), exitError, "cannot listen on " + busy.Addr().String()},
+	} {
+		code, out, errOut := cli(t, "serve", "--addr", c.addr)
+		if code != c.code || !strings.Contains(errOut, c.want) {
+			t.Errorf("--addr %q: exit %d, stderr %q; want exit %d and %q", c.addr, code, errOut, c.code, c.want)
+		}
+		if strings.Contains(out+errOut, "admin key") {
+			t.Errorf("--addr %q: an admin key was generated before the address failed:\n%s", c.addr, out+errOut)
+		}
+	}
+	// The same from the environment.
+	t.Setenv(envAddr, "nonsense")
+	if code, _, errOut := cli(t, "serve"); code != exitUsage || !strings.Contains(errOut, "is not a listen address") {
+		t.Errorf("$%s=nonsense: exit %d, %q", envAddr, code, errOut)
 	}
 }

@@ -76,7 +76,7 @@ func newVerifyCmd(g *globalOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify --token TOKEN|- [--agent AGENT]",
 		Short: "Check a token and print its session; exit 1 if it is rejected",
-		Long: "verify checks a token exactly as the service does: signature (current or previous secret), expiry, " +
+		Long: "verify checks a token exactly as the service does: signature (the --secret-file secret or a --verify-secret-file one), expiry, " +
 			"and the stored session. With --agent the token must belong to that agent; without it, to the agent " +
 			"it names. --token - reads the token from standard input, which keeps it out of ps and shell history.",
 		Args: exactArgs(0),
@@ -171,8 +171,13 @@ func newRevokeCmd(g *globalOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "revoke --session ID | --agent AGENT",
 		Short: "Revoke one session, or every session of an agent (log out everywhere)",
-		Long:  "revoke deletes a session by ID (revoking an unknown ID succeeds), or with --agent all of the agent's sessions.",
-		Args:  exactArgs(0),
+		Long: "revoke deletes a session by ID, or with --agent all of the agent's sessions.\n\n" +
+			"With --session, a session that does not exist (already revoked, expired and pruned, or never issued) " +
+			"is reported as not found, exit status 1. --json prints {\"session_id\": ID, \"revoked\": true} " +
+			"when it was revoked and {\"session_id\": ID, \"revoked\": false} (exit 1) when it was not found. " +
+			"With --agent, --json prints {\"revoked\": N}, the number of sessions deleted, and exit status is 0 " +
+			"even for N = 0.",
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
 			case (sessionID == "") == (agent == ""):
@@ -199,20 +204,38 @@ func newRevokeCmd(g *globalOpts) *cobra.Command {
 				_, err = fmt.Fprintf(out, "revoked %d %s of agent %s\n", n, plural(n, "session"), agent)
 				return err
 			}
-			if _, err := m.Revoke(cmd.Context(), sessionID); err != nil {
+			revoked, err := m.Revoke(cmd.Context(), sessionID)
+			if err != nil {
 				return explain(err)
 			}
 			if asJSON {
-				return writeJSON(out, map[string]string{"session_id": sessionID})
+				if err := writeJSON(out, sessionRevoked{SessionID: sessionID, Revoked: revoked}); err != nil {
+					return err
+				}
+			} else if revoked {
+				if _, err := fmt.Fprintf(out, "revoked session %s\n", sessionID); err != nil {
+					return err
+				}
 			}
-			_, err = fmt.Fprintf(out, "revoked session %s\n", sessionID)
-			return err
+			if !revoked {
+				return fmt.Errorf("session %s not found: nothing revoked (already revoked, expired and pruned, "+
+					"or never issued; 'agentsessions list --agent AGENT' shows an agent's live sessions)", shellQuote(sessionID))
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&sessionID, "session", "", "ID of the session to revoke")
 	cmd.Flags().StringVar(&agent, "agent", "", "revoke every session of this agent instead")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of text: {session_id} for --session, {revoked: N} for --agent")
+	cmd.Flags().BoolVar(&asJSON, "json", false,
+		"print JSON instead of text: {session_id, revoked: true|false} for --session, {revoked: N} for --agent")
 	return cmd
+}
+
+// sessionRevoked is revoke --session --json's output. Revoked is false,
+// and the exit status 1, when there was no such session.
+type sessionRevoked struct {
+	SessionID string `json:"session_id"`
+	Revoked   bool   `json:"revoked"`
 }
 
 func newListCmd(g *globalOpts) *cobra.Command {

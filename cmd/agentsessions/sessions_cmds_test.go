@@ -146,9 +146,8 @@ func TestSessionCommands(t *testing.T) {
 	if out := mustCLI(t, "revoke", "--session", first.Session.ID); out != "revoked session "+first.Session.ID+"\n" {
 		t.Fatalf("revoke: %q", out)
 	}
-	if v := strictJSON[map[string]string](t, mustCLI(t, "revoke", "--session", first.Session.ID, "--json")); v["session_id"] != first.Session.ID || len(v) != 1 {
-		t.Fatalf("revoke --session --json: %v", v)
-	}
+	// Revoked already: not found, exit 1 (the --json shape is TestRevokeUnknownSession's).
+	wantCLI(t, exitError, "session "+first.Session.ID+" not found", "revoke", "--session", first.Session.ID)
 	wantCLI(t, exitError, "token rejected: unknown session", "verify", "--token", ref.Token)
 	mustCLI(t, "issue", "--agent", agentB)
 	mustCLI(t, "issue", "--agent", agentB)
@@ -343,7 +342,7 @@ func TestSecretRules(t *testing.T) {
 		t.Fatal("refreshed token does not verify with the new secret alone")
 	}
 	code, _, errOut = record(cli(t, "verify", "--token", newTok, "--secret-file", newFile, "--previous-secret-file", shortFile))
-	if code != exitUsage || !strings.Contains(errOut, "previous secrets must be >= 32 bytes") {
+	if code != exitUsage || !strings.Contains(errOut, "verify-only secrets must be >= 32 bytes") {
 		t.Fatalf("short previous secret: %d %q", code, errOut)
 	}
 
@@ -421,4 +420,37 @@ func TestLibraryErrorsExplained(t *testing.T) {
 		"issue", "--agent", agentA, "--database-url", empty.URL)
 	wantCLI(t, exitError, "cannot reach the database",
 		"list", "--agent", agentA, "--database-url", "postgres://postgres@127.0.0.1:1/x?connect_timeout=2")
+}
+
+// revoke --session of a session that does not exist says so and exits 1,
+// with --json too ({"session_id", "revoked": false} on stdout); a real
+// revoke prints {"session_id", "revoked": true} and exits 0.
+func TestRevokeUnknownSession(t *testing.T) {
+	d := testdb.New(t)
+	t.Setenv("DATABASE_URL", d.URL)
+	t.Setenv(envSecret, testSecret)
+	type revoked struct {
+		SessionID string `json:"session_id"`
+		Revoked   bool   `json:"revoked"`
+	}
+
+	code, out, errOut := cli(t, "revoke", "--session", "no-such-session")
+	if code != exitError || strings.Contains(out, "revoked") ||
+		!strings.Contains(errOut, "session no-such-session not found: nothing revoked") {
+		t.Fatalf("unknown session: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, errOut = cli(t, "revoke", "--session", "no-such-session", "--json")
+	if v := strictJSON[revoked](t, out); code != exitError || v != (revoked{"no-such-session", false}) || !strings.Contains(errOut, "not found") {
+		t.Fatalf("unknown session --json: exit %d, %+v, stderr %q", code, v, errOut)
+	}
+
+	iss := strictJSON[server.IssuedResponse](t, mustCLI(t, "issue", "--agent", agentA, "--json"))
+	if v := strictJSON[revoked](t, mustCLI(t, "revoke", "--session", iss.Session.ID, "--json")); v != (revoked{iss.Session.ID, true}) {
+		t.Fatalf("revoke --json: %+v", v)
+	}
+	// Revoking it again: it is gone.
+	code, out, _ = cli(t, "revoke", "--session", iss.Session.ID, "--json")
+	if v := strictJSON[revoked](t, out); code != exitError || v.Revoked {
+		t.Fatalf("second revoke: exit %d, %+v", code, v)
+	}
 }

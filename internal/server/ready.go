@@ -20,6 +20,13 @@ import (
 type NotReadyError struct {
 	Public string
 	Err    error
+
+	// Pending lists, in order, the versions of the migrations embedded in
+	// this binary that the database has not applied (all of them when it
+	// has no version table). It is empty when the failure is something
+	// else (unreachable, no permission): then waiting may help, while a
+	// pending migration only goes away when someone migrates.
+	Pending []int64
 }
 
 func (e *NotReadyError) Error() string {
@@ -40,7 +47,9 @@ func (e *NotReadyError) Unwrap() error { return e.Err }
 // table when it is missing: a readiness probe must not run DDL, and the
 // least-privilege runtime role (SECURITY.md) cannot. The runtime role
 // needs SELECT on the version table; without it the check fails with a
-// message saying so.
+// message saying so. A failure because migrations are missing is a
+// [NotReadyError] with Pending set; agentsessions serve runs the check
+// once at start and refuses to start on such a database.
 func PostgresReady(pool *pgxpool.Pool) (func(context.Context) error, error) {
 	want, err := embeddedVersions()
 	if err != nil {
@@ -53,7 +62,7 @@ func PostgresReady(pool *pgxpool.Pool) (func(context.Context) error, error) {
 		}
 		rows, err := pool.Query(ctx, query)
 		if err != nil {
-			return versionTableError(err)
+			return versionTableError(err, want)
 		}
 		applied := map[int64]bool{}
 		for rows.Next() {
@@ -66,7 +75,7 @@ func PostgresReady(pool *pgxpool.Pool) (func(context.Context) error, error) {
 			applied[v] = ok // the latest row for a version wins
 		}
 		if err := rows.Err(); err != nil {
-			return versionTableError(err)
+			return versionTableError(err, want)
 		}
 		var pending []int64
 		for _, v := range want {
@@ -77,18 +86,19 @@ func PostgresReady(pool *pgxpool.Pool) (func(context.Context) error, error) {
 		if len(pending) > 0 {
 			return &NotReadyError{Public: fmt.Sprintf(
 				"%d of %d migrations are not applied (first: %d): run 'agentsessions migrate up'",
-				len(pending), len(want), pending[0])}
+				len(pending), len(want), pending[0]), Pending: pending}
 		}
 		return nil
 	}, nil
 }
 
-func versionTableError(err error) error {
+func versionTableError(err error, want []int64) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case "42P01": // undefined_table
-			return &NotReadyError{Public: "no migrations are applied: run 'agentsessions migrate up'", Err: err}
+			return &NotReadyError{Public: "no migrations are applied: run 'agentsessions migrate up'", Err: err,
+				Pending: slices.Clone(want)}
 		case "42501": // insufficient_privilege
 			return &NotReadyError{Public: "cannot read the migration history: GRANT SELECT ON " +
 				migrations.VersionTable + " to the service's database role", Err: err}
