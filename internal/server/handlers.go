@@ -108,11 +108,20 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if err := s.timed(r.Context(), "revoke", func(ctx context.Context) error { _, err := s.m.Revoke(ctx, id); return err }); err != nil {
+	var revoked bool
+	err := s.timed(r.Context(), "revoke", func(ctx context.Context) (err error) {
+		revoked, err = s.m.Revoke(ctx, id)
+		return err
+	})
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.met.revoked.Inc()
+	// 204 either way: revoking is idempotent, and a 404 would only tell
+	// the admin what a list shows. The metric counts real revocations.
+	if revoked {
+		s.met.revoked.Inc()
+	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)
 }

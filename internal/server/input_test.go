@@ -325,3 +325,18 @@ func TestServerAnswersPerTable(t *testing.T) {
 }
 
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// DELETE /v1/sessions/{id} is idempotent: 204 for an unknown or already
+// revoked session too, and sessions_revoked_total counts only sessions
+// that were revoked.
+func TestRevokeUnknownSession(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testdb.New(t), envConfig{})
+	iss := e.issue(agent, nil)
+	for _, id := range []string{iss.Session.ID, iss.Session.ID, "no-such-session"} {
+		want(t, "revoke "+id, e.admin("DELETE", "/v1/sessions/"+id, nil), http.StatusNoContent, "")
+	}
+	if got := metric(t, e, "agentsessions_sessions_revoked_total"); got != 1 {
+		t.Fatalf("sessions_revoked_total = %v after revoking one session (three DELETEs), want 1", got)
+	}
+}
