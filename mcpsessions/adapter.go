@@ -164,8 +164,9 @@ func (a *Adapter) Generate() string {
 // empty, malformed, forged or tampered ID (no store call is made for
 // those), for a session of another agent than Options.AgentID, and when the
 // store fails: a store failure is never reported as a termination (it fails
-// closed, and OnError hears of it). The error of a store failure says only
-// that the store failed; the cause is in its chain (errors.Is(err,
+// closed, and OnError hears of it). The text of the error of a failed
+// check is only the message of [sessions.HTTPError] (for a store failure:
+// that the store is unavailable); the cause is in its chain (errors.Is(err,
 // sessions.ErrStore)) and in full in what OnError receives.
 func (a *Adapter) Validate(sessionID string) (isTerminated bool, err error) {
 	return a.validate(context.Background(), nil, sessionID)
@@ -308,42 +309,40 @@ const (
 	verdictFailure            // the store (or the server) failed
 )
 
+// classify sorts an error by its code in the sessions table: the MCP
+// transport has its own answers (404 for a session ID it does not accept),
+// but which errors are the caller's and which the server's is the table's
+// call.
 func classify(err error) verdict {
-	var denied *sessions.AccessDeniedError
-	switch {
-	case err == nil:
+	if err == nil {
 		return verdictValid
-	case errors.Is(err, sessions.ErrSessionExpired):
-		return verdictTerminated
-	case errors.As(err, &denied):
-		switch denied.Reason {
-		case sessions.ReasonUnknownSession, sessions.ReasonMetadataMismatch, sessions.ReasonDigestMismatch:
-			// Revoked, pruned, or superseded (refreshed, re-issued).
-			return verdictTerminated
-		case sessions.ReasonAgentMismatch:
-			return verdictInvalid
-		}
-		return verdictFailure // e.g. the server's clock reads before 1970
-	case errors.Is(err, ErrNoSessionID),
-		errors.Is(err, sessions.ErrInvalidTokenFormat),
-		errors.Is(err, sessions.ErrInvalidSignature),
-		errors.Is(err, sessions.ErrInvalidAgentID):
+	}
+	if errors.Is(err, ErrNoSessionID) {
 		return verdictInvalid
 	}
-	return verdictFailure
+	switch sessions.HTTPError(err).Code {
+	case sessions.CodeExpired, sessions.CodeUnauthorized:
+		// Expired, revoked, pruned, or superseded (refreshed, re-issued).
+		return verdictTerminated
+	case sessions.CodeInvalidToken, sessions.CodeForbidden, sessions.CodeInvalidAgentID:
+		// Not a session ID of ours, or another agent's.
+		return verdictInvalid
+	}
+	return verdictFailure // the store, or the server (e.g. its clock)
 }
 
 // failure is what Validate and Terminate return when the check itself
-// failed (the store, mostly). Its text is safe to show a client, as mcp-go
-// does for a DELETE; the cause stays in its chain for errors.Is and
-// errors.As, and goes in full to Options.OnError.
+// failed (the store, mostly). Its text is the op and the message of
+// [sessions.HTTPError], safe to show a client, as mcp-go does for a
+// DELETE; the cause stays in its chain for errors.Is and errors.As, and
+// goes in full to Options.OnError.
 type failure struct {
 	op  Op
 	err error
 }
 
 func (e *failure) Error() string {
-	return "mcpsessions: " + string(e.op) + ": session store unavailable"
+	return "mcpsessions: " + string(e.op) + ": " + sessions.HTTPError(e.err).Message
 }
 
 func (e *failure) Unwrap() error { return e.err }
@@ -389,16 +388,13 @@ func (a *Adapter) terminate(ctx context.Context, r *http.Request, sessionID stri
 }
 
 // describe turns a Generate failure into a message for the client: the
-// reason when it is the client's business, nothing internal otherwise.
+// message and code of [sessions.HTTPError], which carry the reason when it
+// is the client's business and nothing internal otherwise.
 func describe(err error) string {
-	var le *sessions.LimitError
-	switch {
-	case errors.As(err, &le):
-		return fmt.Sprintf("agent %q already holds its limit of %d live sessions", le.AgentID, le.Limit)
-	case errors.Is(err, sessions.ErrInvalidAgentID):
-		return "no valid agent id for this request"
-	case errors.Is(err, sessions.ErrStore):
-		return "session store unavailable, retry later"
+	info := sessions.HTTPError(err)
+	msg := info.Message
+	if info.Code == sessions.CodeInvalidAgentID {
+		msg = "no valid agent id for this request: " + msg
 	}
-	return "internal error"
+	return msg + " (" + info.Code + ")"
 }

@@ -520,7 +520,7 @@ func TestStoreFailureTextIsOpaque(t *testing.T) {
 	_, verr := a.Validate(sid)
 	_, terr := a.Terminate(sid)
 	for op, err := range map[string]error{"validate": verr, "terminate": terr} {
-		if want := "mcpsessions: " + op + ": session store unavailable"; err == nil || err.Error() != want {
+		if want := "mcpsessions: " + op + ": " + sessions.HTTPError(sessions.ErrStore).Message; err == nil || err.Error() != want {
 			t.Errorf("%s error text = %v, want %q", op, err, want)
 		}
 		if !errors.Is(err, sessions.ErrStore) {

@@ -93,17 +93,20 @@
 // sees 404 for an unknown, revoked, expired, forged or tampered session ID,
 // or another agent's, and must initialize again. Validate nevertheless
 // returns an error, not "terminated", when the store fails: it fails
-// closed, and [Options.OnError] hears of it. [Adapter.Middleware] turns
-// store failures into 503 with Retry-After instead of 404, so that clients
-// retry rather than drop a session that is fine.
+// closed, and [Options.OnError] hears of it. [Adapter.Middleware] answers
+// a failed check with the status of [sessions.HTTPError] instead of 404:
+// 503 with Retry-After for a store failure, so that clients retry rather
+// than drop a session that is fine, 500 for a server fault such as a clock
+// before 1970.
 //
 // mcp-go does not validate the session ID of a GET (the stream for
 // server-initiated messages); [Adapter.Middleware] does (404 when invalid,
 // 400 when missing). A DELETE whose session is already gone answers 200
 // (termination is idempotent); a DELETE with an invalid ID answers 500 from
 // mcp-go, or 404 behind [Adapter.Middleware]. mcp-go puts Terminate's error
-// text in its 500 response, so the text of a store failure says only that
-// the store failed; the cause is in the error's chain and in what OnError
+// text in its 500 response, so the text of a failed check is only the
+// message of [sessions.HTTPError] (for a store failure, that the store is
+// unavailable); the cause is in the error's chain and in what OnError
 // receives.
 //
 // # When no session can be issued

@@ -24,9 +24,11 @@ import (
 //     with 404 (mcp-go itself opens the stream without validating it);
 //   - a DELETE with an invalid session ID is refused with 404 (mcp-go
 //     would answer 500);
-//   - when the store fails while checking a session ID, the request is
-//     refused with 503 and Retry-After, instead of mcp-go's 404 (which
-//     would make the client drop its session and start another).
+//   - when the check itself fails, the request is refused with the
+//     status of [sessions.HTTPError] (503 and Retry-After when the store
+//     failed, 500 for e.g. a server clock before 1970) and a plain-text
+//     "code: message" body, instead of mcp-go's 404 (which would make the
+//     client drop its session and start another).
 //
 // Everything else goes to next, and the session ID is checked only once per
 // request: the adapter's Validate and Terminate reuse the result. Requests
@@ -62,8 +64,14 @@ func (a *Adapter) Middleware(next http.Handler) http.Handler {
 		switch classify(err) {
 		case verdictFailure:
 			a.onError(r.Context(), OpValidate, fmt.Errorf("mcpsessions: validate: %w", err))
-			w.Header().Set("Retry-After", "1")
-			http.Error(w, "Service Unavailable: session store unavailable", http.StatusServiceUnavailable)
+			// The status, code and message of sessions.HTTPError, as
+			// plain text like mcp-go's own errors: an application/json
+			// body would be read as JSON-RPC by MCP clients.
+			info := sessions.HTTPError(err)
+			if ra := info.RetryAfter(); ra != "" {
+				w.Header().Set("Retry-After", ra)
+			}
+			http.Error(w, info.Code+": "+info.Message, info.Status)
 			return
 		case verdictInvalid:
 			// A POST goes on: mcp-go refuses it with 404, unless it is an

@@ -39,4 +39,7 @@
 // [ErrInvalidTokenFormat], [ErrInvalidSignature], [ErrAccessDenied],
 // [ErrSessionExpired], [ErrStore]); typed errors ([ConfigError],
 // [LimitError], [AccessDeniedError], [StoreError]) carry details.
+// [HTTPError] is the one table from these errors to an HTTP status, error
+// code and client message; [Middleware], the agentsessions service and the
+// MCP adapter all answer with it.
 package sessions

@@ -141,6 +141,6 @@ func ExampleMiddleware() {
 	call(issued.Token, "did:agentmesh:planner")
 	// Output:
 	// 200 hello did:agentmesh:planner
-	// 403 {"error":{"code":"forbidden","message":"the token belongs to another agent"}}
-	// 401 {"error":{"code":"unauthorized","message":"the session is unknown or has been revoked"}}
+	// 403 {"error":{"code":"forbidden","message":"the token belongs to another agent than the one in the X-Agent-ID header"}}
+	// 401 {"error":{"code":"unauthorized","message":"the session is unknown, revoked, or the token was superseded by a refresh"}}
 }

@@ -19,13 +19,18 @@ type MiddlewareConfig struct {
 	AgentHeader string
 
 	// ErrorHandler writes the response for a refused request. status is
-	// 401 (no, malformed, invalid, expired or unknown token; no agent ID),
-	// 403 (a valid token of another agent) or 503 (the store failed; the
-	// token may be fine, so the client should retry), and err is the
-	// cause, errors.Is-able against this package's sentinels. err may hold
+	// [HTTPError](err).Status, except 401 for a request without a bearer
+	// token (RFC 6750): 400 for a missing or invalid agent ID, 401 for a
+	// malformed, forged, expired, unknown or revoked token, 403 for a
+	// valid token of another agent, 503 when the store failed (the token
+	// may be fine, so the client should retry), 500 otherwise. err is the
+	// cause, errors.Is-able against this package's sentinels; its text
+	// names the agent header where that is what to fix, and may hold
 	// details meant for logs, never the token. Default: a JSON body
-	// {"error":{"code":"...","message":"..."}} with a WWW-Authenticate
-	// header on 401 and Retry-After on 503.
+	// {"error":{"code":"...","message":"..."}} from [HTTPError], with
+	// "WWW-Authenticate: Bearer" when no token was sent, `Bearer
+	// error="invalid_token"` on any other 401 (never when the token was
+	// fine), and Retry-After on 503.
 	ErrorHandler func(w http.ResponseWriter, r *http.Request, status int, err error)
 }
 
@@ -80,15 +85,38 @@ func Middleware(m *Manager, cfg MiddlewareConfig) func(http.Handler) http.Handle
 func authenticateRequest(m *Manager, r *http.Request, header string) (Session, int, error) {
 	token, ok := bearerToken(r.Header.Get("Authorization"))
 	if !ok {
-		return Session{}, http.StatusUnauthorized, ErrMissingToken
+		// RFC 6750, section 3.1: a request without credentials gets 401
+		// (with a bare Bearer challenge), not the table's 400.
+		return Session{}, http.StatusUnauthorized, &headerError{ErrMissingToken,
+			"send the session token as Authorization: Bearer <token>"}
 	}
 	agentID := r.Header.Get(header)
 	if agentID == "" {
-		return Session{}, http.StatusUnauthorized, ErrMissingAgentID
+		err := &headerError{ErrMissingAgentID, "send the agent ID in the " + header + " header"}
+		return Session{}, HTTPError(err).Status, err
 	}
 	s, err := m.Authenticate(r.Context(), token, agentID)
-	return s, authStatus(err), err
+	if err == nil {
+		return s, http.StatusOK, nil
+	}
+	switch {
+	case errors.Is(err, ErrInvalidAgentID):
+		err = &headerError{err, "the " + header + " header: " + userMessage(err)}
+	case HTTPError(err).Code == CodeForbidden:
+		err = &headerError{err, "the token belongs to another agent than the one in the " + header + " header"}
+	}
+	return s, HTTPError(err).Status, err
 }
+
+// headerError gives a middleware refusal a message naming the header to
+// fix; it matches what it wraps, so [HTTPError] classifies it as that.
+type headerError struct {
+	err error
+	msg string
+}
+
+func (e *headerError) Error() string { return "sessions: " + e.msg }
+func (e *headerError) Unwrap() error { return e.err }
 
 // bearerToken extracts the credential of an "Authorization: Bearer x"
 // header; the scheme is case-insensitive (RFC 9110, section 11.1).
@@ -101,63 +129,37 @@ func bearerToken(h string) (string, bool) {
 	return token, token != ""
 }
 
-func authStatus(err error) int {
-	var denied *AccessDeniedError
-	switch {
-	case err == nil:
-		return http.StatusOK
-	case errors.As(err, &denied) && denied.Reason == ReasonAgentMismatch:
-		return http.StatusForbidden
-	case errors.Is(err, ErrStore), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return http.StatusServiceUnavailable
-	default:
-		return http.StatusUnauthorized
-	}
-}
-
-// middlewareErrorCode names the cause of a refusal for clients.
-func middlewareErrorCode(status int, err error) (code, msg string) {
-	switch {
-	case status == http.StatusServiceUnavailable:
-		return "unavailable", "the session store is unavailable; retry shortly"
-	case status == http.StatusForbidden:
-		return "forbidden", "the token belongs to another agent"
-	case errors.Is(err, ErrMissingToken):
-		return "missing_token", "send the session token as Authorization: Bearer <token>"
-	case errors.Is(err, ErrMissingAgentID):
-		return "missing_agent_id", "send the agent ID in the agent header"
-	case errors.Is(err, ErrSessionExpired):
-		return "expired", "the session has expired; issue a new one"
-	case errors.Is(err, ErrInvalidTokenFormat), errors.Is(err, ErrInvalidSignature):
-		return "invalid_token", "the token is malformed or its signature is invalid"
-	case errors.Is(err, ErrInvalidAgentID):
-		return "invalid_agent_id", "the agent ID is not valid"
-	default:
-		return "unauthorized", "the session is unknown or has been revoked"
-	}
-}
-
+// writeMiddlewareError is the default ErrorHandler: the code and message of
+// [HTTPError], with the challenge RFC 6750 asks for on 401 and
+// Retry-After on 503.
 func writeMiddlewareError(w http.ResponseWriter, _ *http.Request, status int, err error) {
-	code, msg := middlewareErrorCode(status, err)
-	switch status {
-	case http.StatusUnauthorized:
-		// RFC 6750, section 3.1: no error code when no token was sent.
+	info := HTTPError(err)
+	var he *headerError
+	if errors.As(err, &he) {
+		info.Message = he.msg // the table's classification, naming the header
+	}
+	if status == http.StatusUnauthorized {
 		if errors.Is(err, ErrMissingToken) {
+			// RFC 6750, section 3.1: no error code when no token was sent.
 			w.Header().Set("WWW-Authenticate", "Bearer")
 		} else {
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		}
-	case http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", "1")
+	}
+	if ra := info.RetryAfter(); ra != "" {
+		w.Header().Set("Retry-After", ra)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	type detail struct {
 		Code    string `json:"code"`
 		Message string `json:"message"`
 	}
-	_ = json.NewEncoder(w).Encode(struct {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // "<token>" stays readable
+	_ = enc.Encode(struct {
 		Error detail `json:"error"`
-	}{detail{code, msg}})
+	}{detail{info.Code, info.Message}})
 }

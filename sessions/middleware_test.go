@@ -1,11 +1,13 @@
 package sessions_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,7 +81,7 @@ func TestMiddlewarePostgres(t *testing.T) {
 		{"no authorization", "", agent, 401, "missing_token"},
 		{"basic scheme", "Basic " + live.Token, agent, 401, "missing_token"},
 		{"empty bearer", "Bearer ", agent, 401, "missing_token"},
-		{"no agent header", "Bearer " + live.Token, "", 401, "missing_agent_id"},
+		{"no agent header", "Bearer " + live.Token, "", 400, "missing_agent_id"},
 		{"tampered signature", "Bearer " + tampered, agent, 401, "invalid_token"},
 		{"garbage", "Bearer not-a-token", agent, 401, "invalid_token"},
 		{"oversized", "Bearer " + strings.Repeat("A", sessions.MaxTokenLength+1), agent, 401, "invalid_token"},
@@ -114,8 +116,8 @@ func TestMiddlewarePostgres(t *testing.T) {
 	fresh := mustIssue(t, e.mgr, "did:agentmesh:fresh")
 	pool.Close()
 	got := serveMW(h, "Bearer "+fresh.Token, sessions.DefaultAgentHeader, "did:agentmesh:fresh")
-	if got.status != 503 || got.code != "unavailable" || got.header.Get("Retry-After") == "" {
-		t.Fatalf("store down: got %d %q %v, want 503 unavailable with Retry-After", got.status, got.code, got.header)
+	if got.status != 503 || got.code != "store_unavailable" || got.header.Get("Retry-After") == "" {
+		t.Fatalf("store down: got %d %q %v, want 503 store_unavailable with Retry-After", got.status, got.code, got.header)
 	}
 }
 
@@ -137,12 +139,114 @@ func TestMiddlewareCustomHeaderAndErrorHandler(t *testing.T) {
 		t.Fatalf("custom header: got %d %s", got.status, got.body)
 	}
 	// The default header is not read once another is configured.
-	if got := serveMW(h, "Bearer "+iss.Token, sessions.DefaultAgentHeader, agent); got.status != 401 ||
-		gotStatus != 401 || !errors.Is(gotErr, sessions.ErrMissingAgentID) {
+	if got := serveMW(h, "Bearer "+iss.Token, sessions.DefaultAgentHeader, agent); got.status != 400 ||
+		gotStatus != 400 || !errors.Is(gotErr, sessions.ErrMissingAgentID) {
 		t.Fatalf("default header with custom config: got %d, handler saw %d %v", got.status, gotStatus, gotErr)
 	}
 	if got := serveMW(h, "Bearer "+iss.Token, "X-Client-DID", "did:agentmesh:other"); got.status != 403 ||
 		!errors.Is(gotErr, sessions.ErrAccessDenied) {
 		t.Fatalf("wrong agent: got %d, handler saw %v", got.status, gotErr)
+	}
+}
+
+// flakyStore fails every Get while down is set, with a cause that names a
+// host, as a database driver's error would.
+type flakyStore struct {
+	sessions.Store
+	down atomic.Bool
+}
+
+func (f *flakyStore) Get(ctx context.Context, id string) (sessions.Session, bool, error) {
+	if f.down.Load() {
+		return sessions.Session{}, false, errors.New("dial tcp 10.1.2.3:5432: connection refused")
+	}
+	return f.Store.Get(ctx, id)
+}
+
+// The default middleware answers every refusal with the status and code
+// of sessions.HTTPError (401 for no token at all, as RFC 6750 says), a
+// message naming the configured agent header where that is what to fix,
+// and a WWW-Authenticate challenge only when the token is what failed.
+func TestMiddlewareAnswersPerTable(t *testing.T) {
+	t.Parallel()
+	store := &flakyStore{Store: sessions.NewMemoryStore()}
+	clock := newClock(1_700_000_000)
+	cfg := sessions.Config{Secret: []byte(secret), TTL: time.Minute, Limit: 5, Clock: clock.Now}
+	m, err := sessions.New(store, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Clock = func() time.Time { return time.Unix(-10, 0) }
+	before1970, err := sessions.New(store, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := mustIssue(t, m, agent)
+	revoked := mustIssue(t, m, agent)
+	if _, err := m.Revoke(t.Context(), revoked.Session.ID); err != nil {
+		t.Fatal(err)
+	}
+	expiring := mustIssue(t, m, agent)
+	theirs := mustIssue(t, m, other)
+
+	const header = "X-Client-DID"
+	statusOf := map[string]int{}
+	for _, c := range sessions.HTTPErrorCodes() {
+		statusOf[c.Code] = c.Status
+	}
+	const invalidChallenge = `Bearer error="invalid_token"`
+	cases := []struct {
+		name, auth, agentID string
+		mgr                 *sessions.Manager
+		before              func()
+		code, challenge     string
+		inMessage           string
+	}{
+		{name: "no token", agentID: agent, code: "missing_token", challenge: "Bearer", inMessage: "Authorization: Bearer <token>"},
+		{name: "no agent header", auth: "Bearer " + live.Token, code: "missing_agent_id", inMessage: header},
+		{name: "agent ID too long", auth: "Bearer " + live.Token, agentID: strings.Repeat("a", sessions.MaxAgentIDLength+1),
+			code: "invalid_agent_id", inMessage: header},
+		{name: "tampered", auth: "Bearer " + live.Token + "x", agentID: agent, code: "invalid_token", challenge: invalidChallenge},
+		{name: "revoked", auth: "Bearer " + revoked.Token, agentID: agent, code: "unauthorized", challenge: invalidChallenge},
+		{name: "another agent's token", auth: "Bearer " + theirs.Token, agentID: agent, code: "forbidden", inMessage: header},
+		{name: "clock before 1970", auth: "Bearer " + live.Token, agentID: agent, mgr: before1970, code: "internal_error"},
+		{name: "store down", auth: "Bearer " + live.Token, agentID: agent, code: "store_unavailable",
+			before: func() { store.down.Store(true) }},
+		{name: "expired", auth: "Bearer " + expiring.Token, agentID: agent, code: "expired", challenge: invalidChallenge,
+			before: func() { store.down.Store(false); clock.Advance(2 * time.Minute) }},
+	}
+	for _, c := range cases {
+		if c.before != nil {
+			c.before()
+		}
+		mgr := m
+		if c.mgr != nil {
+			mgr = c.mgr
+		}
+		h := sessions.Middleware(mgr, sessions.MiddlewareConfig{AgentHeader: header})(echoSession)
+		got := serveMW(h, c.auth, header, c.agentID)
+		wantStatus := statusOf[c.code]
+		if c.code == "missing_token" {
+			wantStatus = http.StatusUnauthorized
+		}
+		if got.status != wantStatus || got.code != c.code {
+			t.Errorf("%s: got %d %q (%s), want %d %s", c.name, got.status, got.code, got.body, wantStatus, c.code)
+		}
+		if ch := got.header.Get("WWW-Authenticate"); ch != c.challenge {
+			t.Errorf("%s: WWW-Authenticate %q, want %q", c.name, ch, c.challenge)
+		}
+		if ra := got.header.Get("Retry-After"); (ra != "") != (wantStatus == http.StatusServiceUnavailable) {
+			t.Errorf("%s: Retry-After %q with status %d", c.name, ra, got.status)
+		}
+		var body struct {
+			Error struct{ Message string } `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(got.body), &body); err != nil || body.Error.Message == "" {
+			t.Errorf("%s: body %s: %v", c.name, got.body, err)
+		}
+		if !strings.Contains(body.Error.Message, c.inMessage) || strings.Contains(got.body, `\u003c`) ||
+			strings.Contains(got.body, "10.1.2.3") || strings.Contains(got.body, "sessions: ") {
+			t.Errorf("%s: body %s should name %q, unescaped, without the store's cause", c.name, got.body, c.inMessage)
+		}
 	}
 }

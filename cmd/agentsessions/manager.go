@@ -147,34 +147,51 @@ func requireAgent(agent string) error {
 	return nil
 }
 
-// explain turns a library error into one that says what to do.
+// explain turns a library error into one that says what to do. The
+// classification is the library's one table (sessions.HTTPError), as the
+// API's; on top of it the CLI adds advice, and, since its user is the
+// operator, the detail the API keeps from clients (which token check
+// failed, the store's cause).
 func explain(err error) error {
 	var le *sessions.LimitError
 	var denied *sessions.AccessDeniedError
-	switch {
-	case errors.As(err, &le):
-		return fmt.Errorf("agent %q already holds its limit of %d live sessions: revoke one "+
-			"(agentsessions revoke --session ID), raise its limit (agentsessions limits set --agent %s --limit N), "+
-			"or issue with --policy evict-oldest", le.AgentID, le.Limit, shellQuote(le.AgentID))
-	case errors.Is(err, sessions.ErrInvalidTokenFormat), errors.Is(err, sessions.ErrInvalidSignature):
+	switch info := sessions.HTTPError(err); info.Code {
+	case sessions.CodeLimitExceeded:
+		if errors.As(err, &le) {
+			return fmt.Errorf("agent %q already holds its limit of %d live sessions: revoke one "+
+				"(agentsessions revoke --session ID), raise its limit (agentsessions limits set --agent %s --limit N), "+
+				"or issue with --policy evict-oldest", le.AgentID, le.Limit, shellQuote(le.AgentID))
+		}
+		return errors.New(info.Message)
+	case sessions.CodeInvalidToken:
 		return fmt.Errorf("token rejected: it is malformed or not signed with this secret (%s)", clean(err))
-	case errors.Is(err, sessions.ErrSessionExpired):
+	case sessions.CodeExpired:
 		return errors.New("token rejected: the session has expired; issue a new one")
-	case errors.Is(err, sessions.ErrLifetimeExceeded):
+	case sessions.CodeLifetimeExceeded:
 		return errors.New("token rejected for refresh: the session reached --max-lifetime; issue a new one")
-	case errors.As(err, &denied) && denied.Reason == sessions.ReasonAgentMismatch:
+	case sessions.CodeForbidden:
 		return errors.New("token rejected: it belongs to another agent (check --agent)")
-	case errors.As(err, &denied) && denied.Reason == sessions.ReasonUnknownSession:
-		return errors.New("token rejected: unknown session (revoked, expired and pruned, or issued by another store); issue a new one")
-	case errors.As(err, &denied) && (denied.Reason == sessions.ReasonDigestMismatch || denied.Reason == sessions.ReasonMetadataMismatch):
-		return fmt.Errorf("token rejected: %s (superseded by a refresh, or the session was re-issued); use the latest token or issue a new one", denied.Reason)
-	case errors.As(err, &denied):
-		return fmt.Errorf("token rejected: %s", denied.Reason)
-	case errors.Is(err, sessions.ErrInvalidMetadata), errors.Is(err, sessions.ErrInvalidLimit),
-		errors.Is(err, sessions.ErrInvalidAgentID), errors.Is(err, sessions.ErrInvalidSessionID):
+	case sessions.CodeUnauthorized:
+		switch {
+		case errors.As(err, &denied) && denied.Reason == sessions.ReasonUnknownSession:
+			return errors.New("token rejected: unknown session (revoked, expired and pruned, or issued by another store); issue a new one")
+		case errors.As(err, &denied) && (denied.Reason == sessions.ReasonDigestMismatch || denied.Reason == sessions.ReasonMetadataMismatch):
+			return fmt.Errorf("token rejected: %s (superseded by a refresh, or the session was re-issued); use the latest token or issue a new one", denied.Reason)
+		case errors.As(err, &denied):
+			return fmt.Errorf("token rejected: %s", denied.Reason)
+		}
+		return errors.New("token rejected: " + info.Message)
+	case sessions.CodeInvalidMetadata, sessions.CodeInvalidLimit, sessions.CodeInvalidAgentID, sessions.CodeInvalidSessionID,
+		sessions.CodeMissingAgentID, sessions.CodeMissingToken:
 		return usageError{errors.New(clean(err))}
-	case errors.Is(err, sessions.ErrStore):
+	case sessions.CodeStoreUnavailable:
 		return fmt.Errorf("the session store failed (is the database up and migrated? try 'agentsessions migrate status'): %s", clean(err))
+	case sessions.CodeCanceled:
+		return fmt.Errorf("interrupted: %s", clean(err))
+	case sessions.CodeInternal:
+		if errors.As(err, &denied) && denied.Reason == sessions.ReasonClockBeforeEpoch {
+			return errors.New("the system clock reads before 1970: fix the clock (NTP) and retry")
+		}
 	}
 	return err
 }

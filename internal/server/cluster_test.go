@@ -186,6 +186,7 @@ func TestRunDrainsInFlightRequests(t *testing.T) {
 	go func() {
 		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/sessions", strings.NewReader(`{"agent_id":"`+agent+`"}`))
 		req.Header.Set("Authorization", "Bearer "+adminKey)
+		req.Header.Set("Content-Type", "application/json")
 		res, err := http.DefaultClient.Do(req)
 		if err != nil {
 			got <- result{err: err}

@@ -17,8 +17,12 @@ const (
 
 func (s *Server) issue(w http.ResponseWriter, r *http.Request) {
 	var req issueRequest
-	if e := decode(w, r, s.maxBody, &req, issueExample); e != nil {
-		s.clientError(w, e)
+	if err := decode(w, r, s.maxBody, &req, issueExample); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.AgentID == "" {
+		s.fail(w, r, &missingField{"agent_id", issueExample, sessions.ErrMissingAgentID})
 		return
 	}
 	var opts []sessions.IssueOption
@@ -42,14 +46,30 @@ func (s *Server) issue(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, issuedResponse(iss))
 }
 
+// decodeToken reads the body of the token routes; both fields are
+// required: a missing or empty one is a 400 naming it, not a token
+// failure.
+func decodeToken(w http.ResponseWriter, r *http.Request, max int64, req *tokenRequest) error {
+	if err := decode(w, r, max, req, tokenExample); err != nil {
+		return err
+	}
+	switch {
+	case req.AgentID == "":
+		return &missingField{"agent_id", tokenExample, sessions.ErrMissingAgentID}
+	case req.Token == "":
+		return &missingField{"token", tokenExample, sessions.ErrMissingToken}
+	}
+	return nil
+}
+
 func issuedResponse(iss sessions.Issued) IssuedResponse {
 	return IssuedResponse{Token: iss.Token, Session: NewSession(iss.Session), Evicted: iss.Evicted}
 }
 
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) {
 	var req tokenRequest
-	if e := decode(w, r, s.maxBody, &req, tokenExample); e != nil {
-		s.clientError(w, e)
+	if err := decodeToken(w, r, s.maxBody, &req); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	var sess sessions.Session
@@ -68,8 +88,8 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) refresh(w http.ResponseWriter, r *http.Request) {
 	var req tokenRequest
-	if e := decode(w, r, s.maxBody, &req, tokenExample); e != nil {
-		s.clientError(w, e)
+	if err := decodeToken(w, r, s.maxBody, &req); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	var iss sessions.Issued
@@ -88,11 +108,20 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if err := s.timed(r.Context(), "revoke", func(ctx context.Context) error { _, err := s.m.Revoke(ctx, id); return err }); err != nil {
+	var revoked bool
+	err := s.timed(r.Context(), "revoke", func(ctx context.Context) (err error) {
+		revoked, err = s.m.Revoke(ctx, id)
+		return err
+	})
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.met.revoked.Inc()
+	// 204 either way: revoking is idempotent, and a 404 would only tell
+	// the admin what a list shows. The metric counts real revocations.
+	if revoked {
+		s.met.revoked.Inc()
+	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -137,12 +166,12 @@ func (s *Server) getLimit(w http.ResponseWriter, r *http.Request) {
 func (s *Server) setLimit(w http.ResponseWriter, r *http.Request) {
 	agent := r.PathValue("agent_id")
 	var req limitRequest
-	if e := decode(w, r, s.maxBody, &req, limitExample); e != nil {
-		s.clientError(w, e)
+	if err := decode(w, r, s.maxBody, &req, limitExample); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	if req.Limit == nil {
-		s.clientError(w, badRequest("missing field \"limit\"; send an object like %s", limitExample))
+		s.fail(w, r, badRequest("missing field \"limit\"; send an object like %s", limitExample))
 		return
 	}
 	if err := s.timed(r.Context(), "set_limit", func(ctx context.Context) error { return s.m.SetAgentLimit(ctx, agent, *req.Limit) }); err != nil {
@@ -195,7 +224,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			if errors.As(err, &nr) {
 				msg = nr.Public
 			}
-			writeError(w, http.StatusServiceUnavailable, "not_ready", msg)
+			writeError(w, http.StatusServiceUnavailable, codeNotReady, msg)
 			return
 		}
 	}
@@ -210,48 +239,28 @@ func (s *Server) timed(ctx context.Context, op string, fn func(context.Context) 
 	return err
 }
 
-func (s *Server) clientError(w http.ResponseWriter, e *httpError) {
-	writeError(w, e.status, e.code, e.msg)
-}
-
-// fail maps a library error to a status and code. Store failures are
-// logged with their cause and answered with a generic message: the cause
-// may name hosts or SQL.
+// fail answers err as [sessions.HTTPError] says: status, code, message and
+// Retry-After. Store failures are logged with their cause (the client gets
+// a generic message: the cause may name hosts or SQL), other 5xx as
+// errors.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	var denied *sessions.AccessDeniedError
+	info := sessions.HTTPError(err)
 	switch {
-	case errors.Is(err, sessions.ErrInvalidAgentID), errors.Is(err, sessions.ErrInvalidSessionID),
-		errors.Is(err, sessions.ErrInvalidMetadata), errors.Is(err, sessions.ErrInvalidLimit):
-		writeError(w, http.StatusBadRequest, "bad_request", userMessage(err))
-	case errors.Is(err, sessions.ErrLimitExceeded):
-		writeError(w, http.StatusConflict, "limit_exceeded", userMessage(err))
-	case errors.Is(err, sessions.ErrInvalidTokenFormat), errors.Is(err, sessions.ErrInvalidSignature):
-		// One message for both: which check failed helps only an attacker.
-		writeError(w, http.StatusUnauthorized, "invalid_token", "the token is malformed or its signature is invalid")
-	case errors.Is(err, sessions.ErrSessionExpired):
-		writeError(w, http.StatusUnauthorized, "expired", "the session has expired; issue a new one")
-	case errors.Is(err, sessions.ErrLifetimeExceeded):
-		writeError(w, http.StatusUnauthorized, "expired", "the session has reached its maximum lifetime and cannot be refreshed; issue a new one")
-	case errors.As(err, &denied) && denied.Reason == sessions.ReasonAgentMismatch:
-		// The token is genuine but not this agent's: authenticated, not
-		// authorised, as the library's middleware answers.
-		writeError(w, http.StatusForbidden, "forbidden", "the token belongs to another agent")
-	case errors.Is(err, sessions.ErrAccessDenied):
-		// Unknown, revoked, superseded by a refresh: one answer for all,
-		// the reason goes to the metrics only.
-		writeError(w, http.StatusUnauthorized, "unauthorized", "the session is unknown, revoked, or the token was superseded by a refresh")
-	case errors.Is(err, sessions.ErrStore):
+	case info.Code == sessions.CodeStoreUnavailable:
 		s.log.WarnContext(r.Context(), "store failure", "route", r.Pattern, "error", err)
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the session store is unavailable; retry later")
-	default:
+	case info.Status >= 500:
 		s.log.ErrorContext(r.Context(), "internal error", "route", r.Pattern, "error", err)
-		writeError(w, http.StatusInternalServerError, "internal_error", "internal error; see the server log")
 	}
+	if ra := info.RetryAfter(); ra != "" {
+		w.Header().Set("Retry-After", ra)
+	}
+	writeError(w, info.Status, info.Code, info.Message)
 }
 
 // failureReason is the auth_failures metric label for an authenticate or
-// refresh error.
+// refresh error: the table's code, refined where the metric tells apart
+// what clients are deliberately not told (which check failed), under the
+// metric's established label names.
 func failureReason(err error) string {
 	var denied *sessions.AccessDeniedError
 	switch {
@@ -269,17 +278,13 @@ func failureReason(err error) string {
 			return "clock_before_epoch"
 		}
 		return "access_denied"
-	case errors.Is(err, sessions.ErrInvalidTokenFormat):
-		return "invalid_token"
 	case errors.Is(err, sessions.ErrInvalidSignature):
 		return "invalid_signature"
-	case errors.Is(err, sessions.ErrSessionExpired):
-		return "expired"
-	case errors.Is(err, sessions.ErrLifetimeExceeded):
-		return "lifetime_exceeded"
-	case errors.Is(err, sessions.ErrInvalidAgentID):
-		return "invalid_agent_id"
-	case errors.Is(err, sessions.ErrStore):
+	}
+	switch code := sessions.HTTPError(err).Code; code {
+	case sessions.CodeInvalidToken, sessions.CodeExpired, sessions.CodeLifetimeExceeded, sessions.CodeInvalidAgentID:
+		return code
+	case sessions.CodeStoreUnavailable:
 		return "store_error"
 	}
 	return "other"

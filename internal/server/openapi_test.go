@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -65,5 +66,73 @@ func sorted(m map[string]bool) []string {
 		out = append(out, k)
 	}
 	slices.Sort(out)
+	return out
+}
+
+// Every error code the API answers with (the library's table and the
+// service's own) is in the Error schema's enum of api/openapi.yaml, and
+// the enum lists nothing else; the README's table of codes names each.
+func TestOpenAPIListsErrorCodes(t *testing.T) {
+	spec, err := os.ReadFile("../../api/openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?s)\n    Error:\n.*?enum: \[([^\]]*)\]`).FindSubmatch(spec)
+	if m == nil {
+		t.Fatal("api/openapi.yaml: no enum in components.schemas.Error")
+	}
+	documented := map[string]bool{}
+	for _, c := range strings.Split(string(m[1]), ",") {
+		documented[strings.TrimSpace(c)] = true
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inReadme := readmeCodes(t, string(readme))
+	served := map[string]bool{}
+	for _, c := range server.ErrorCodes() {
+		served[c.Code] = true
+		if !documented[c.Code] {
+			t.Errorf("code %s (%d) is missing from the Error enum of api/openapi.yaml", c.Code, c.Status)
+		}
+		if st, ok := inReadme[c.Code]; !ok || st != strconv.Itoa(c.Status) {
+			t.Errorf("code %s (%d) is not in README.md's table of codes with its status (found %q)", c.Code, c.Status, st)
+		}
+	}
+	for c := range documented {
+		if !served[c] {
+			t.Errorf("api/openapi.yaml lists code %s, which the API never answers", c)
+		}
+	}
+}
+
+// readmeCodes reads the README's table of error codes (the one headed
+// "| Status | Code | When |"): code -> status. A row may list several
+// codes and statuses separated by " / ", paired in order, or several codes
+// of one status.
+func readmeCodes(t *testing.T, readme string) map[string]string {
+	t.Helper()
+	_, table, ok := strings.Cut(readme, "| Status | Code | When |\n|---|---|---|\n")
+	if !ok {
+		t.Fatal("README.md: no table of error codes")
+	}
+	table, _, _ = strings.Cut(table, "\n\n")
+	out := map[string]string{}
+	for _, row := range strings.Split(table, "\n") {
+		cols := strings.Split(row, "|")
+		if len(cols) < 4 {
+			t.Fatalf("README.md: bad row %q", row)
+		}
+		statuses := strings.Split(strings.TrimSpace(cols[1]), " / ")
+		codes := regexp.MustCompile("`([a-z_]+)`").FindAllStringSubmatch(cols[2], -1)
+		for i, c := range codes {
+			st := statuses[0]
+			if len(statuses) == len(codes) {
+				st = statuses[i]
+			}
+			out[c[1]] = st
+		}
+	}
 	return out
 }

@@ -18,20 +18,30 @@
 // constant time (SHA-256 digests, so the key's length does not leak
 // either). The token routes need no admin key: holding the token is the
 // credential, and it travels in the JSON body {"agent_id","token"}, never
-// in the URL. Request bodies are one JSON object, unknown fields refused,
-// at most Options.MaxBodyBytes (64 KiB).
+// in the URL. Request bodies are one JSON object sent as Content-Type
+// application/json (else 415, also when the header is missing), at most
+// Options.MaxBodyBytes (64 KiB); unknown, case-variant and duplicate keys,
+// invalid UTF-8 and lone surrogate escapes are refused with 400.
 //
-// Errors are {"error":{"code":"...","message":"..."}}:
+// Errors are {"error":{"code":"...","message":"..."}}, with the status, code
+// and message of [sessions.HTTPError] for every library error (see
+// [ErrorCodes] for the full list):
 //
-//	400 bad_request          malformed body, invalid agent ID, metadata or limit
+//	400 bad_request          malformed body (not one JSON object, unknown or duplicate key, bad UTF-8)
+//	400 invalid_agent_id, invalid_session_id, invalid_metadata, invalid_limit
+//	400 missing_agent_id, missing_token   a required body field missing or empty
 //	401 admin_key_required   admin route without the right admin key
 //	401 invalid_token        malformed token, or not signed with a known secret
-//	401 expired              session expired, or at its maximum lifetime (refresh)
+//	401 expired              session expired
+//	401 lifetime_exceeded    refresh of a session at its maximum lifetime
 //	401 unauthorized         unknown or revoked session, or a token superseded by a refresh
 //	403 forbidden            a genuine token of another agent
 //	404 not_found, 405 method_not_allowed (with Allow)
 //	409 limit_exceeded       the agent holds its limit of live sessions (policy reject)
 //	413 request_too_large    body over the cap
+//	415 unsupported_media_type  body not sent as application/json
+//	499 canceled             the client went away (logs and metrics only)
+//	500 internal_error       anything else
 //	503 store_unavailable    the store failed (Retry-After: 1); not_ready on /readyz
 //
 // Tokens, the admin key and request bodies are never logged; each request
@@ -121,6 +131,27 @@ type Options struct {
 	// Default: a new registry per server (never the global one) with the
 	// Go runtime and process collectors.
 	Registry *prometheus.Registry
+}
+
+// The error codes of the service's own, on top of the library's table
+// ([sessions.HTTPErrorCodes]).
+const (
+	codeAdminKeyRequired = "admin_key_required" // 401
+	codeNotFound         = "not_found"          // 404
+	codeMethodNotAllowed = "method_not_allowed" // 405
+	codeNotReady         = "not_ready"          // 503 on /readyz
+)
+
+// ErrorCodes lists every error code the API answers with: the library's
+// table ([sessions.HTTPErrorCodes]) and the service's own (admin key,
+// routing, readiness). api/openapi.yaml documents each (a test checks).
+func ErrorCodes() []sessions.HTTPErrorCode {
+	return append(sessions.HTTPErrorCodes(),
+		sessions.HTTPErrorCode{Code: codeAdminKeyRequired, Status: http.StatusUnauthorized, When: "admin route without the right admin key, or none configured"},
+		sessions.HTTPErrorCode{Code: codeNotFound, Status: http.StatusNotFound, When: "no such route"},
+		sessions.HTTPErrorCode{Code: codeMethodNotAllowed, Status: http.StatusMethodNotAllowed, When: "the route exists under other methods (see Allow)"},
+		sessions.HTTPErrorCode{Code: codeNotReady, Status: http.StatusServiceUnavailable, When: "/readyz: the database is unreachable or not migrated"},
+	)
 }
 
 // Server is the HTTP API. It is safe for concurrent use.
@@ -269,11 +300,11 @@ func (s *Server) routes() http.Handler {
 			}
 		}
 		if len(allow) == 0 {
-			writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.URL.Path)
+			writeError(w, http.StatusNotFound, codeNotFound, "no such route: "+r.URL.Path)
 			return
 		}
 		w.Header().Set("Allow", strings.Join(allow, ", "))
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed",
+		writeError(w, http.StatusMethodNotAllowed, codeMethodNotAllowed,
 			fmt.Sprintf("%s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allow, ", ")))
 	})
 	return mux
@@ -287,7 +318,7 @@ func (s *Server) requireAdmin(next http.Handler) http.Handler {
 		if !s.adminEnabled {
 			s.met.adminDenials.Inc()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="agentsessions"`)
-			writeError(w, http.StatusUnauthorized, "admin_key_required",
+			writeError(w, http.StatusUnauthorized, codeAdminKeyRequired,
 				"admin routes are disabled: start serve with --admin-key-file or AGENTSESSIONS_ADMIN_KEY")
 			return
 		}
@@ -296,7 +327,7 @@ func (s *Server) requireAdmin(next http.Handler) http.Handler {
 		if subtle.ConstantTimeCompare(got[:], s.adminDigest[:]) != 1 || !ok {
 			s.met.adminDenials.Inc()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="agentsessions"`)
-			writeError(w, http.StatusUnauthorized, "admin_key_required",
+			writeError(w, http.StatusUnauthorized, codeAdminKeyRequired,
 				"this route needs the admin key: send 'Authorization: Bearer <admin key>'")
 			return
 		}

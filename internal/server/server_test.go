@@ -354,10 +354,10 @@ func TestLimits(t *testing.T) {
 	limitIs("delete again", e.admin("DELETE", path, nil), 3, false)
 	e.issue(agent, nil)
 
-	want(t, "limit 0", e.admin("PUT", path, `{"limit":0}`), http.StatusBadRequest, "bad_request")
+	want(t, "limit 0", e.admin("PUT", path, `{"limit":0}`), http.StatusBadRequest, "invalid_limit")
 	want(t, "limit missing", e.admin("PUT", path, `{}`), http.StatusBadRequest, "bad_request")
 	want(t, "limit string", e.admin("PUT", path, `{"limit":"5"}`), http.StatusBadRequest, "bad_request")
-	want(t, "limit too big", e.admin("PUT", path, `{"limit":4294967296}`), http.StatusBadRequest, "bad_request")
+	want(t, "limit too big", e.admin("PUT", path, `{"limit":4294967296}`), http.StatusBadRequest, "invalid_limit")
 }
 
 func TestEvictOldestPolicy(t *testing.T) {
@@ -490,13 +490,13 @@ func TestBadTokens(t *testing.T) {
 			code                 string
 		}{
 			{"garbage", agent, "not-a-token", 401, "invalid_token"},
-			{"empty token", agent, "", 401, "invalid_token"},
+			{"empty token", agent, "", 400, "missing_token"},
 			{"tampered signature", agent, tampered, 401, "invalid_token"},
 			{"other secret", agent, foreign.Token, 401, "invalid_token"},
 			{"oversized token", agent, strings.Repeat("A", sessions.MaxTokenLength+1), 401, "invalid_token"},
 			{"another agent's token", agent, theirs.Token, 403, "forbidden"},
-			{"empty agent", "", live.Token, 400, "bad_request"},
-			{"control character in agent", "a\x00b", live.Token, 400, "bad_request"},
+			{"empty agent", "", live.Token, 400, "missing_agent_id"},
+			{"control character in agent", "a\x00b", live.Token, 400, "invalid_agent_id"},
 		} {
 			r := e.do("POST", route, "", tokenBody(c.agentID, c.token))
 			want(t, route+": "+c.name, r, c.status, c.code)
@@ -509,7 +509,7 @@ func TestBadTokens(t *testing.T) {
 	// At the end of its lifetime a session cannot be refreshed.
 	e.clock.Advance(2 * time.Second)
 	want(t, "refresh at max lifetime", e.do("POST", "/v1/sessions/refresh", "", tokenBody(agent, live.Token)),
-		http.StatusUnauthorized, "expired")
+		http.StatusUnauthorized, "lifetime_exceeded")
 
 	// Past its expiry it is refused, and deleted.
 	e.clock.Advance(time.Hour)
@@ -520,7 +520,7 @@ func TestBadTokens(t *testing.T) {
 
 	text := scrape(t, e)
 	for reason, n := range map[string]int{
-		"invalid_token": 6, "invalid_signature": 4, "agent_mismatch": 2, "invalid_agent_id": 4,
+		"invalid_token": 4, "invalid_signature": 4, "agent_mismatch": 2, "invalid_agent_id": 2,
 		"lifetime_exceeded": 1, "expired": 2, "unknown_session": 0,
 	} {
 		name := `agentsessions_authentication_failures_total{reason="` + reason + `"}`
@@ -549,9 +549,9 @@ func TestRequestValidation(t *testing.T) {
 		{"unknown field", `{"agent":"a"}`, 400, "bad_request", `unknown field "agent"`},
 		{"agent not a string", `{"agent_id":7}`, 400, "bad_request", `"agent_id" must be a JSON string`},
 		{"metadata not strings", `{"agent_id":"a","metadata":{"n":1}}`, 400, "bad_request", "metadata"},
-		{"missing agent", `{}`, 400, "bad_request", "agent"},
-		{"metadata too big", `{"agent_id":"a","metadata":{"k":"` + strings.Repeat("x", 2000) + `"}}`, 400, "bad_request", "metadata"},
-		{"empty metadata key", `{"agent_id":"a","metadata":{"":"v"}}`, 400, "bad_request", "metadata"},
+		{"missing agent", `{}`, 400, "missing_agent_id", "agent_id"},
+		{"metadata too big", `{"agent_id":"a","metadata":{"k":"` + strings.Repeat("x", 2000) + `"}}`, 400, "invalid_metadata", "metadata"},
+		{"empty metadata key", `{"agent_id":"a","metadata":{"":"v"}}`, 400, "invalid_metadata", "metadata"},
 		{"over the body cap", big, 413, "request_too_large", "65536"},
 	} {
 		r := e.admin("POST", "/v1/sessions", c.body)
