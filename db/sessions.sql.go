@@ -10,6 +10,20 @@ import (
 	"time"
 )
 
+const countLiveSessions = `-- name: CountLiveSessions :one
+SELECT count(*) FROM agent_sessions WHERE expires_at > $1
+`
+
+// Live sessions by the caller's clock, for metrics: every live row is
+// scanned (an index-only scan where the planner can), so callers cache
+// the result rather than count on every scrape.
+func (q *Queries) CountLiveSessions(ctx context.Context, now time.Time) (int64, error) {
+	row := q.db.QueryRow(ctx, countLiveSessions, now)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
+}
+
 const deleteAgentSessions = `-- name: DeleteAgentSessions :one
 WITH gone AS (
     DELETE FROM agent_sessions s WHERE s.agent_id = $1::text RETURNING 1

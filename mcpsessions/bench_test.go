@@ -12,6 +12,7 @@ import (
 
 	"github.com/agentsessions/agentsessions/mcpsessions"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // What a session check costs per MCP request, on PostgreSQL:
@@ -33,7 +34,7 @@ func BenchmarkValidate(b *testing.B) {
 			if cached {
 				ctx, cancel := context.WithCancel(context.Background())
 				done := make(chan error, 1)
-				go func() { done <- inst.store.RunCache(ctx, sessions.CacheConfig{}) }()
+				go func() { done <- inst.store.RunCache(ctx, pgxstore.CacheConfig{}) }()
 				b.Cleanup(func() {
 					cancel()
 					if err := <-done; err != nil {

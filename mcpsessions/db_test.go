@@ -16,6 +16,7 @@ import (
 
 	"github.com/agentsessions/agentsessions/migrations"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // This module cannot import the parent module's internal/testdb, so it does
@@ -124,14 +125,14 @@ func (d *testDB) rows(t testing.TB) int {
 // the shared schema.
 type instance struct {
 	pool  *pgxpool.Pool
-	store *sessions.PostgresStore
+	store *pgxstore.Store
 	mgr   *sessions.Manager
 }
 
 func (d *testDB) instance(t testing.TB, cfg sessions.Config) instance {
 	t.Helper()
 	p := d.pool(t)
-	store, err := sessions.NewPostgresStore(p, nil)
+	store, err := pgxstore.New(p, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -154,7 +154,7 @@
 // the result reused by Validate or Terminate for that request.
 //
 // Each check of a live session is one read from the store. With
-// sessions.PostgresStore.RunCache running on an instance, that read is
+// pgxstore.Store.RunCache running on an instance, that read is
 // usually answered from the instance's memory instead; the price is that a
 // DELETE on another instance reaches it through PostgreSQL's NOTIFY, so
 // for a moment (at most CacheConfig.MaxStaleness, default 1s, after the

@@ -17,6 +17,7 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"slices"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -64,6 +65,25 @@ func NewProvider(db *sql.DB, opts ...goose.ProviderOption) (*goose.Provider, err
 		return nil, fmt.Errorf("migrations: %w", err)
 	}
 	return p, nil
+}
+
+// Versions lists the versions of the migrations in [FS], in order: what a
+// database must have applied for this code.
+func Versions() ([]int64, error) {
+	names, err := fs.Glob(FS, "*.sql")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, 0, len(names))
+	for _, n := range names {
+		v, err := goose.NumericComponent(n)
+		if err != nil {
+			return nil, fmt.Errorf("migrations: %s: %w", n, err)
+		}
+		out = append(out, v)
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // Up applies every pending migration using a connection from pool. It is

@@ -200,3 +200,9 @@ SELECT current_setting('transaction_isolation') = 'serializable' AS serializable
        (SELECT count(*) FROM inserted)::integer AS inserted,
        (SELECT n FROM lim)::integer AS effective_limit,
        coalesce((SELECT array_agg(evicted.id) FROM evicted), '{}')::text[] AS evicted;
+
+-- name: CountLiveSessions :one
+-- Live sessions by the caller's clock, for metrics: every live row is
+-- scanned (an index-only scan where the planner can), so callers cache
+-- the result rather than count on every scrape.
+SELECT count(*) FROM agent_sessions WHERE expires_at > @now;

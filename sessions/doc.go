@@ -16,10 +16,12 @@
 // # Stores
 //
 // [MemoryStore] keeps sessions in process memory (tests, single instances).
-// [PostgresStore] keeps them in PostgreSQL; the schema comes from the
-// migrations package. Its limit check is one SERIALIZABLE transaction, so
-// any number of instances may share the database, and serialization
-// failures are retried internally (see [PostgresConfig]).
+// Package github.com/agentsessions/agentsessions/sessions/pgxstore keeps
+// them in PostgreSQL; the schema comes from the migrations package. Its
+// limit check is one SERIALIZABLE statement, so any number of instances
+// may share the database. A store of your own proves itself against the
+// contract suite in package sessionstest. This package imports only the
+// standard library.
 //
 // # Clocks
 //

@@ -49,20 +49,6 @@ var (
 	ErrLifetimeExceeded = errors.New("sessions: session lifetime exceeded")
 )
 
-// ErrRetriesExhausted is in the chain of a [StoreError] when the PostgreSQL
-// store gave up on a call that kept failing with serialization failures or
-// deadlocks (SQLSTATE 40001/40P01) after its configured number of attempts
-// (PostgresConfig.MaxAttempts). Callers may retry later; nothing was
-// written.
-var ErrRetriesExhausted = errors.New("sessions: serialization retries exhausted")
-
-// ErrNotMigrated is in the chain of a [StoreError] when the PostgreSQL
-// store found its tables or columns missing (SQLSTATE 42P01 or 42703):
-// the database has not been migrated, or only partly. Apply the
-// migrations (migrations.Up, or `agentsessions migrate up`); retrying
-// without that will not help.
-var ErrNotMigrated = errors.New("sessions: database schema missing or out of date")
-
 // ConfigError describes a rejected configuration field.
 type ConfigError struct {
 	Field  string
@@ -143,6 +129,7 @@ func storeErr(op string, err error) error {
 	return &StoreError{Op: op, Err: err}
 }
 
-// errDuplicateID is the cause inside a StoreError when a store already holds
-// a session with the new session's ID (a broken Config.NewID).
-var errDuplicateID = errors.New("a session with this id already exists")
+// ErrDuplicateSessionID is the cause inside a [StoreError] when a store
+// already holds a session with the new session's ID: [Store.Insert] must
+// refuse it, and only a broken [Config.NewID] can cause it.
+var ErrDuplicateSessionID = errors.New("sessions: a session with this id already exists")

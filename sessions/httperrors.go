@@ -195,7 +195,7 @@ func classify(err error) (code, msg string) {
 		return CodeBadRequest, req.Message
 	case errors.Is(err, context.Canceled):
 		return CodeCanceled, msgCanceled
-	case errors.Is(err, errDuplicateID):
+	case errors.Is(err, ErrDuplicateSessionID):
 		return CodeInternal, msgInternal
 	case errors.Is(err, ErrStore), errors.Is(err, context.DeadlineExceeded):
 		return CodeStoreUnavailable, msgStore

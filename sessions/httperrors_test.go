@@ -44,7 +44,7 @@ func TestHTTPErrorTable(t *testing.T) {
 		{"session expired", sessions.ErrSessionExpired, 401, "expired"},
 		{"store, bare", sessions.ErrStore, 503, "store_unavailable"},
 		{"store error", store(hostErr), 503, "store_unavailable"},
-		{"store retries exhausted", store(sessions.ErrRetriesExhausted), 503, "store_unavailable"},
+		{"store retries exhausted", store(errors.New("serialization retries exhausted")), 503, "store_unavailable"},
 		{"store deadline", store(context.DeadlineExceeded), 503, "store_unavailable"},
 		{"store canceled", store(context.Canceled), 499, "canceled"},
 		{"invalid metadata", sessions.ErrInvalidMetadata, 400, "invalid_metadata"},

@@ -90,7 +90,7 @@ func (m *MemoryStore) Insert(ctx context.Context, s Session, req InsertRequest) 
 		res.Limit = n
 	}
 	if _, dup := m.byID[s.ID]; dup {
-		return InsertResult{}, &StoreError{Op: "insert", Err: errDuplicateID}
+		return InsertResult{}, &StoreError{Op: "insert", Err: ErrDuplicateSessionID}
 	}
 	if excess := len(m.byAgent[s.AgentID]) - res.Limit + 1; excess > 0 {
 		if req.Policy != PolicyEvictOldest {

@@ -26,7 +26,7 @@ type Session struct {
 //
 // Store is all Issue, Authenticate, Verify and Revoke need. The [Manager]'s
 // other features need the optional [AgentStore], [RefreshStore] and
-// [LimitStore]; [MemoryStore] and [PostgresStore] implement all three, and
+// [LimitStore]; [MemoryStore] and pgxstore.Store implement all three, and
 // a manager on a store without one returns an error matching
 // [errors.ErrUnsupported] from the methods that need it.
 //
@@ -47,7 +47,8 @@ type Store interface {
 	// digest, so a stale copy of an old token cannot delete it.
 	DeleteExpired(ctx context.Context, id, digest string, now time.Time) error
 
-	// Insert, as one atomic step: deletes s.AgentID's sessions that expired
+	// Insert, as one atomic step (a session whose ID is already stored is
+	// refused with an error matching [ErrDuplicateSessionID]): deletes s.AgentID's sessions that expired
 	// at or before req.Now; finds the agent's limit (its override in a
 	// LimitStore, else req.Limit); if the agent holds that many sessions or
 	// more, either gives up (PolicyReject) or deletes the oldest (by

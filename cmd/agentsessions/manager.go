@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentsessions/agentsessions/internal/server"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // Defaults shared by serve and the session commands; every instance and
@@ -126,7 +127,7 @@ func (g *globalOpts) openSigningManager(cmd *cobra.Command, sec *secretOpts, cfg
 }
 
 func newPostgresManager(pool *pgxpool.Pool, cfg sessions.Config) (*sessions.Manager, error) {
-	store, err := sessions.NewPostgresStore(pool, nil)
+	store, err := pgxstore.New(pool, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 func newPruneCmd(opts *globalOpts) *cobra.Command {
@@ -24,11 +24,11 @@ func newPruneCmd(opts *globalOpts) *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			store, err := sessions.NewPostgresStore(pool, nil)
+			store, err := pgxstore.New(pool, nil)
 			if err != nil {
 				return err
 			}
-			res, err := store.Prune(ctx, sessions.PruneConfig{BatchSize: batch})
+			res, err := store.Prune(ctx, pgxstore.PruneConfig{BatchSize: batch})
 			if err != nil {
 				return err
 			}

@@ -9,6 +9,7 @@ import (
 	"github.com/agentsessions/agentsessions/internal/server"
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // A service that loads the CLI's secret file with sessions.LoadSecretFile
@@ -24,7 +25,7 @@ func TestSecretFileSharedWithLibrary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	store, err := pgxstore.New(d.Pool(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

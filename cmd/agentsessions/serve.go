@@ -18,6 +18,7 @@ import (
 	"github.com/agentsessions/agentsessions/internal/server"
 	"github.com/agentsessions/agentsessions/migrations"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 const (
@@ -130,7 +131,7 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		runPruner func(context.Context)
 		srv       *server.Server // set before the pruner starts
 	)
-	onPrune := func(r sessions.PruneResult, err error) { srv.ObservePrune(r, err) }
+	onPrune := func(r pgxstore.PruneResult, err error) { srv.ObservePrune(r, err) }
 	if dbURL != "" {
 		g.databaseURL = dbURL
 		pool, err := g.openPool(ctx)
@@ -144,25 +145,23 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 			}
 			log.Info("migrations applied")
 		}
-		pg, err := sessions.NewPostgresStore(pool, nil)
+		pg, err := pgxstore.New(pool, nil)
 		if err != nil {
 			return err
 		}
 		store = pg
-		if opts.Ready, err = server.PostgresReady(pool); err != nil {
-			return err
-		}
+		opts.Ready = pg.Ready
 		if err := refuseUnmigrated(ctx, opts.Ready, log); err != nil {
 			return err
 		}
 		opts.StoreStats = pg.Stats
-		opts.LiveSessions = server.PostgresLiveSessions(pool, nil)
+		opts.LiveSessions = func(ctx context.Context) (int64, error) { return pg.LiveSessions(ctx, time.Now()) }
 		runPruner = func(ctx context.Context) {
-			_ = pg.RunPruner(ctx, sessions.PruneConfig{Interval: o.pruneInterval, Logger: log, OnPrune: onPrune})
+			_ = pg.RunPruner(ctx, pgxstore.PruneConfig{Interval: o.pruneInterval, Logger: log, OnPrune: onPrune})
 		}
 		if o.cacheStaleness > 0 {
 			opts.CacheStats = pg.CacheStats
-			runPruner = withCache(runPruner, pg, sessions.CacheConfig{MaxStaleness: o.cacheStaleness, Logger: log}, log)
+			runPruner = withCache(runPruner, pg, pgxstore.CacheConfig{MaxStaleness: o.cacheStaleness, Logger: log}, log)
 		}
 	} else {
 		mem := sessions.NewMemoryStore()
@@ -184,7 +183,7 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 					return
 				case now := <-t.C:
 					if n := mem.PruneExpired(now); n > 0 {
-						onPrune(sessions.PruneResult{Deleted: int64(n), Batches: 1}, nil)
+						onPrune(pgxstore.PruneResult{Deleted: int64(n), Batches: 1}, nil)
 					}
 				}
 			}
@@ -257,7 +256,7 @@ func checkAddr(addr string) error {
 // left to /readyz.
 func refuseUnmigrated(ctx context.Context, ready func(context.Context) error, log *slog.Logger) error {
 	err := ready(ctx)
-	var nr *server.NotReadyError
+	var nr *pgxstore.NotReadyError
 	switch {
 	case err == nil:
 		return nil
@@ -292,7 +291,7 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 // withCache runs the store's verified-session cache next to background.
 // A cache that cannot start (no invalidation trigger) is logged and the
 // service goes on uncached: every lookup then reaches the database.
-func withCache(background func(context.Context), pg *sessions.PostgresStore, cfg sessions.CacheConfig, log *slog.Logger) func(context.Context) {
+func withCache(background func(context.Context), pg *pgxstore.Store, cfg pgxstore.CacheConfig, log *slog.Logger) func(context.Context) {
 	return func(ctx context.Context) {
 		var wg sync.WaitGroup
 		wg.Go(func() {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // The invariant check must see an agent that holds more rows than the
@@ -70,7 +71,7 @@ func TestMintedSessionsAuthenticate(t *testing.T) {
 	if err := copySessions(ctx, pool, rows, cfg.Agents); err != nil {
 		t.Fatal(err)
 	}
-	st, err := sessions.NewPostgresStore(pool, nil)
+	st, err := pgxstore.New(pool, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // prefillBase is the first pre-issued session ID: pre-issued sessions get
@@ -32,8 +33,8 @@ type benchStore interface {
 	retries() int64 // serialization-failure reruns so far
 }
 
-// libStore is the library's PostgresStore.
-type libStore struct{ *sessions.PostgresStore }
+// libStore is the library's pgxstore.Store.
+type libStore struct{ *pgxstore.Store }
 
 func (s libStore) retries() int64 { return int64(s.Stats().Retries) }
 
@@ -51,7 +52,7 @@ type variant struct {
 var (
 	variantLibrary = variant{engine: EngineOurs, pgEngine: EnginePgbench,
 		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) {
-			ps, err := sessions.NewPostgresStore(pool, &sessions.PostgresConfig{MaxAttempts: maxAttempts})
+			ps, err := pgxstore.New(pool, &pgxstore.Config{MaxAttempts: maxAttempts})
 			if err != nil {
 				return nil, err
 			}
@@ -121,7 +122,7 @@ func newOurs(ctx context.Context, cfg Config, v variant, poolCfg *pgxpool.Config
 	return o, nil
 }
 
-// startCaches runs PostgresStore.RunCache (defaults: 1s staleness bound)
+// startCaches runs pgxstore.Store.RunCache (defaults: 1s staleness bound)
 // on every instance until stopCache, and waits until each cache answers.
 // Each workload starts its caches empty, after the prefill: the prefill
 // empties the table with TRUNCATE, which fires no invalidation trigger.
@@ -130,9 +131,9 @@ func (o *ours) startCaches(ctx context.Context) error {
 	errs := make(chan error, len(o.stores))
 	var wg sync.WaitGroup
 	for _, st := range o.stores {
-		ps := st.(libStore).PostgresStore
+		ps := st.(libStore).Store
 		wg.Go(func() {
-			if err := ps.RunCache(cctx, sessions.CacheConfig{}); err != nil {
+			if err := ps.RunCache(cctx, pgxstore.CacheConfig{}); err != nil {
 				errs <- err
 			}
 		})

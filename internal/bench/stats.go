@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // Operation kinds, as they appear in reports.
@@ -41,7 +42,7 @@ func Classify(err error) string {
 		return ClassOK
 	case errors.Is(err, sessions.ErrLimitExceeded):
 		return ClassLimit
-	case errors.Is(err, sessions.ErrRetriesExhausted):
+	case errors.Is(err, pgxstore.ErrRetriesExhausted):
 		return ClassRetriesExhausted
 	case errors.Is(err, context.DeadlineExceeded):
 		return ClassTimeout

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 func ms100(vals ...int) []time.Duration {
@@ -80,7 +81,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{nil, ClassOK},
 		{fmt.Errorf("issue: %w", &sessions.LimitError{AgentID: "a", Limit: 5}), ClassLimit},
-		{&sessions.StoreError{Op: "insert", Err: fmt.Errorf("%w after 20 attempts", sessions.ErrRetriesExhausted)}, ClassRetriesExhausted},
+		{&sessions.StoreError{Op: "insert", Err: fmt.Errorf("%w after 20 attempts", pgxstore.ErrRetriesExhausted)}, ClassRetriesExhausted},
 		{&sessions.StoreError{Op: "get", Err: context.DeadlineExceeded}, ClassTimeout},
 		{&sessions.StoreError{Op: "get", Err: errors.New("connection refused")}, ClassStore},
 		{context.Canceled, ClassCanceled},

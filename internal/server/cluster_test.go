@@ -20,6 +20,7 @@ import (
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/migrations"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 func TestHealthAndReadiness(t *testing.T) {
@@ -82,10 +83,11 @@ func TestReadinessUnreachableDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	ready, err := server.PostgresReady(pool)
+	store, err := pgxstore.New(pool, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ready := store.Ready
 	mgr, err := sessions.New(sessions.NewMemoryStore(), sessions.Config{Secret: secret, TTL: time.Hour, Limit: 1})
 	if err != nil {
 		t.Fatal(err)

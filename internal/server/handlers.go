@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 const (
@@ -220,7 +221,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		if err := s.ready(ctx); err != nil {
 			s.log.WarnContext(r.Context(), "not ready", "error", err)
 			msg := "the session store is not ready; see the server log"
-			var nr *NotReadyError
+			var nr *pgxstore.NotReadyError
 			if errors.As(err, &nr) {
 				msg = nr.Public
 			}

@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // AuthFailureReasons are the values of the reason label of
@@ -38,7 +38,7 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-func newMetrics(reg prometheus.Registerer, stats func() sessions.PostgresStats,
+func newMetrics(reg prometheus.Registerer, stats func() pgxstore.Stats,
 	live func(context.Context) (int64, error), liveTTL time.Duration, log *slog.Logger) (*metrics, error) {
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "agentsessions", Name: name, Help: help})
@@ -76,19 +76,19 @@ func newMetrics(reg prometheus.Registerer, stats func() sessions.PostgresStats,
 		m.pruned, m.pruneErrors, m.authFailures, m.opDuration, m.httpRequests,
 	}
 	if stats != nil {
-		storeCounter := func(name, help string, field func(sessions.PostgresStats) uint64) prometheus.Collector {
+		storeCounter := func(name, help string, field func(pgxstore.Stats) uint64) prometheus.Collector {
 			return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "agentsessions", Name: name, Help: help},
 				func() float64 { return float64(field(stats())) })
 		}
 		cs = append(cs,
 			storeCounter("store_transactions_total", "Limit-check transactions run by this instance's PostgreSQL store.",
-				func(s sessions.PostgresStats) uint64 { return s.Transactions }),
+				func(s pgxstore.Stats) uint64 { return s.Transactions }),
 			storeCounter("store_serialization_retries_total", "Store calls rerun after a serialization failure or deadlock (SQLSTATE 40001/40P01).",
-				func(s sessions.PostgresStats) uint64 { return s.Retries }),
+				func(s pgxstore.Stats) uint64 { return s.Retries }),
 			storeCounter("store_retries_exhausted_total", "Store calls that gave up after their retries (ErrRetriesExhausted).",
-				func(s sessions.PostgresStats) uint64 { return s.Exhausted }),
+				func(s pgxstore.Stats) uint64 { return s.Exhausted }),
 			storeCounter("store_reconnects_total", "Store calls rerun because their connection broke before commit.",
-				func(s sessions.PostgresStats) uint64 { return s.Reconnects }),
+				func(s pgxstore.Stats) uint64 { return s.Reconnects }),
 		)
 	}
 	if live != nil {
@@ -140,22 +140,22 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// registerCacheMetrics exports the counters of sessions.PostgresStore's
+// registerCacheMetrics exports the counters of pgxstore.Store's
 // verified-session cache.
-func registerCacheMetrics(reg prometheus.Registerer, stats func() sessions.CacheStats) error {
-	counter := func(name, help string, field func(sessions.CacheStats) uint64) prometheus.Collector {
+func registerCacheMetrics(reg prometheus.Registerer, stats func() pgxstore.CacheStats) error {
+	counter := func(name, help string, field func(pgxstore.CacheStats) uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "agentsessions", Name: name, Help: help},
 			func() float64 { return float64(field(stats())) })
 	}
 	cs := []prometheus.Collector{
 		counter("cache_hits_total", "Session lookups answered by this instance's verified-session cache.",
-			func(s sessions.CacheStats) uint64 { return s.Hits }),
+			func(s pgxstore.CacheStats) uint64 { return s.Hits }),
 		counter("cache_misses_total", "Session lookups the cache sent to the database.",
-			func(s sessions.CacheStats) uint64 { return s.Misses }),
+			func(s pgxstore.CacheStats) uint64 { return s.Misses }),
 		counter("cache_invalidations_total", "Revocations applied to the cache (notifications and local revokes).",
-			func(s sessions.CacheStats) uint64 { return s.Invalidations }),
+			func(s pgxstore.CacheStats) uint64 { return s.Invalidations }),
 		counter("cache_resyncs_total", "Cache listener (re)connections, each emptying the cache.",
-			func(s sessions.CacheStats) uint64 { return s.Resyncs }),
+			func(s pgxstore.CacheStats) uint64 { return s.Resyncs }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "agentsessions", Name: "cache_fresh",
 			Help: "1 while the cache answers (its listener confirmed within the staleness bound), else 0."},
 			func() float64 {

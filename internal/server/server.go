@@ -63,6 +63,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // Defaults and bounds of [Options].
@@ -97,7 +98,7 @@ type Options struct {
 	// Ready reports whether the server can serve (database reachable,
 	// migrations applied); /readyz answers 503 while it returns an error.
 	// Its error is logged, not returned to the caller: it may name hosts.
-	// Default: always ready (the in-memory store). See [PostgresReady].
+	// Default: always ready (the in-memory store). Pass (*pgxstore.Store).Ready.
 	Ready func(context.Context) error
 
 	// ReadyTimeout bounds one call of Ready. Default: DefaultReadyTimeout.
@@ -105,18 +106,18 @@ type Options struct {
 
 	// StoreStats, when set, is exported on /metrics as the store's
 	// transaction, serialization-retry, exhausted and reconnect counters.
-	// Pass (*sessions.PostgresStore).Stats.
-	StoreStats func() sessions.PostgresStats
+	// Pass (*pgxstore.Store).Stats.
+	StoreStats func() pgxstore.Stats
 
 	// CacheStats, when set, is exported on /metrics as the verified-session
 	// cache's hit, miss, invalidation and resync counters and its freshness.
-	// Pass (*sessions.PostgresStore).CacheStats when RunCache runs.
-	CacheStats func() sessions.CacheStats
+	// Pass (*pgxstore.Store).CacheStats when RunCache runs.
+	CacheStats func() pgxstore.CacheStats
 
 	// LiveSessions, when set, counts live sessions for the
 	// agentsessions_live_sessions gauge; the count is cached for
-	// LiveSessionsCacheTTL. Default: the gauge is not exported. See
-	// [PostgresLiveSessions].
+	// LiveSessionsCacheTTL. Default: the gauge is not exported. Wrap
+	// (*pgxstore.Store).LiveSessions.
 	LiveSessions func(context.Context) (int64, error)
 
 	// LiveSessionsCacheTTL: see LiveSessions. Default:
@@ -227,8 +228,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
 // ObservePrune counts a pruner pass on /metrics; pass it as
-// sessions.PruneConfig.OnPrune.
-func (s *Server) ObservePrune(res sessions.PruneResult, err error) {
+// pgxstore.PruneConfig.OnPrune.
+func (s *Server) ObservePrune(res pgxstore.PruneResult, err error) {
 	switch {
 	case err != nil:
 		s.met.pruneErrors.Inc()

@@ -24,6 +24,7 @@ import (
 	"github.com/agentsessions/agentsessions/internal/server"
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // TestMain fails the run if a goroutine outlives the tests: every server,
@@ -100,7 +101,7 @@ type envConfig struct {
 func newEnv(t *testing.T, d *testdb.DB, cfg envConfig) *env {
 	t.Helper()
 	pool := d.Pool(t)
-	store, err := sessions.NewPostgresStore(pool, nil)
+	store, err := pgxstore.New(pool, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,13 +126,11 @@ func newEnv(t *testing.T, d *testdb.DB, cfg envConfig) *env {
 	}
 	opts.Logger = log
 	if opts.Ready == nil {
-		if opts.Ready, err = server.PostgresReady(pool); err != nil {
-			t.Fatal(err)
-		}
+		opts.Ready = store.Ready
 	}
 	opts.StoreStats = store.Stats
 	if opts.LiveSessions == nil {
-		opts.LiveSessions = server.PostgresLiveSessions(pool, cfg.clock.Now)
+		opts.LiveSessions = func(ctx context.Context) (int64, error) { return store.LiveSessions(ctx, cfg.clock.Now()) }
 	}
 	if opts.LiveSessionsCacheTTL == 0 {
 		opts.LiveSessionsCacheTTL = time.Nanosecond // count on every scrape
@@ -676,9 +675,9 @@ func TestMetrics(t *testing.T) {
 		metricIn(t, text, name)
 	}
 	// The pruner hook counts deletions and failures.
-	e.srv.ObservePrune(sessions.PruneResult{Deleted: 7, Batches: 1}, nil)
-	e.srv.ObservePrune(sessions.PruneResult{Skipped: true}, nil)
-	e.srv.ObservePrune(sessions.PruneResult{}, errors.New("boom"))
+	e.srv.ObservePrune(pgxstore.PruneResult{Deleted: 7, Batches: 1}, nil)
+	e.srv.ObservePrune(pgxstore.PruneResult{Skipped: true}, nil)
+	e.srv.ObservePrune(pgxstore.PruneResult{}, errors.New("boom"))
 	text = scrape(t, e)
 	if metricIn(t, text, "agentsessions_pruned_sessions_total") != 7 || metricIn(t, text, "agentsessions_prune_errors_total") != 1 {
 		t.Fatalf("prune metrics:\n%s", text)

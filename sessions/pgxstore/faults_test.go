@@ -1,4 +1,4 @@
-package sessions_test
+package pgxstore_test
 
 import (
 	"context"
@@ -20,14 +20,15 @@ import (
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/migrations"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // faultInstances makes n managers on their own pools, whose connections all
 // carry application name app so a test can find (and kill) their backends.
-func faultInstances(t *testing.T, url, app string, n, limit int, ttl time.Duration) ([]*sessions.Manager, []*sessions.PostgresStore) {
+func faultInstances(t *testing.T, url, app string, n, limit int, ttl time.Duration) ([]*sessions.Manager, []*pgxstore.Store) {
 	t.Helper()
 	var mgrs []*sessions.Manager
-	var stores []*sessions.PostgresStore
+	var stores []*pgxstore.Store
 	for range n {
 		cfg, err := pgxpool.ParseConfig(url)
 		if err != nil {
@@ -40,7 +41,7 @@ func faultInstances(t *testing.T, url, app string, n, limit int, ttl time.Durati
 			t.Fatal(err)
 		}
 		t.Cleanup(pool.Close)
-		store, err := sessions.NewPostgresStore(pool, nil)
+		store, err := pgxstore.New(pool, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +179,7 @@ func newCluster(t *testing.T) (*cluster, string) {
 
 func (c *cluster) devdb(arg string) string {
 	c.t.Helper()
-	cmd := exec.Command("../scripts/devdb.sh", arg)
+	cmd := exec.Command("../../scripts/devdb.sh", arg)
 	cmd.Env = c.env
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -259,7 +260,7 @@ func TestFaultConnectFailuresAreRerun(t *testing.T) {
 	if err := migrations.Up(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	store, err := sessions.NewPostgresStore(pool, nil)
+	store, err := pgxstore.New(pool, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

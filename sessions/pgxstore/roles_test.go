@@ -1,4 +1,4 @@
-package sessions_test
+package pgxstore_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // The runtime role SECURITY.md recommends (USAGE on the schema; SELECT,
@@ -53,7 +54,7 @@ func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 		return err
 	}
 	pool := d.PoolWith(t, cfg)
-	store, _ := sessions.NewPostgresStore(pool, nil)
+	store, _ := pgxstore.New(pool, nil)
 	clock := newClock(1_700_000_000)
 	m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Minute, Limit: 1, Clock: clock.Now})
 	if err != nil {
@@ -82,7 +83,7 @@ func TestLeastPrivilegeRuntimeRole(t *testing.T) {
 	if _, err := m.RevokeAgent(ctx, agent); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Prune(ctx, sessions.PruneConfig{LockID: rand.Int64()}); err != nil {
+	if _, err := store.Prune(ctx, pgxstore.PruneConfig{LockID: rand.Int64()}); err != nil {
 		t.Fatal(err)
 	}
 	for _, stmt := range []string{

@@ -1,4 +1,4 @@
-package sessions_test
+package pgxstore_test
 
 import (
 	"context"
@@ -16,17 +16,18 @@ import (
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // cachedInstance is one service instance: its own pool, store, running
 // cache and manager, over a database shared with the others.
 type cachedInstance struct {
-	store *sessions.PostgresStore
+	store *pgxstore.Store
 	mgr   *sessions.Manager
 	clock *fakeClock // shared by all instances
 }
 
-func startCachedInstances(t testing.TB, d *testdb.DB, n int, cfg sessions.CacheConfig) []cachedInstance {
+func startCachedInstances(t testing.TB, d *testdb.DB, n int, cfg pgxstore.CacheConfig) []cachedInstance {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -34,7 +35,7 @@ func startCachedInstances(t testing.TB, d *testdb.DB, n int, cfg sessions.CacheC
 	out := make([]cachedInstance, n)
 	clock := newClock(time.Now().Unix()) // session time only; the cache runs on real time
 	for i := range out {
-		store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+		store, err := pgxstore.New(d.Pool(t), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +92,7 @@ func TestCacheRevocationAcrossInstances(t *testing.T) {
 	const staleness = 500 * time.Millisecond
 	ctx := context.Background()
 	d := testdb.New(t)
-	in := startCachedInstances(t, d, 4, sessions.CacheConfig{MaxStaleness: staleness})
+	in := startCachedInstances(t, d, 4, pgxstore.CacheConfig{MaxStaleness: staleness})
 
 	// Hits: after one authentication fills a cache, the next needs no query.
 	iss := mustIssue(t, in[0].mgr, agent)
@@ -182,7 +183,7 @@ func TestCacheConcurrentRevocations(t *testing.T) {
 	const staleness = 300 * time.Millisecond
 	ctx := context.Background()
 	d := testdb.New(t)
-	in := startCachedInstances(t, d, 4, sessions.CacheConfig{MaxStaleness: staleness})
+	in := startCachedInstances(t, d, 4, pgxstore.CacheConfig{MaxStaleness: staleness})
 
 	const n = 200
 	tokens := make([]sessions.Issued, n)
@@ -256,8 +257,8 @@ func TestCacheListenerLoss(t *testing.T) {
 	const staleness = 300 * time.Millisecond
 	ctx := context.Background()
 	d := testdb.New(t)
-	in := startCachedInstances(t, d, 1, sessions.CacheConfig{MaxStaleness: staleness})[0]
-	plain, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	in := startCachedInstances(t, d, 1, pgxstore.CacheConfig{MaxStaleness: staleness})[0]
+	plain, err := pgxstore.New(d.Pool(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +268,7 @@ func TestCacheListenerLoss(t *testing.T) {
 	}
 	s1, s2 := mustIssue(t, other, agent), mustIssue(t, other, agent)
 	authenticateTwice(t, in.mgr, s1)
-	pid := sessions.CacheListenerPID(in.store)
+	pid := pgxstore.CacheListenerPID(in.store)
 	if _, err := d.Conn(t).Exec(ctx, "SELECT pg_terminate_backend($1)", int32(pid)); err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +286,7 @@ func TestCacheListenerLoss(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "listener back", func() bool {
 		st := in.store.CacheStats()
-		return st.Resyncs >= 2 && st.Fresh && sessions.CacheListenerPID(in.store) != pid
+		return st.Resyncs >= 2 && st.Fresh && pgxstore.CacheListenerPID(in.store) != pid
 	})
 	before := in.store.CacheStats().Hits
 	authenticateTwice(t, in.mgr, s2)
@@ -300,18 +301,18 @@ func TestCacheListenerLoss(t *testing.T) {
 func TestCacheRefusals(t *testing.T) {
 	ctx := context.Background()
 	d := testdb.New(t)
-	store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	store, err := pgxstore.New(d.Pool(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := store.RunCache(ctx, sessions.CacheConfig{MaxStaleness: time.Millisecond}); !errors.Is(err, sessions.ErrInvalidConfig) {
+	if err := store.RunCache(ctx, pgxstore.CacheConfig{MaxStaleness: time.Millisecond}); !errors.Is(err, sessions.ErrInvalidConfig) {
 		t.Fatalf("1ms staleness: %v", err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- store.RunCache(runCtx, sessions.CacheConfig{}) }()
+	go func() { done <- store.RunCache(runCtx, pgxstore.CacheConfig{}) }()
 	waitFor(t, 10*time.Second, "cache running", func() bool { return store.CacheStats().Running })
-	if err := store.RunCache(ctx, sessions.CacheConfig{}); !errors.Is(err, sessions.ErrInvalidConfig) {
+	if err := store.RunCache(ctx, pgxstore.CacheConfig{}); !errors.Is(err, sessions.ErrInvalidConfig) {
 		t.Fatalf("second RunCache: %v", err)
 	}
 	cancel()
@@ -327,7 +328,7 @@ func TestCacheRefusals(t *testing.T) {
 		if _, err := d.Conn(t).Exec(ctx, "ALTER TABLE agent_sessions DISABLE TRIGGER "+trigger); err != nil {
 			t.Fatal(err)
 		}
-		if err := store.RunCache(ctx, sessions.CacheConfig{}); !errors.Is(err, sessions.ErrInvalidConfig) {
+		if err := store.RunCache(ctx, pgxstore.CacheConfig{}); !errors.Is(err, sessions.ErrInvalidConfig) {
 			t.Fatalf("RunCache without %s: %v", trigger, err)
 		}
 	}
@@ -338,7 +339,7 @@ func TestCacheTruncate(t *testing.T) {
 	const staleness = 300 * time.Millisecond
 	ctx := context.Background()
 	d := testdb.New(t)
-	in := startCachedInstances(t, d, 2, sessions.CacheConfig{MaxStaleness: staleness})
+	in := startCachedInstances(t, d, 2, pgxstore.CacheConfig{MaxStaleness: staleness})
 	iss := mustIssue(t, in[0].mgr, agent)
 	for _, x := range in {
 		authenticateTwice(t, x.mgr, iss)
@@ -365,9 +366,9 @@ func BenchmarkAuthenticatePostgres(b *testing.B) {
 			d := testdb.New(b)
 			var m *sessions.Manager
 			if cached {
-				m = startCachedInstances(b, d, 1, sessions.CacheConfig{})[0].mgr
+				m = startCachedInstances(b, d, 1, pgxstore.CacheConfig{})[0].mgr
 			} else {
-				store, err := sessions.NewPostgresStore(d.Pool(b), nil)
+				store, err := pgxstore.New(d.Pool(b), nil)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -408,13 +409,13 @@ func TestCacheOnNotificationPoolAndDisabledTrigger(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.ConnConfig.OnNotification = func(*pgconn.PgConn, *pgconn.Notification) {}
-	store, err := sessions.NewPostgresStore(d.PoolWith(t, cfg), nil)
+	store, err := pgxstore.New(d.PoolWith(t, cfg), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- store.RunCache(runCtx, sessions.CacheConfig{MaxStaleness: staleness}) }()
+	go func() { done <- store.RunCache(runCtx, pgxstore.CacheConfig{MaxStaleness: staleness}) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -427,7 +428,7 @@ func TestCacheOnNotificationPoolAndDisabledTrigger(t *testing.T) {
 	if _, err := conn.Exec(ctx, "ALTER TABLE agent_sessions DISABLE TRIGGER agent_sessions_notify_invalidate"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend($1)", int32(sessions.CacheListenerPID(store))); err != nil {
+	if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend($1)", int32(pgxstore.CacheListenerPID(store))); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * staleness)
@@ -451,7 +452,7 @@ func TestCacheTriggerDisabledWhileRunning(t *testing.T) {
 	const staleness = 300 * time.Millisecond
 	ctx := context.Background()
 	d := testdb.New(t)
-	in := startCachedInstances(t, d, 2, sessions.CacheConfig{MaxStaleness: staleness})
+	in := startCachedInstances(t, d, 2, pgxstore.CacheConfig{MaxStaleness: staleness})
 	admin := d.Conn(t)
 	alter := func(sql string) {
 		t.Helper()

@@ -1,4 +1,4 @@
-package sessions_test
+package pgxstore_test
 
 import (
 	"context"
@@ -14,12 +14,13 @@ import (
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // instance is one simulated service instance: its own pool, store and
 // manager, sharing the database (and the clock) with the others.
 type instance struct {
-	store *sessions.PostgresStore
+	store *pgxstore.Store
 	mgr   *sessions.Manager
 }
 
@@ -27,7 +28,7 @@ func newInstances(t *testing.T, d *testdb.DB, n, limit int, clock *fakeClock) []
 	t.Helper()
 	out := make([]instance, n)
 	for i := range out {
-		store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+		store, err := pgxstore.New(d.Pool(t), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,7 +90,7 @@ func issueAtOnce(insts []instance, agents []string, perAgent int) *tally {
 }
 
 func retries(insts []instance) (tx, retried, exhausted uint64) {
-	var stores []*sessions.PostgresStore
+	var stores []*pgxstore.Store
 	for _, in := range insts {
 		stores = append(stores, in.store)
 	}
@@ -265,7 +266,7 @@ func TestInvariantAfterExpiry(t *testing.T) {
 // blocks on that row; the second transaction commits; under SERIALIZABLE
 // the prune now fails with 40001 ("concurrent delete"). It returns the
 // store's result.
-func conflictingInsert(t *testing.T, d *testdb.DB, store *sessions.PostgresStore) (bool, error) {
+func conflictingInsert(t *testing.T, d *testdb.DB, store *pgxstore.Store) (bool, error) {
 	t.Helper()
 	ctx := context.Background()
 	conn := d.Conn(t)
@@ -307,13 +308,13 @@ func conflictingInsert(t *testing.T, d *testdb.DB, store *sessions.PostgresStore
 func TestRetriesExhausted(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
-	store, err := sessions.NewPostgresStore(d.Pool(t), &sessions.PostgresConfig{MaxAttempts: 1})
+	store, err := pgxstore.New(d.Pool(t), &pgxstore.Config{MaxAttempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ok, err := conflictingInsert(t, d, store)
 	var pgErr *pgconn.PgError
-	if ok || !errors.Is(err, sessions.ErrRetriesExhausted) || !errors.Is(err, sessions.ErrStore) ||
+	if ok || !errors.Is(err, pgxstore.ErrRetriesExhausted) || !errors.Is(err, sessions.ErrStore) ||
 		!errors.As(err, &pgErr) || pgErr.Code != "40001" {
 		t.Fatalf("got %v %v, want ErrRetriesExhausted in a StoreError, caused by 40001", ok, err)
 	}
@@ -330,7 +331,7 @@ func TestRetriesExhausted(t *testing.T) {
 func TestRetryThenSucceeds(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
-	store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	store, err := pgxstore.New(d.Pool(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +374,7 @@ func TestDeadlineWhileBlocked(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	d := testdb.New(t)
-	store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	store, err := pgxstore.New(d.Pool(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,14 +426,14 @@ func TestSchemaConstraints(t *testing.T) {
 func TestPostgresConfigRejected(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t).Pool(t)
-	for _, c := range []sessions.PostgresConfig{
+	for _, c := range []pgxstore.Config{
 		{MaxAttempts: -1}, {MinBackoff: -1}, {MinBackoff: time.Second, MaxBackoff: time.Millisecond},
 	} {
-		if _, err := sessions.NewPostgresStore(pool, &c); !errors.Is(err, sessions.ErrInvalidConfig) {
+		if _, err := pgxstore.New(pool, &c); !errors.Is(err, sessions.ErrInvalidConfig) {
 			t.Errorf("%+v: %v", c, err)
 		}
 	}
-	if _, err := sessions.NewPostgresStore(nil, nil); !errors.Is(err, sessions.ErrInvalidConfig) {
+	if _, err := pgxstore.New(nil, nil); !errors.Is(err, sessions.ErrInvalidConfig) {
 		t.Errorf("nil pool: %v", err)
 	}
 }
@@ -478,7 +479,7 @@ func TestExtremeContentionNoRetries(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg.MaxConns = 16
-		store, err := sessions.NewPostgresStore(d.PoolWith(t, cfg), &sessions.PostgresConfig{MaxAttempts: 1})
+		store, err := pgxstore.New(d.PoolWith(t, cfg), &pgxstore.Config{MaxAttempts: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -493,7 +494,7 @@ func TestExtremeContentionNoRetries(t *testing.T) {
 	for _, err := range tl.other {
 		var pgErr *pgconn.PgError
 		switch {
-		case errors.Is(err, sessions.ErrRetriesExhausted) && errors.Is(err, sessions.ErrStore):
+		case errors.Is(err, pgxstore.ErrRetriesExhausted) && errors.Is(err, sessions.ErrStore):
 			exhaustedErrs++
 		case errors.As(err, &pgErr):
 			t.Errorf("raw PostgreSQL error escaped: %v", err)
@@ -518,7 +519,7 @@ func TestExtremeContentionNoRetries(t *testing.T) {
 func TestCountBoundFollowsShorterTTL(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
-	store, err := sessions.NewPostgresStore(d.Pool(t), nil)
+	store, err := pgxstore.New(d.Pool(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -544,7 +545,7 @@ func TestCountBoundFollowsShorterTTL(t *testing.T) {
 func TestUnmigratedDatabaseNamesTheFix(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := sessions.NewPostgresStore(testdb.NewEmpty(t).Pool(t), nil)
+	store, err := pgxstore.New(testdb.NewEmpty(t).Pool(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -566,7 +567,7 @@ func TestUnmigratedDatabaseNamesTheFix(t *testing.T) {
 		"SetAgentLimit": func() error { return m.SetAgentLimit(ctx, agent, 2) },
 	} {
 		err := call()
-		if !errors.Is(err, sessions.ErrStore) || !errors.Is(err, sessions.ErrNotMigrated) {
+		if !errors.Is(err, sessions.ErrStore) || !errors.Is(err, pgxstore.ErrNotMigrated) {
 			t.Errorf("%s: %v; want ErrStore with ErrNotMigrated in the chain", name, err)
 			continue
 		}

@@ -1,4 +1,4 @@
-package sessions_test
+package pgxstore_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // loadStats counts what a load run did. Violations are outcomes that must
@@ -142,7 +143,7 @@ func (l *load) classify(ctx context.Context, err, expected error, counter *atomi
 			l.stats.mu.Unlock()
 		}
 		var pgErr *pgconn.PgError
-		if errors.Is(err, sessions.ErrRetriesExhausted) {
+		if errors.Is(err, pgxstore.ErrRetriesExhausted) {
 			l.stats.exhausted.Add(1)
 		} else if errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01") {
 			l.stats.violation(&l.stats.unexpected, "serialization failure escaped: %v", err)
@@ -183,8 +184,8 @@ func isDeadline(err error) bool {
 }
 
 // totalStats adds up the counters of several instances' stores.
-func totalStats(stores []*sessions.PostgresStore) sessions.PostgresStats {
-	var sum sessions.PostgresStats
+func totalStats(stores []*pgxstore.Store) pgxstore.Stats {
+	var sum pgxstore.Stats
 	for _, s := range stores {
 		st := s.Stats()
 		sum.Transactions += st.Transactions

@@ -1,4 +1,4 @@
-package sessions
+package pgxstore
 
 import (
 	"errors"
@@ -11,11 +11,11 @@ import (
 )
 
 func TestBackoffBounds(t *testing.T) {
-	cfg, err := PostgresConfig{}.withDefaults()
+	cfg, err := Config{}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &PostgresStore{cfg: cfg}
+	p := &Store{cfg: cfg}
 	for attempt := 1; attempt < 64; attempt++ {
 		// Retry n waits in [Min, min(Max, Min*2^n)], as documented.
 		ceil := cfg.MaxBackoff

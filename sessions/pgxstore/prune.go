@@ -1,4 +1,4 @@
-package sessions
+package pgxstore
 
 import (
 	"context"
@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/agentsessions/agentsessions/db"
+	"github.com/agentsessions/agentsessions/sessions"
 )
 
 // PruneLockID is the default PostgreSQL advisory lock key that makes one
 // pruner at a time, cluster-wide, do the work.
 const PruneLockID int64 = 0x6167_656e_7470_726e // "agentprn"
 
-// PruneConfig configures [PostgresStore.Prune] and [PostgresStore.RunPruner].
+// PruneConfig configures [Store.Prune] and [Store.RunPruner].
 // The zero value gives the defaults.
 type PruneConfig struct {
 	// BatchSize is the most rows one DELETE removes. Small batches keep
@@ -50,9 +51,9 @@ type PruneResult struct {
 func (c PruneConfig) withDefaults() (PruneConfig, error) {
 	switch {
 	case c.BatchSize < 0 || c.BatchSize > 1<<20:
-		return c, &ConfigError{Field: "PruneConfig.BatchSize", Reason: "must be between 0 (default) and 1048576"}
+		return c, &sessions.ConfigError{Field: "PruneConfig.BatchSize", Reason: "must be between 0 (default) and 1048576"}
 	case c.Interval < 0:
-		return c, &ConfigError{Field: "PruneConfig.Interval", Reason: "must not be negative"}
+		return c, &sessions.ConfigError{Field: "PruneConfig.Interval", Reason: "must not be negative"}
 	}
 	if c.BatchSize == 0 {
 		c.BatchSize = 1000
@@ -75,7 +76,7 @@ func (c PruneConfig) withDefaults() (PruneConfig, error) {
 // Prune deletes every session that expired at or before cfg.Clock(), in
 // batches of cfg.BatchSize, unless another session holds the prune lock, in
 // which case it returns at once with Skipped set.
-func (p *PostgresStore) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error) {
+func (p *Store) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return PruneResult{}, err
@@ -83,7 +84,7 @@ func (p *PostgresStore) Prune(ctx context.Context, cfg PruneConfig) (PruneResult
 	return p.prune(ctx, cfg)
 }
 
-func (p *PostgresStore) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, err error) {
+func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, err error) {
 	// A session-level lock lives on one connection: hold that connection
 	// for the whole pass.
 	conn, err := p.pool.Acquire(ctx)
@@ -126,7 +127,7 @@ func (p *PostgresStore) prune(ctx context.Context, cfg PruneConfig) (res PruneRe
 // Run it in every instance: the lock makes one of them do each pass. Pass
 // failures (database down) are reported through OnPrune and the logger, and
 // the next pass runs on schedule.
-func (p *PostgresStore) RunPruner(ctx context.Context, cfg PruneConfig) error {
+func (p *Store) RunPruner(ctx context.Context, cfg PruneConfig) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err

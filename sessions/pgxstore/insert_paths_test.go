@@ -1,4 +1,4 @@
-package sessions_test
+package pgxstore_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // serializablePool opens a pool whose connections default to SERIALIZABLE,
@@ -37,7 +38,7 @@ func TestInvariantDefaultIsolationFourInstances(t *testing.T) {
 	clock := newClock(1_700_000_000)
 	var insts []instance
 	for range 4 {
-		store, err := sessions.NewPostgresStore(serializablePool(t, d, nil), nil)
+		store, err := pgxstore.New(serializablePool(t, d, nil), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,7 +60,7 @@ func TestInsertRefusedBelowSerializable(t *testing.T) {
 		_, err := c.Exec(ctx, "SET default_transaction_isolation = 'read committed'")
 		return err
 	})
-	store, err := sessions.NewPostgresStore(pool, nil)
+	store, err := pgxstore.New(pool, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +86,7 @@ func BenchmarkIssuePostgres(b *testing.B) {
 			if path == "serializable-pool" {
 				pool = serializablePool(b, d, nil)
 			}
-			store, err := sessions.NewPostgresStore(pool, nil)
+			store, err := pgxstore.New(pool, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

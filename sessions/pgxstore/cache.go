@@ -1,4 +1,4 @@
-package sessions
+package pgxstore
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/agentsessions/agentsessions/db"
+	"github.com/agentsessions/agentsessions/sessions"
 )
 
 // Defaults of [CacheConfig].
@@ -43,7 +44,7 @@ var errTriggersOff = errors.New("the invalidation triggers of migration 00003 on
 	"ALTER TABLE agent_sessions ENABLE ALWAYS TRIGGER agent_sessions_notify_flush")
 
 // CacheConfig configures the verified-session cache; see
-// [PostgresStore.RunCache]. The zero value gives the defaults.
+// [Store.RunCache]. The zero value gives the defaults.
 type CacheConfig struct {
 	// MaxStaleness bounds how long after a revocation commits, on any
 	// instance, this instance may still accept the revoked token from its
@@ -76,14 +77,14 @@ func (c CacheConfig) withDefaults() (CacheConfig, error) {
 	}
 	switch {
 	case c.MaxStaleness < 20*time.Millisecond:
-		return c, &ConfigError{Field: "CacheConfig.MaxStaleness", Reason: "must be at least 20ms"}
+		return c, &sessions.ConfigError{Field: "CacheConfig.MaxStaleness", Reason: "must be at least 20ms"}
 	case c.MaxEntries < 0:
-		return c, &ConfigError{Field: "CacheConfig.MaxEntries", Reason: "must not be negative"}
+		return c, &sessions.ConfigError{Field: "CacheConfig.MaxEntries", Reason: "must not be negative"}
 	}
 	return c, nil
 }
 
-// CacheStats counts the cache's work since [PostgresStore.RunCache] began.
+// CacheStats counts the cache's work since [Store.RunCache] began.
 type CacheStats struct {
 	Running       bool   // RunCache is running
 	Fresh         bool   // the cache answers now (listener confirmed within MaxStaleness)
@@ -95,7 +96,7 @@ type CacheStats struct {
 }
 
 // RunCache keeps a cache of verified sessions in this store until ctx
-// ends, then returns nil. While it runs, [PostgresStore.Get] (and so
+// ends, then returns nil. While it runs, [Store.Get] (and so
 // Manager.Authenticate) answers from memory when it can: a cached session
 // needs no database round trip. It is opt-in because it trades a bounded
 // window of staleness for that round trip:
@@ -128,7 +129,7 @@ type CacheStats struct {
 // keeping it open lets the notification queue fill (8 GB by default),
 // after which such commits fail. Freshness is judged by the monotonic and
 // the wall clock both, so a suspended host does not stretch the bound.
-func (p *PostgresStore) RunCache(ctx context.Context, cfg CacheConfig) error {
+func (p *Store) RunCache(ctx context.Context, cfg CacheConfig) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
@@ -138,14 +139,14 @@ func (p *PostgresStore) RunCache(ctx context.Context, cfg CacheConfig) error {
 		return p.wrap(ctx, "cache check", err)
 	}
 	if state == triggersOff {
-		return &ConfigError{Field: "RunCache", Reason: errTriggersOff.Error()}
+		return &sessions.ConfigError{Field: "RunCache", Reason: errTriggersOff.Error()}
 	}
 	c, err := newSessionCache(cfg)
 	if err != nil {
 		return err
 	}
 	if !p.cache.CompareAndSwap(nil, c) {
-		return &ConfigError{Field: "RunCache", Reason: "a cache is already running on this store"}
+		return &sessions.ConfigError{Field: "RunCache", Reason: "a cache is already running on this store"}
 	}
 	defer p.cache.CompareAndSwap(c, nil)
 
@@ -168,8 +169,8 @@ func (p *PostgresStore) RunCache(ctx context.Context, cfg CacheConfig) error {
 	}
 }
 
-// CacheStats reports on the cache of [PostgresStore.RunCache].
-func (p *PostgresStore) CacheStats() CacheStats {
+// CacheStats reports on the cache of [Store.RunCache].
+func (p *Store) CacheStats() CacheStats {
 	c := p.cache.Load()
 	if c == nil {
 		return CacheStats{}
@@ -197,7 +198,7 @@ type sessionCache struct {
 type cacheShard struct {
 	mu  sync.Mutex
 	seq uint64 // bumped by every invalidation in the shard
-	m   map[string]Session
+	m   map[string]sessions.Session
 }
 
 // fillTicket is taken before a database read: the read's result may be
@@ -212,7 +213,7 @@ func newSessionCache(cfg CacheConfig) (*sessionCache, error) {
 	c := &sessionCache{cfg: cfg, nonce: hex.EncodeToString(b[:]), base: time.Now(), seed: maphash.MakeSeed(),
 		perShard: max(1, cfg.MaxEntries/cacheShards)}
 	for i := range c.shards {
-		c.shards[i].m = make(map[string]Session)
+		c.shards[i].m = make(map[string]sessions.Session)
 	}
 	return c, nil
 }
@@ -234,7 +235,7 @@ func (c *sessionCache) isFresh() bool {
 
 // get returns the cached session, or a ticket for filling the cache
 // after reading the database.
-func (c *sessionCache) get(id string) (Session, bool, fillTicket) {
+func (c *sessionCache) get(id string) (sessions.Session, bool, fillTicket) {
 	sh := c.shard(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -244,10 +245,10 @@ func (c *sessionCache) get(id string) (Session, bool, fillTicket) {
 		return cloneSession(s), true, t
 	}
 	c.misses.Add(1)
-	return Session{}, false, t
+	return sessions.Session{}, false, t
 }
 
-func (c *sessionCache) fill(s Session, t fillTicket) {
+func (c *sessionCache) fill(s sessions.Session, t fillTicket) {
 	sh := c.shard(s.ID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -273,19 +274,19 @@ func (c *sessionCache) invalidate(id string) {
 }
 
 func (c *sessionCache) invalidateAgent(agentID string) {
-	c.dropEverywhere(func(_ string, s Session) bool { return s.AgentID == agentID })
+	c.dropEverywhere(func(_ string, s sessions.Session) bool { return s.AgentID == agentID })
 	c.invalidations.Add(1)
 }
 
 // resync empties the cache and refuses fills begun before it.
 func (c *sessionCache) resync() {
-	c.dropEverywhere(func(string, Session) bool { return true })
+	c.dropEverywhere(func(string, sessions.Session) bool { return true })
 	c.resyncs.Add(1)
 }
 
 // dropEverywhere deletes the entries drop selects from every shard and
 // bumps every shard's seq, so fills begun before are refused.
-func (c *sessionCache) dropEverywhere(drop func(string, Session) bool) {
+func (c *sessionCache) dropEverywhere(drop func(string, sessions.Session) bool) {
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.mu.Lock()
@@ -310,7 +311,7 @@ func (c *sessionCache) statsNow() CacheStats {
 
 // listen runs one listener connection until it fails or ctx ends;
 // connected reports whether it got as far as listening.
-func (c *sessionCache) listen(ctx context.Context, p *PostgresStore) (connected bool, err error) {
+func (c *sessionCache) listen(ctx context.Context, p *Store) (connected bool, err error) {
 	cc := p.pool.Config().ConnConfig.Copy()
 	cc.RuntimeParams["application_name"] = "agentsessions-cache"
 	cc.OnNotification = nil // pgx buffers notifications for WaitForNotification only without a callback
@@ -359,7 +360,7 @@ func (c *sessionCache) listen(ctx context.Context, p *PostgresStore) (connected 
 // heartbeats sends a heartbeat through the pool every MaxStaleness/4. Its
 // payload carries the time it was sent; when it comes back, every
 // notification committed before that time has been received.
-func (c *sessionCache) heartbeats(ctx context.Context, p *PostgresStore, connNo uint64) {
+func (c *sessionCache) heartbeats(ctx context.Context, p *Store, connNo uint64) {
 	t := time.NewTicker(c.cfg.MaxStaleness / 4)
 	defer t.Stop()
 	for {

@@ -1,4 +1,4 @@
-package sessions_test
+package pgxstore_test
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/migrations"
-	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // soakDuration is AGENTSESSIONS_SOAK (a Go duration, e.g. 10m) or def.
@@ -48,8 +48,8 @@ func soak(t *testing.T, url string, pool *pgxpool.Pool, d time.Duration, fault f
 	lock := lockID()
 	for _, s := range stores {
 		bg.Go(func() {
-			_ = s.RunPruner(ctx, sessions.PruneConfig{Interval: 500 * time.Millisecond, LockID: lock,
-				OnPrune: func(r sessions.PruneResult, err error) {
+			_ = s.RunPruner(ctx, pgxstore.PruneConfig{Interval: 500 * time.Millisecond, LockID: lock,
+				OnPrune: func(r pgxstore.PruneResult, err error) {
 					if err == nil && !r.Skipped {
 						passes.Add(1)
 						pruned.Add(r.Deleted)

@@ -1,4 +1,4 @@
-package sessions
+package pgxstore
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/agentsessions/agentsessions/db"
+	"github.com/agentsessions/agentsessions/sessions"
 )
 
 // maxLookupBatch bounds how many lookups share one round trip, so one
@@ -24,7 +25,7 @@ const maxLookupBatch = 64
 // project's 2-core machine syscalls were 46 % of the client's CPU time in
 // the authenticate benchmark.
 type lookups struct {
-	store *PostgresStore
+	store *Store
 	slots int // batches in flight at most: the pool's connections
 
 	mu      sync.Mutex
@@ -36,18 +37,18 @@ type lookup struct {
 	ctx   context.Context
 	id    string
 	done  chan struct{}
-	s     Session
+	s     sessions.Session
 	found bool
 	err   error
 }
 
-func newLookups(p *PostgresStore, slots int) *lookups {
+func newLookups(p *Store, slots int) *lookups {
 	return &lookups{store: p, slots: max(slots, 1)}
 }
 
 // get looks id up, alone or in a batch. It returns when the lookup is
 // done or ctx ends, whichever comes first.
-func (b *lookups) get(ctx context.Context, id string) (Session, bool, error) {
+func (b *lookups) get(ctx context.Context, id string) (sessions.Session, bool, error) {
 	b.mu.Lock()
 	if b.running < b.slots && len(b.queue) == 0 {
 		// Nothing to wait for: look up on this goroutine, under ctx, as
@@ -74,7 +75,7 @@ func (b *lookups) get(ctx context.Context, id string) (Session, bool, error) {
 	case <-l.done:
 		return l.s, l.found, l.err
 	case <-ctx.Done():
-		return Session{}, false, b.store.wrap(ctx, "get", ctx.Err())
+		return sessions.Session{}, false, b.store.wrap(ctx, "get", ctx.Err())
 	}
 }
 
@@ -147,7 +148,7 @@ func (b *lookups) send(batch []*lookup) {
 	}
 	rows := make([]db.AgentSession, len(batch))
 	errs := make([]error, len(batch))
-	err := b.store.retry(ctx, "get", func() error {
+	err := b.store.read(ctx, "get", func() error {
 		var first error
 		b.store.q.GetSessionBatch(ctx, ids).QueryRow(func(i int, row db.AgentSession, err error) {
 			rows[i], errs[i] = row, err

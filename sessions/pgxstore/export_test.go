@@ -1,8 +1,8 @@
-package sessions
+package pgxstore
 
 // CacheListenerPID is the backend PID of the store's cache listener
 // connection (0 before the first connection), so tests can terminate it.
-func CacheListenerPID(p *PostgresStore) uint32 {
+func CacheListenerPID(p *Store) uint32 {
 	if c := p.cache.Load(); c != nil {
 		return c.pid.Load()
 	}

@@ -1,4 +1,4 @@
-package sessions_test
+package pgxstore_test
 
 import (
 	"context"
@@ -13,26 +13,8 @@ import (
 	"github.com/agentsessions/agentsessions/db"
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
-
-// seed inserts expired and live sessions directly through the store.
-func seed(t *testing.T, store sessions.Store, expired, live int, now time.Time) {
-	t.Helper()
-	ctx := context.Background()
-	for i := range expired + live {
-		exp := now.Add(-time.Duration(i+1) * time.Second)
-		if i >= expired {
-			exp = now.Add(time.Hour)
-		}
-		s := sessions.Session{
-			ID: fmt.Sprintf("seed-%d", i), AgentID: fmt.Sprintf("agent-%d", i%7),
-			IssuedAt: exp.Add(-2 * time.Hour), ExpiresAt: exp, TokenDigest: digest(fmt.Sprint(i)),
-		}
-		if res, err := store.Insert(ctx, s, sessions.InsertRequest{Limit: 1 << 20, Now: s.IssuedAt}); err != nil || !res.Inserted {
-			t.Fatalf("seed %d: %+v %v", i, res, err)
-		}
-	}
-}
 
 // lockID gives each test its own prune lock: tests share one database, and
 // the advisory lock is database-wide.
@@ -41,19 +23,19 @@ func lockID() int64 { return rand.Int64() }
 func TestPruneBatches(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
-	store, _ := sessions.NewPostgresStore(d.Pool(t), nil)
+	store, _ := pgxstore.New(d.Pool(t), nil)
 	now := time.Unix(1_700_000_000, 0)
 	seed(t, store, 35, 5, now)
-	cfg := sessions.PruneConfig{BatchSize: 10, Clock: func() time.Time { return now }, LockID: lockID()}
+	cfg := pgxstore.PruneConfig{BatchSize: 10, Clock: func() time.Time { return now }, LockID: lockID()}
 	res, err := store.Prune(context.Background(), cfg)
-	if err != nil || res != (sessions.PruneResult{Deleted: 35, Batches: 4}) {
+	if err != nil || res != (pgxstore.PruneResult{Deleted: 35, Batches: 4}) {
 		t.Fatalf("prune: %+v %v; want 35 deleted in 4 batches", res, err)
 	}
 	if n := sum(rowsPerAgent(t, d.Pool(t))); n != 5 {
 		t.Fatalf("%d rows left, want the 5 live ones", n)
 	}
 	res, err = store.Prune(context.Background(), cfg)
-	if err != nil || res != (sessions.PruneResult{Deleted: 0, Batches: 1}) {
+	if err != nil || res != (pgxstore.PruneResult{Deleted: 0, Batches: 1}) {
 		t.Fatalf("second prune: %+v %v", res, err)
 	}
 }
@@ -62,10 +44,10 @@ func TestPruneSkipsWhileLocked(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	d := testdb.New(t)
-	store, _ := sessions.NewPostgresStore(d.Pool(t), nil)
+	store, _ := pgxstore.New(d.Pool(t), nil)
 	now := time.Unix(1_700_000_000, 0)
 	seed(t, store, 3, 0, now)
-	cfg := sessions.PruneConfig{Clock: func() time.Time { return now }, LockID: lockID()}
+	cfg := pgxstore.PruneConfig{Clock: func() time.Time { return now }, LockID: lockID()}
 	holder := d.Conn(t)
 	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1)", cfg.LockID); err != nil {
 		t.Fatal(err)
@@ -88,14 +70,14 @@ func TestConcurrentPruners(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
 	now := time.Unix(1_700_000_000, 0)
-	cfg := sessions.PruneConfig{BatchSize: 25, Clock: func() time.Time { return now }, LockID: lockID()}
-	var stores []*sessions.PostgresStore
+	cfg := pgxstore.PruneConfig{BatchSize: 25, Clock: func() time.Time { return now }, LockID: lockID()}
+	var stores []*pgxstore.Store
 	for range 4 {
-		s, _ := sessions.NewPostgresStore(d.Pool(t), nil)
+		s, _ := pgxstore.New(d.Pool(t), nil)
 		stores = append(stores, s)
 	}
 	seed(t, stores[0], 300, 10, now)
-	results := make([]sessions.PruneResult, len(stores))
+	results := make([]pgxstore.PruneResult, len(stores))
 	errs := make([]error, len(stores))
 	start := make(chan struct{})
 	var wg sync.WaitGroup
@@ -119,17 +101,17 @@ func TestConcurrentPruners(t *testing.T) {
 func TestRunPrunerReportsAndStops(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
-	store, _ := sessions.NewPostgresStore(d.Pool(t), nil)
+	store, _ := pgxstore.New(d.Pool(t), nil)
 	now := time.Unix(1_700_000_000, 0)
 	seed(t, store, 12, 0, now)
 	ctx, cancel := context.WithCancel(context.Background())
-	reports := make(chan sessions.PruneResult, 100)
+	reports := make(chan pgxstore.PruneResult, 100)
 	done := make(chan error)
 	go func() {
-		done <- store.RunPruner(ctx, sessions.PruneConfig{
+		done <- store.RunPruner(ctx, pgxstore.PruneConfig{
 			Interval: 10 * time.Millisecond, BatchSize: 5, LockID: lockID(),
 			Clock:   func() time.Time { return now },
-			OnPrune: func(r sessions.PruneResult, err error) { reports <- r },
+			OnPrune: func(r pgxstore.PruneResult, err error) { reports <- r },
 		})
 	}()
 	first, second := <-reports, <-reports
@@ -149,35 +131,11 @@ func TestRunPrunerReportsAndStops(t *testing.T) {
 
 func TestPruneConfigRejected(t *testing.T) {
 	t.Parallel()
-	store, _ := sessions.NewPostgresStore(testdb.New(t).Pool(t), nil)
-	for _, c := range []sessions.PruneConfig{{BatchSize: -1}, {BatchSize: 1<<20 + 1}, {Interval: -time.Second}} {
+	store, _ := pgxstore.New(testdb.New(t).Pool(t), nil)
+	for _, c := range []pgxstore.PruneConfig{{BatchSize: -1}, {BatchSize: 1<<20 + 1}, {Interval: -time.Second}} {
 		if _, err := store.Prune(context.Background(), c); !errors.Is(err, sessions.ErrInvalidConfig) {
 			t.Errorf("%+v: %v", c, err)
 		}
-	}
-}
-
-func sum(m map[string]int) int {
-	n := 0
-	for _, v := range m {
-		n += v
-	}
-	return n
-}
-
-func TestMemoryStorePruneExpired(t *testing.T) {
-	t.Parallel()
-	store := sessions.NewMemoryStore()
-	now := time.Unix(1_700_000_000, 0)
-	seed(t, store, 9, 4, now)
-	if n := store.PruneExpired(now); n != 9 {
-		t.Fatalf("pruned %d, want 9", n)
-	}
-	if n := store.PruneExpired(now); n != 0 {
-		t.Fatalf("second prune removed %d", n)
-	}
-	if _, found, _ := store.Get(context.Background(), "seed-12"); !found {
-		t.Fatal("live session pruned")
 	}
 }
 
@@ -190,7 +148,7 @@ func TestPruneSparesRowExtendedWhileItWaited(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	d := testdb.New(t)
-	store, _ := sessions.NewPostgresStore(d.Pool(t), nil)
+	store, _ := pgxstore.New(d.Pool(t), nil)
 	now := time.Unix(1_700_000_000, 0)
 	s := sessions.Session{ID: "near-expiry", AgentID: agent, IssuedAt: now.Add(-time.Minute), ExpiresAt: now, TokenDigest: digest("old")}
 	if res, err := store.Insert(ctx, s, sessions.InsertRequest{Limit: 5, Now: s.IssuedAt}); err != nil || !res.Inserted {
@@ -214,12 +172,12 @@ func TestPruneSparesRowExtendedWhileItWaited(t *testing.T) {
 
 	// The pruner's clock has it expired; its batch blocks on the row.
 	type result struct {
-		res sessions.PruneResult
+		res pgxstore.PruneResult
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		res, err := store.Prune(ctx, sessions.PruneConfig{Clock: func() time.Time { return now }, LockID: lockID()})
+		res, err := store.Prune(ctx, pgxstore.PruneConfig{Clock: func() time.Time { return now }, LockID: lockID()})
 		done <- result{res, err}
 	}()
 	waitForBlocked(t, d, refresher.PgConn().PID())
@@ -266,7 +224,7 @@ func TestLoadRefreshNearExpiryLosesNoAcknowledgedRefresh(t *testing.T) {
 	}
 	// Refreshers run one second before expiry; the pruners at it.
 	issueClock.Advance(ttl - time.Second)
-	pruneCfg := sessions.PruneConfig{BatchSize: 20, Clock: func() time.Time { return expiry }, LockID: lockID()}
+	pruneCfg := pgxstore.PruneConfig{BatchSize: 20, Clock: func() time.Time { return expiry }, LockID: lockID()}
 
 	var (
 		next             atomic.Int64

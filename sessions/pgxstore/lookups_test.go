@@ -1,4 +1,4 @@
-package sessions_test
+package pgxstore_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // Many callers looking sessions up at once through one batch slot: their
@@ -111,9 +112,9 @@ func TestLookupCallerGivesUpWhileQueued(t *testing.T) {
 
 // oneLookupSlotStore is a store on d whose lookups share one batch slot,
 // so concurrent ones must queue and batch.
-func oneLookupSlotStore(t *testing.T, d *testdb.DB) *sessions.PostgresStore {
+func oneLookupSlotStore(t *testing.T, d *testdb.DB) *pgxstore.Store {
 	t.Helper()
-	store, err := sessions.NewPostgresStore(d.Pool(t), &sessions.PostgresConfig{LookupBatches: 1})
+	store, err := pgxstore.New(d.Pool(t), &pgxstore.Config{LookupBatches: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
