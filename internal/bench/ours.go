@@ -9,9 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/agentsessions/agentsessions/db"
 	"github.com/agentsessions/agentsessions/sessions"
 	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
@@ -234,7 +234,7 @@ func (o *ours) reset(ctx context.Context) error {
 
 // resetTables empties the session table and the agents' counts.
 func resetTables(ctx context.Context, pool *pgxpool.Pool) error {
-	if _, err := pool.Exec(ctx, "TRUNCATE agent_sessions, agent_session_counts"); err != nil {
+	if err := db.New(pool).TruncateSessions(ctx); err != nil {
 		return fmt.Errorf("bench: truncate: %w", err)
 	}
 	return nil
@@ -306,30 +306,19 @@ func mintSessions(secret []byte, cfg Config, n int, agentOf func(i int) string) 
 // sessions before, with the plans such tables get. (An agent's very first
 // session costs one more short transaction, which creates that row.)
 func copySessions(ctx context.Context, pool *pgxpool.Pool, rows []sessions.Session, agents int) error {
-	src := pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
-		s := rows[i]
-		return []any{s.ID, s.AgentID, s.IssuedAt, s.ExpiresAt, s.TokenDigest}, nil
-	})
-	if _, err := pool.CopyFrom(ctx, pgx.Identifier{"agent_sessions"},
-		[]string{"id", "agent_id", "issued_at", "expires_at", "token_digest"}, src); err != nil {
+	store, err := pgxstore.New(pool, nil)
+	if err != nil {
+		return err
+	}
+	if _, err := store.Import(ctx, rows); err != nil {
 		return fmt.Errorf("bench: prefill: %w", err)
 	}
-	for _, stmt := range []struct {
-		sql  string
-		args []any
-	}{
-		{`INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
-		  SELECT agent_id, count(*), min(expires_at) FROM agent_sessions GROUP BY agent_id
-		  ON CONFLICT (agent_id) DO UPDATE SET stored = excluded.stored, oldest_expiry = excluded.oldest_expiry`, nil},
-		{`INSERT INTO agent_session_counts (agent_id) SELECT g::text FROM generate_series(1, $1::integer) g
-		  ON CONFLICT (agent_id) DO NOTHING`, []any{agents}},
-		// VACUUM too, so autovacuum has nothing left to do with the
-		// fresh rows while the workload runs.
-		{"VACUUM (ANALYZE) agent_sessions, agent_session_counts", nil},
-	} {
-		if _, err := pool.Exec(ctx, stmt.sql, stmt.args...); err != nil {
-			return fmt.Errorf("bench: prefill: %w", err)
-		}
+	q := db.New(pool)
+	if err := q.EnsureAgentCounts(ctx, int32(agents)); err != nil {
+		return fmt.Errorf("bench: prefill: %w", err)
+	}
+	if err := q.VacuumSessions(ctx); err != nil {
+		return fmt.Errorf("bench: prefill: %w", err)
 	}
 	return nil
 }
@@ -470,9 +459,8 @@ func (o *ours) check(ctx context.Context, res *Result) error {
 func checkTable(ctx context.Context, pool *pgxpool.Pool, limit int, res *Result) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	err := pool.QueryRow(ctx, `
-		SELECT (SELECT count(*) FROM (SELECT 1 FROM agent_sessions GROUP BY agent_id HAVING count(*) > $1) over_limit),
-		       (SELECT count(*) FROM agent_sessions)`, limit).Scan(&res.OverLimitAgents, &res.Rows)
+	row, err := db.New(pool).CheckLimit(ctx, int32(limit))
+	res.OverLimitAgents, res.Rows = row.OverLimitAgents, row.Rows
 	if err != nil {
 		return fmt.Errorf("bench: invariant check: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/agentsessions/agentsessions/db"
 	"github.com/agentsessions/agentsessions/sessions"
 )
 
@@ -148,7 +149,7 @@ func RecordTrace(ctx context.Context, v variant, poolCfg *pgxpool.Config, ttl ti
 	if err := resetTables(ctx, pool); err != nil {
 		return nil, err
 	}
-	if _, err := pool.Exec(ctx, "INSERT INTO agent_session_counts (agent_id) VALUES ($1)", t.Agent); err != nil {
+	if err := db.New(pool).EnsureAgentCount(ctx, t.Agent); err != nil {
 		return nil, fmt.Errorf("bench: trace: %w", err)
 	}
 	tr.take()

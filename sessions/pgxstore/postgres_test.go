@@ -576,3 +576,38 @@ func TestUnmigratedDatabaseNamesTheFix(t *testing.T) {
 		}
 	}
 }
+
+// Import stores sessions in bulk and leaves each agent's count row equal
+// to its rows, so the limit check that follows counts them: an agent
+// imported at its limit is refused its next session.
+func TestImportKeepsCountsInStep(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := testdb.New(t)
+	store, err := pgxstore.New(d.Pool(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_700_000_000, 0)
+	var rows []sessions.Session
+	for i := range 5 {
+		rows = append(rows, sessions.Session{ID: fmt.Sprintf("imp-%d", i), AgentID: []string{agent, other}[i%2],
+			IssuedAt: now, ExpiresAt: now.Add(time.Hour), TokenDigest: digest(fmt.Sprint(i))})
+	}
+	if n, err := store.Import(ctx, rows); err != nil || n != 5 {
+		t.Fatalf("import = %d, %v", n, err)
+	}
+	checkCounts(t, d.Pool(t))
+	m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 3, Clock: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Issue(ctx, agent); !errors.Is(err, sessions.ErrLimitExceeded) {
+		t.Fatalf("agent imported with 3 sessions at limit 3: issue = %v, want ErrLimitExceeded", err)
+	}
+	mustIssue(t, m, other) // 2 of 3
+	if _, err := store.Import(ctx, rows[:1]); !errors.Is(err, sessions.ErrStore) {
+		t.Fatalf("re-import of a stored ID: %v, want ErrStore", err)
+	}
+	checkCounts(t, d.Pool(t))
+}

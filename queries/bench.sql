@@ -1,0 +1,34 @@
+-- Queries of the benchmark (cmd/internal/bench) and of tools that load
+-- or check a whole table. Not used on any request path.
+
+-- name: TruncateSessions :exec
+-- Empties the session tables, counts included (a TRUNCATE fires the
+-- flush trigger: caches drop everything).
+TRUNCATE agent_sessions, agent_session_counts;
+
+-- name: EnsureAgentCounts :exec
+-- Gives agents '1' .. n a count row (holding nothing) if they have none,
+-- as agents that were issued sessions before have.
+INSERT INTO agent_session_counts (agent_id)
+SELECT g::text FROM generate_series(1, @n::integer) g
+ON CONFLICT (agent_id) DO NOTHING;
+
+-- name: VacuumSessions :exec
+-- After a bulk load: fresh statistics, and nothing left for autovacuum
+-- to do while a workload runs.
+VACUUM (ANALYZE) agent_sessions, agent_session_counts;
+
+-- name: CheckLimit :one
+-- The invariant, asked of the database: agents holding more rows (live
+-- or not) than the limit, and how many rows there are.
+SELECT (SELECT count(*) FROM (SELECT 1 FROM agent_sessions GROUP BY agent_id HAVING count(*) > @max_sessions::integer) over_limit)::bigint AS over_limit_agents,
+       (SELECT count(*) FROM agent_sessions)::bigint AS rows;
+
+-- name: RecountAgents :exec
+-- Sets the count rows of these agents from their session rows, after a
+-- bulk load (Store.Import).
+INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
+SELECT s.agent_id, count(*), min(s.expires_at) FROM agent_sessions s
+WHERE s.agent_id = ANY(@agent_ids::text[])
+GROUP BY s.agent_id
+ON CONFLICT (agent_id) DO UPDATE SET stored = excluded.stored, oldest_expiry = excluded.oldest_expiry;
