@@ -13,10 +13,13 @@ ARG GO_IMAGE=golang:1.26-bookworm
 
 FROM ${GO_IMAGE} AS build
 WORKDIR /src
+# The CLI is its own module (cmd/go.mod), on the library through a replace
+# directive; go.work is for development and is not copied in.
 COPY go.mod go.sum ./
-RUN go mod download
+COPY cmd/go.mod cmd/go.sum ./cmd/
+RUN cd cmd && go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o /out/agentsessions ./cmd/agentsessions
+RUN cd cmd && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o /out/agentsessions ./agentsessions
 
 # Keep this stage identical to deploy/Dockerfile.local.
 FROM scratch

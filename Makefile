@@ -13,6 +13,11 @@ TEST_DB := export TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$(scripts/devdb.sh a
 		echo "make: no local PostgreSQL; tests will start one with testcontainers (needs Docker)" >&2; \
 	fi;
 
+# Every package of the three modules (the library at the root, cmd, and
+# mcpsessions), which go.work puts in one workspace.
+PKGS := ./... ./cmd/... ./mcpsessions/...
+MODULES := . cmd mcpsessions
+
 .PHONY: help generate verify check-sqlc test test-race test-containers fuzz migrate lint build up down
 
 help: ## Show this help
@@ -24,8 +29,7 @@ generate: check-sqlc ## Regenerate db/ from queries/ and migrations/ with sqlc
 
 verify: check-sqlc ## Fail if generated code (sqlc) or go.mod/go.sum are stale
 	$(SQLC) diff
-	go mod tidy -diff
-	cd mcpsessions && go mod tidy -diff
+	@for m in $(MODULES); do (set -x; cd $$m && GOWORK=off go mod tidy -diff); done
 
 check-sqlc:
 	@command -v "$(SQLC)" >/dev/null 2>&1 || { \
@@ -33,12 +37,11 @@ check-sqlc:
 		echo "  $(SQLC_INSTALL)" >&2; \
 		exit 1; }
 
-test: ## Run all tests (both modules: . and mcpsessions) with the race detector
-	@$(TEST_DB) echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL" >&2; set -x; go test -race -count=1 ./...; \
-		cd mcpsessions && go test -race -count=1 ./...
+test: ## Run all tests of every module (., cmd, mcpsessions) with the race detector
+	@$(TEST_DB) echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL" >&2; set -x; go test -race -count=1 $(PKGS)
 
 test-race: ## Repeat the concurrency tests (Invariant|Concurrent) 5 times with -race
-	@$(TEST_DB) echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL" >&2; set -x; go test -race -count=5 -run 'Invariant|Concurrent' ./...
+	@$(TEST_DB) echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL" >&2; set -x; go test -race -count=5 -run 'Invariant|Concurrent' $(PKGS)
 
 test-containers: ## Integration tests on PostgreSQL containers (testcontainers; starts Docker here if needed)
 	scripts/containers.sh test -race -count=1
@@ -56,8 +59,7 @@ migrate: ## Apply migrations to DATABASE_URL, else to a local database from scri
 lint: ## Check formatting (gofmt) and run go vet
 	@files="$$(gofmt -l .)"; if [ -n "$$files" ]; then \
 		echo "gofmt: these files need formatting (run gofmt -w):" >&2; echo "$$files" >&2; exit 1; fi
-	go vet ./...
-	cd mcpsessions && go vet ./...
+	go vet $(PKGS)
 
 build: ## Build bin/agentsessions
 	CGO_ENABLED=0 go build -o bin/agentsessions ./cmd/agentsessions

@@ -407,7 +407,7 @@ run_tests() {
 	eval "$exports"
 	local pkgs=() p
 	while read -r p; do pkgs+=("$p"); done < <(go list -f \
-		'{{.ImportPath}}{{range .TestImports}} {{.}}{{end}}{{range .XTestImports}} {{.}}{{end}}' ./... |
+		'{{.ImportPath}}{{range .TestImports}} {{.}}{{end}}{{range .XTestImports}} {{.}}{{end}}' ./... ./cmd/... |
 		awk '/ github.com\/agentsessions\/agentsessions\/internal\/testdb( |$)/ {print $1}')
 	[[ ${#pkgs[@]} -gt 0 ]] || die "no package's tests use internal/testdb"
 	local report before rc=0

@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/agentsessions/agentsessions/internal/bench"
+	"github.com/agentsessions/agentsessions/cmd/internal/bench"
 )
 
 type benchOpts struct {

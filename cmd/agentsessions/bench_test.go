@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/agentsessions/agentsessions/internal/bench"
+	"github.com/agentsessions/agentsessions/cmd/internal/bench"
 	"github.com/agentsessions/agentsessions/internal/testdb"
 )
 

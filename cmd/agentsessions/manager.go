@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
-	"github.com/agentsessions/agentsessions/internal/server"
+	"github.com/agentsessions/agentsessions/cmd/internal/server"
 	"github.com/agentsessions/agentsessions/sessions"
 	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )

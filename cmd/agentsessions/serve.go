@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/agentsessions/agentsessions/internal/server"
+	"github.com/agentsessions/agentsessions/cmd/internal/server"
 	"github.com/agentsessions/agentsessions/migrations"
 	"github.com/agentsessions/agentsessions/sessions"
 	"github.com/agentsessions/agentsessions/sessions/pgxstore"

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentsessions/agentsessions/internal/server"
+	"github.com/agentsessions/agentsessions/cmd/internal/server"
 	"github.com/agentsessions/agentsessions/internal/testdb"
 )
 

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/agentsessions/agentsessions/internal/server"
+	"github.com/agentsessions/agentsessions/cmd/internal/server"
 	"github.com/agentsessions/agentsessions/internal/testdb"
 )
 

@@ -21,7 +21,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/agentsessions/agentsessions/internal/server"
+	"github.com/agentsessions/agentsessions/cmd/internal/server"
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
 	"github.com/agentsessions/agentsessions/sessions/pgxstore"
