@@ -18,7 +18,7 @@ import (
 // module has no YAML dependency), relying on its two-space layout:
 // paths at indent 2, methods at 4, an operation's security at 6.
 func TestOpenAPIMatchesRoutes(t *testing.T) {
-	f, err := os.Open("../../api/openapi.yaml")
+	f, err := os.Open("../../../api/openapi.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,9 +71,9 @@ func sorted(m map[string]bool) []string {
 
 // Every error code the API answers with (the library's table and the
 // service's own) is in the Error schema's enum of api/openapi.yaml, and
-// the enum lists nothing else; the README's table of codes names each.
+// the enum lists nothing else; the table of codes in docs/operations.md names each.
 func TestOpenAPIListsErrorCodes(t *testing.T) {
-	spec, err := os.ReadFile("../../api/openapi.yaml")
+	spec, err := os.ReadFile("../../../api/openapi.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestOpenAPIListsErrorCodes(t *testing.T) {
 	for _, c := range strings.Split(string(m[1]), ",") {
 		documented[strings.TrimSpace(c)] = true
 	}
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestOpenAPIListsErrorCodes(t *testing.T) {
 			t.Errorf("code %s (%d) is missing from the Error enum of api/openapi.yaml", c.Code, c.Status)
 		}
 		if st, ok := inReadme[c.Code]; !ok || st != strconv.Itoa(c.Status) {
-			t.Errorf("code %s (%d) is not in README.md's table of codes with its status (found %q)", c.Code, c.Status, st)
+			t.Errorf("code %s (%d) is not in docs/operations.md's table of codes with its status (found %q)", c.Code, c.Status, st)
 		}
 	}
 	for c := range documented {
@@ -115,14 +115,14 @@ func readmeCodes(t *testing.T, readme string) map[string]string {
 	t.Helper()
 	_, table, ok := strings.Cut(readme, "| Status | Code | When |\n|---|---|---|\n")
 	if !ok {
-		t.Fatal("README.md: no table of error codes")
+		t.Fatal("docs/operations.md: no table of error codes")
 	}
 	table, _, _ = strings.Cut(table, "\n\n")
 	out := map[string]string{}
 	for _, row := range strings.Split(table, "\n") {
 		cols := strings.Split(row, "|")
 		if len(cols) < 4 {
-			t.Fatalf("README.md: bad row %q", row)
+			t.Fatalf("docs/operations.md: bad row %q", row)
 		}
 		statuses := strings.Split(strings.TrimSpace(cols[1]), " / ")
 		codes := regexp.MustCompile("`([a-z_]+)`").FindAllStringSubmatch(cols[2], -1)
