@@ -289,7 +289,7 @@ type IssueSessionRow struct {
 	Evicted        []string
 }
 
-// The whole limit check as one statement, for PostgresStore.Insert. It
+// The whole limit check as one statement, for pgxstore.Store.Insert. It
 // starts from the agent's count row (migration 00004):
 //
 //   - fast path: the count is below the limit and no stored row can have

@@ -20,7 +20,7 @@ import (
 //	go test -run '^$' -bench . -benchtime 2s ./...   (from mcpsessions/, TEST_DATABASE_URL set)
 
 // BenchmarkValidate is one Validate of a live session: a signature check
-// and one store read, from PostgreSQL or, with PostgresStore.RunCache, from
+// and one store read, from PostgreSQL or, with pgxstore.Store.RunCache, from
 // the instance's cache.
 func BenchmarkValidate(b *testing.B) {
 	for _, cached := range []bool{false, true} {

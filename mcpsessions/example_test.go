@@ -42,7 +42,7 @@ func newMCPHandler(name string, mgr *sessions.Manager) (http.Handler, error) {
 // session through one, the other refuses it.
 //
 // In a deployment each instance has its own Manager on
-// sessions.NewPostgresStore, with the same Secret; the memory store stands
+// pgxstore.New, with the same Secret; the memory store stands
 // in for the shared database here.
 func Example() {
 	mgr, err := sessions.New(sessions.NewMemoryStore(), sessions.Config{

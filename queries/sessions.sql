@@ -106,7 +106,7 @@ HAVING set_config('synchronous_commit', 'off', true) IS NOT NULL
 ON CONFLICT (agent_id) DO NOTHING;
 
 -- name: IssueSession :one
--- The whole limit check as one statement, for PostgresStore.Insert. It
+-- The whole limit check as one statement, for pgxstore.Store.Insert. It
 -- starts from the agent's count row (migration 00004):
 --
 --   - fast path: the count is below the limit and no stored row can have

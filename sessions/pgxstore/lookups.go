@@ -21,9 +21,8 @@ const maxLookupBatch = 64
 // queue, and the next free slot sends all of them in one round trip, each
 // still its own primary-key lookup. A lookup that finds a free slot goes
 // out at once, alone, so nothing waits for company. Under load this saves
-// the client and the server a write and a read per lookup; on this
-// project's 2-core machine syscalls were 46 % of the client's CPU time in
-// the authenticate benchmark.
+// the client and the server a write and a read per lookup, which is most
+// of a lookup's client CPU (docs/performance.md).
 type lookups struct {
 	store *Store
 	slots int // batches in flight at most: the pool's connections

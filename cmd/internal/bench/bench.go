@@ -62,9 +62,9 @@ const (
 
 // Variants of the store's SQL that Config.Variants may name.
 const (
-	VariantLibrary = "library" // the library's PostgresStore
+	VariantLibrary = "library" // the library's pgxstore.Store
 	VariantCTE     = "cte"     // the library on pools that default to SERIALIZABLE
-	VariantCached  = "cached"  // the library with PostgresStore.RunCache running on every instance
+	VariantCached  = "cached"  // the library with pgxstore.Store.RunCache running on every instance
 )
 
 // VariantNames lists the variants in the order they run.

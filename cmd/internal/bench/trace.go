@@ -23,7 +23,7 @@ import (
 // The pgbench reference replays exactly the statements the store sends.
 // Rather than copy the SQL (which goes stale when the store changes), the
 // bench records it: it runs one Issue below the limit, one Issue at the
-// limit, one Authenticate and one Revoke through a PostgresStore whose pool
+// limit, one Authenticate and one Revoke through a pgxstore.Store whose pool
 // has a pgx tracer, and turns what the tracer saw into pgbench scripts.
 // Whatever the store does (a SERIALIZABLE transaction of several
 // statements, or one statement with a CTE) is what pgbench runs.
