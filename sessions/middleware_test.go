@@ -49,13 +49,74 @@ func serveMW(h http.Handler, token, agentHeader, agentID string) mwResponse {
 	return mwResponse{status: w.Code, code: body.Error.Code, body: w.Body.String(), header: w.Header()}
 }
 
+// The middleware's answers to every kind of credential, valid or not
+// (pgxstore's TestMiddlewareDatabaseDown adds a real database going away).
+func TestMiddleware(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, sessions.NewMemoryStore(), 3)
+	h := sessions.Middleware(e.Manager, sessions.MiddlewareConfig{})(echoSession)
+
+	live := mustIssue(t, e.Manager, agent)
+	revoked := mustIssue(t, e.Manager, agent)
+	if _, err := e.Manager.Revoke(t.Context(), revoked.Session.ID); err != nil {
+		t.Fatal(err)
+	}
+	other := mustIssue(t, e.Manager, "did:agentmesh:other")
+	tampered := live.Token[:len(live.Token)-2] + "AA"
+	if tampered == live.Token {
+		tampered = live.Token[:len(live.Token)-2] + "BB"
+	}
+
+	cases := []struct {
+		name, auth, agentID string
+		status              int
+		code                string
+	}{
+		{"valid", "Bearer " + live.Token, agent, 200, ""},
+		{"scheme case-insensitive", "bearer " + live.Token, agent, 200, ""},
+		{"no authorization", "", agent, 401, "missing_token"},
+		{"basic scheme", "Basic " + live.Token, agent, 401, "missing_token"},
+		{"empty bearer", "Bearer ", agent, 401, "missing_token"},
+		{"no agent header", "Bearer " + live.Token, "", 400, "missing_agent_id"},
+		{"tampered signature", "Bearer " + tampered, agent, 401, "invalid_token"},
+		{"garbage", "Bearer not-a-token", agent, 401, "invalid_token"},
+		{"oversized", "Bearer " + strings.Repeat("A", sessions.MaxTokenLength+1), agent, 401, "invalid_token"},
+		{"revoked", "Bearer " + revoked.Token, agent, 401, "unauthorized"},
+		{"another agent's token", "Bearer " + other.Token, agent, 403, "forbidden"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := serveMW(h, c.auth, sessions.DefaultAgentHeader, c.agentID)
+			if got.status != c.status || got.code != c.code {
+				t.Fatalf("got %d %q (%s), want %d %q", got.status, got.code, got.body, c.status, c.code)
+			}
+			if c.status == 200 && got.body != live.Session.ID+" "+agent {
+				t.Fatalf("handler saw %q, want session %s", got.body, live.Session.ID)
+			}
+			if c.status == 401 && !strings.HasPrefix(got.header.Get("WWW-Authenticate"), "Bearer") {
+				t.Fatalf("401 without a Bearer challenge: %v", got.header)
+			}
+			if c.status != 200 && strings.Contains(got.body, live.Session.ID) {
+				t.Fatalf("error body leaks the session: %s", got.body)
+			}
+		})
+	}
+
+	// Expiry: the fake clock moves past the TTL.
+	e.Clock.Advance(2 * time.Minute)
+	if got := serveMW(h, "Bearer "+live.Token, sessions.DefaultAgentHeader, agent); got.status != 401 || got.code != "expired" {
+		t.Fatalf("expired token: got %d %q, want 401 expired", got.status, got.code)
+	}
+
+}
+
 func TestMiddlewareCustomHeaderAndErrorHandler(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, sessions.NewMemoryStore(), 1)
-	iss := mustIssue(t, e.mgr, agent)
+	iss := mustIssue(t, e.Manager, agent)
 	var gotStatus int
 	var gotErr error
-	h := sessions.Middleware(e.mgr, sessions.MiddlewareConfig{
+	h := sessions.Middleware(e.Manager, sessions.MiddlewareConfig{
 		AgentHeader: "X-Client-DID",
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, status int, err error) {
 			gotStatus, gotErr = status, err

@@ -33,10 +33,17 @@ import (
 	"github.com/agentsessions/agentsessions/sessions"
 )
 
+// The fixtures every check uses: two agents and the managers' secret.
 const (
-	agent  = "did:agentmesh:planner"
-	other  = "did:agentmesh:executor"
-	secret = "contract-secret-0123456789abcdef"
+	Agent      = "did:agentmesh:planner"
+	OtherAgent = "did:agentmesh:executor"
+	Secret     = "contract-secret-0123456789abcdef"
+)
+
+const (
+	agent  = Agent
+	other  = OtherAgent
+	secret = Secret
 )
 
 // Run runs the contract against stores made by newStore, which is called
@@ -118,13 +125,16 @@ func Digest(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-type contractEnv struct {
-	store sessions.Store
-	clock *Clock
-	mgr   *sessions.Manager
+// Env is a manager on a store with a fake clock.
+type Env struct {
+	Store   sessions.Store
+	Clock   *Clock
+	Manager *sessions.Manager
 }
 
-func newEnv(t *testing.T, store sessions.Store, limit int) *contractEnv {
+// NewEnv is a manager on store with a clock at 1,700,000,000, a one-minute
+// TTL, the given limit, Secret, and session IDs s-1, s-2, ...
+func NewEnv(t testing.TB, store sessions.Store, limit int) *Env {
 	t.Helper()
 	clock := NewClock(1_700_000_000)
 	m, err := sessions.New(store, sessions.Config{
@@ -133,7 +143,7 @@ func newEnv(t *testing.T, store sessions.Store, limit int) *contractEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &contractEnv{store: store, clock: clock, mgr: m}
+	return &Env{Store: store, Clock: clock, Manager: m}
 }
 
 // MustIssue issues a session for agentID on m or fails the test.
@@ -155,7 +165,9 @@ func WantDenied(t testing.TB, err error, reason sessions.DenyReason) {
 	}
 }
 
-func newManager(t *testing.T, store sessions.Store, clock *Clock, mutate func(*sessions.Config)) *sessions.Manager {
+// NewManager is a manager on store with Secret, a one-minute TTL, limit 3
+// and clock; mutate, if not nil, changes the config first.
+func NewManager(t testing.TB, store sessions.Store, clock *Clock, mutate func(*sessions.Config)) *sessions.Manager {
 	t.Helper()
 	cfg := sessions.Config{Secret: []byte(secret), TTL: time.Minute, Limit: 3, Clock: clock.Now}
 	if mutate != nil {
@@ -181,106 +193,106 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 	ctx := context.Background()
 
 	t.Run("IssueAuthenticate", func(t *testing.T) {
-		e := newEnv(t, newStore(t), 2)
-		iss := MustIssue(t, e.mgr, agent)
+		e := NewEnv(t, newStore(t), 2)
+		iss := MustIssue(t, e.Manager, agent)
 		if iss.Session.AgentID != agent || iss.Session.ID != "s-1" || iss.Session.TokenDigest != Digest(iss.Token) {
 			t.Fatalf("issued session %+v", iss.Session)
 		}
 		if got := iss.Session.ExpiresAt.Sub(iss.Session.IssuedAt); got != time.Minute {
 			t.Fatalf("lifetime %v, want 1m", got)
 		}
-		s, err := e.mgr.Authenticate(ctx, iss.Token, agent)
+		s, err := e.Manager.Authenticate(ctx, iss.Token, agent)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !reflect.DeepEqual(s, iss.Session) {
 			t.Fatalf("authenticated %+v, issued %+v", s, iss.Session)
 		}
-		stored, found, err := e.store.Get(ctx, iss.Session.ID)
+		stored, found, err := e.Store.Get(ctx, iss.Session.ID)
 		if err != nil || !found || !reflect.DeepEqual(stored, iss.Session) {
 			t.Fatalf("store has %+v %v %v", stored, found, err)
 		}
 	})
 
 	t.Run("Limit", func(t *testing.T) {
-		e := newEnv(t, newStore(t), 3)
+		e := NewEnv(t, newStore(t), 3)
 		for range 3 {
-			MustIssue(t, e.mgr, agent)
+			MustIssue(t, e.Manager, agent)
 		}
-		_, err := e.mgr.Issue(ctx, agent)
+		_, err := e.Manager.Issue(ctx, agent)
 		var le *sessions.LimitError
 		if !errors.As(err, &le) || !errors.Is(err, sessions.ErrLimitExceeded) || le.AgentID != agent || le.Limit != 3 {
 			t.Fatalf("4th issue: %v, want limit error for %s/3", err, agent)
 		}
 		// The limit is per agent.
-		MustIssue(t, e.mgr, other)
+		MustIssue(t, e.Manager, other)
 		// The refused session was not stored.
-		if _, found, _ := e.store.Get(ctx, "s-4"); found {
+		if _, found, _ := e.Store.Get(ctx, "s-4"); found {
 			t.Fatal("refused session s-4 is in the store")
 		}
 	})
 
 	t.Run("Expiry", func(t *testing.T) {
-		e := newEnv(t, newStore(t), 1)
-		iss := MustIssue(t, e.mgr, agent)
-		e.clock.Advance(59 * time.Second)
-		if _, err := e.mgr.Authenticate(ctx, iss.Token, agent); err != nil {
+		e := NewEnv(t, newStore(t), 1)
+		iss := MustIssue(t, e.Manager, agent)
+		e.Clock.Advance(59 * time.Second)
+		if _, err := e.Manager.Authenticate(ctx, iss.Token, agent); err != nil {
 			t.Fatalf("1s before expiry: %v", err)
 		}
-		e.clock.Advance(time.Second) // exp <= now: expired, as in the reference
-		if _, err := e.mgr.Authenticate(ctx, iss.Token, agent); !errors.Is(err, sessions.ErrSessionExpired) {
+		e.Clock.Advance(time.Second) // exp <= now: expired, as in the reference
+		if _, err := e.Manager.Authenticate(ctx, iss.Token, agent); !errors.Is(err, sessions.ErrSessionExpired) {
 			t.Fatalf("at expiry: %v, want ErrSessionExpired", err)
 		}
-		if _, found, _ := e.store.Get(ctx, iss.Session.ID); found {
+		if _, found, _ := e.Store.Get(ctx, iss.Session.ID); found {
 			t.Fatal("expired session was not deleted on sight")
 		}
 	})
 
 	t.Run("ExpiredFreesLimit", func(t *testing.T) {
-		e := newEnv(t, newStore(t), 1)
-		first := MustIssue(t, e.mgr, agent)
-		stale := MustIssue(t, e.mgr, other)
-		if _, err := e.mgr.Issue(ctx, agent); !errors.Is(err, sessions.ErrLimitExceeded) {
+		e := NewEnv(t, newStore(t), 1)
+		first := MustIssue(t, e.Manager, agent)
+		stale := MustIssue(t, e.Manager, other)
+		if _, err := e.Manager.Issue(ctx, agent); !errors.Is(err, sessions.ErrLimitExceeded) {
 			t.Fatalf("second issue: %v", err)
 		}
-		e.clock.Advance(time.Minute)
-		second := MustIssue(t, e.mgr, agent) // prunes first
-		if _, found, _ := e.store.Get(ctx, first.Session.ID); found {
+		e.Clock.Advance(time.Minute)
+		second := MustIssue(t, e.Manager, agent) // prunes first
+		if _, found, _ := e.Store.Get(ctx, first.Session.ID); found {
 			t.Fatal("agent's expired session not pruned by issue")
 		}
 		// Only the issuing agent's rows are pruned.
-		if _, found, _ := e.store.Get(ctx, stale.Session.ID); !found {
+		if _, found, _ := e.Store.Get(ctx, stale.Session.ID); !found {
 			t.Fatal("another agent's expired session was pruned by issue")
 		}
-		if _, err := e.mgr.Authenticate(ctx, second.Token, agent); err != nil {
+		if _, err := e.Manager.Authenticate(ctx, second.Token, agent); err != nil {
 			t.Fatal(err)
 		}
 	})
 
 	t.Run("Revoke", func(t *testing.T) {
-		e := newEnv(t, newStore(t), 1)
-		iss := MustIssue(t, e.mgr, agent)
-		if revoked, err := e.mgr.Revoke(ctx, iss.Session.ID); err != nil || !revoked {
+		e := NewEnv(t, newStore(t), 1)
+		iss := MustIssue(t, e.Manager, agent)
+		if revoked, err := e.Manager.Revoke(ctx, iss.Session.ID); err != nil || !revoked {
 			t.Fatalf("revoke: revoked=%v, %v", revoked, err)
 		}
-		_, err := e.mgr.Authenticate(ctx, iss.Token, agent)
+		_, err := e.Manager.Authenticate(ctx, iss.Token, agent)
 		WantDenied(t, err, sessions.ReasonUnknownSession)
-		if revoked, err := e.mgr.Revoke(ctx, iss.Session.ID); err != nil || revoked {
+		if revoked, err := e.Manager.Revoke(ctx, iss.Session.ID); err != nil || revoked {
 			t.Fatalf("second revoke: revoked=%v, %v; want false, nil", revoked, err)
 		}
 		// Revoking freed the agent's slot.
-		MustIssue(t, e.mgr, agent)
-		if _, err := e.mgr.Revoke(ctx, ""); !errors.Is(err, sessions.ErrInvalidSessionID) {
+		MustIssue(t, e.Manager, agent)
+		if _, err := e.Manager.Revoke(ctx, ""); !errors.Is(err, sessions.ErrInvalidSessionID) {
 			t.Fatalf("revoke empty id: %v", err)
 		}
 	})
 
 	t.Run("AgentMismatch", func(t *testing.T) {
 		cs := &countingStore{Store: newStore(t)}
-		e := newEnv(t, cs, 1)
-		iss := MustIssue(t, e.mgr, agent)
+		e := NewEnv(t, cs, 1)
+		iss := MustIssue(t, e.Manager, agent)
 		before := cs.calls.Load()
-		_, err := e.mgr.Authenticate(ctx, iss.Token, other)
+		_, err := e.Manager.Authenticate(ctx, iss.Token, other)
 		WantDenied(t, err, sessions.ReasonAgentMismatch)
 		if cs.calls.Load() != before {
 			t.Fatal("agent mismatch reached the store")
@@ -290,14 +302,14 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 	// The store holds a row for the token's session ID whose agent or
 	// expiry differ from what the (validly signed) token says.
 	t.Run("MetadataMismatch", func(t *testing.T) {
-		e := newEnv(t, newStore(t), 5)
-		iss := MustIssue(t, e.mgr, agent)
+		e := NewEnv(t, newStore(t), 5)
+		iss := MustIssue(t, e.Manager, agent)
 		for name, mutate := range map[string]func(*sessions.Session){
 			"expiry": func(s *sessions.Session) { s.ExpiresAt = s.ExpiresAt.Add(time.Hour) },
 			"agent":  func(s *sessions.Session) { s.AgentID = other },
 		} {
-			replace(t, e.store, iss.Session, mutate)
-			_, err := e.mgr.Authenticate(ctx, iss.Token, agent)
+			replace(t, e.Store, iss.Session, mutate)
+			_, err := e.Manager.Authenticate(ctx, iss.Token, agent)
 			if err == nil {
 				t.Fatalf("%s mismatch accepted", name)
 			}
@@ -306,24 +318,24 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 	})
 
 	t.Run("DigestMismatch", func(t *testing.T) {
-		e := newEnv(t, newStore(t), 5)
-		iss := MustIssue(t, e.mgr, agent)
-		replace(t, e.store, iss.Session, func(s *sessions.Session) { s.TokenDigest = Digest("another token") })
-		_, err := e.mgr.Authenticate(ctx, iss.Token, agent)
+		e := NewEnv(t, newStore(t), 5)
+		iss := MustIssue(t, e.Manager, agent)
+		replace(t, e.Store, iss.Session, func(s *sessions.Session) { s.TokenDigest = Digest("another token") })
+		_, err := e.Manager.Authenticate(ctx, iss.Token, agent)
 		WantDenied(t, err, sessions.ReasonDigestMismatch)
 	})
 
 	t.Run("ForgedTokenNeverReachesStore", func(t *testing.T) {
 		cs := &countingStore{Store: newStore(t)}
-		e := newEnv(t, cs, 1)
-		iss := MustIssue(t, e.mgr, agent)
+		e := NewEnv(t, cs, 1)
+		iss := MustIssue(t, e.Manager, agent)
 		forger, _ := sessions.New(sessions.NewMemoryStore(), sessions.Config{
-			Secret: []byte("not the secret"), TTL: time.Minute, Limit: 1, Clock: e.clock.Now,
+			Secret: []byte("not the secret"), TTL: time.Minute, Limit: 1, Clock: e.Clock.Now,
 			NewID: func() (string, error) { return iss.Session.ID, nil },
 		})
 		forged := MustIssue(t, forger, agent)
 		before := cs.calls.Load()
-		if _, err := e.mgr.Authenticate(ctx, forged.Token, agent); !errors.Is(err, sessions.ErrInvalidSignature) {
+		if _, err := e.Manager.Authenticate(ctx, forged.Token, agent); !errors.Is(err, sessions.ErrInvalidSignature) {
 			t.Fatalf("forged token: %v", err)
 		}
 		if cs.calls.Load() != before {
@@ -333,17 +345,17 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 
 	t.Run("InvalidAgentIDs", func(t *testing.T) {
 		cs := &countingStore{Store: newStore(t)}
-		e := newEnv(t, cs, 1)
-		iss := MustIssue(t, e.mgr, agent)
+		e := NewEnv(t, cs, 1)
+		iss := MustIssue(t, e.Manager, agent)
 		before := cs.calls.Load()
 		for name, id := range map[string]string{
 			"empty": "", "too long": strings.Repeat("a", sessions.MaxAgentIDLength+1),
 			"invalid utf-8": "did:\xff", "NUL": "did:a\x00b", "newline": "did:a\nb",
 		} {
-			if _, err := e.mgr.Issue(ctx, id); !errors.Is(err, sessions.ErrInvalidAgentID) {
+			if _, err := e.Manager.Issue(ctx, id); !errors.Is(err, sessions.ErrInvalidAgentID) {
 				t.Errorf("issue %s: %v", name, err)
 			}
-			if _, err := e.mgr.Authenticate(ctx, iss.Token, id); !errors.Is(err, sessions.ErrInvalidAgentID) {
+			if _, err := e.Manager.Authenticate(ctx, iss.Token, id); !errors.Is(err, sessions.ErrInvalidAgentID) {
 				t.Errorf("authenticate %s: %v", name, err)
 			}
 		}
@@ -351,32 +363,32 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 			t.Fatal("invalid agent ids reached the store")
 		}
 		maxID := fmt.Sprintf("%0*d", sessions.MaxAgentIDLength, 7)
-		MustIssue(t, e.mgr, maxID) // the longest valid ID round-trips
+		MustIssue(t, e.Manager, maxID) // the longest valid ID round-trips
 	})
 
 	t.Run("CanceledContext", func(t *testing.T) {
-		e := newEnv(t, newStore(t), 1)
-		iss := MustIssue(t, e.mgr, agent)
+		e := NewEnv(t, newStore(t), 1)
+		iss := MustIssue(t, e.Manager, agent)
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		if _, err := e.mgr.Issue(cctx, other); !errors.Is(err, sessions.ErrStore) || !errors.Is(err, context.Canceled) {
+		if _, err := e.Manager.Issue(cctx, other); !errors.Is(err, sessions.ErrStore) || !errors.Is(err, context.Canceled) {
 			t.Fatalf("issue: %v, want store error wrapping context.Canceled", err)
 		}
-		if _, err := e.mgr.Authenticate(cctx, iss.Token, agent); !errors.Is(err, sessions.ErrStore) || !errors.Is(err, context.Canceled) {
+		if _, err := e.Manager.Authenticate(cctx, iss.Token, agent); !errors.Is(err, sessions.ErrStore) || !errors.Is(err, context.Canceled) {
 			t.Fatalf("authenticate: %v, want store error wrapping context.Canceled (fail closed)", err)
 		}
-		if _, found, _ := e.store.Get(ctx, "s-2"); found {
+		if _, found, _ := e.Store.Get(ctx, "s-2"); found {
 			t.Fatal("issue with a canceled context stored a session")
 		}
 	})
 
 	t.Run("ConcurrentIssueOneStore", func(t *testing.T) {
-		e := newEnv(t, newStore(t), 4)
+		e := NewEnv(t, newStore(t), 4)
 		var ok, limited atomic.Int64
 		var wg sync.WaitGroup
 		for range 32 {
 			wg.Go(func() {
-				_, err := e.mgr.Issue(ctx, agent)
+				_, err := e.Manager.Issue(ctx, agent)
 				switch {
 				case err == nil:
 					ok.Add(1)
@@ -414,7 +426,7 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 
 	t.Run("ListAndRevokeAgent", func(t *testing.T) {
 		clock := NewClock(1_700_000_000)
-		m := newManager(t, newStore(t), clock, func(c *sessions.Config) { c.NewID = SeqIDs("s") })
+		m := NewManager(t, newStore(t), clock, func(c *sessions.Config) { c.NewID = SeqIDs("s") })
 		a1 := MustIssue(t, m, agent)
 		clock.Advance(time.Second)
 		a2 := MustIssue(t, m, agent)
@@ -450,7 +462,7 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 
 	t.Run("EvictOldest", func(t *testing.T) {
 		clock := NewClock(1_700_000_000)
-		m := newManager(t, newStore(t), clock, func(c *sessions.Config) { c.Policy = sessions.PolicyEvictOldest })
+		m := NewManager(t, newStore(t), clock, func(c *sessions.Config) { c.Policy = sessions.PolicyEvictOldest })
 		var issued []sessions.Issued
 		for range 3 {
 			issued = append(issued, MustIssue(t, m, agent))
@@ -483,7 +495,7 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 
 	t.Run("AgentLimitOverrides", func(t *testing.T) {
 		clock := NewClock(1_700_000_000)
-		m := newManager(t, newStore(t), clock, nil)
+		m := NewManager(t, newStore(t), clock, nil)
 		if l, err := m.AgentLimit(ctx, agent); err != nil || l != (sessions.AgentLimit{Limit: 3}) {
 			t.Fatalf("default = %+v, %v", l, err)
 		}
@@ -526,7 +538,7 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 
 	t.Run("Refresh", func(t *testing.T) {
 		clock := NewClock(1_700_000_000)
-		m := newManager(t, newStore(t), clock, func(c *sessions.Config) { c.MaxLifetime = 150 * time.Second })
+		m := NewManager(t, newStore(t), clock, func(c *sessions.Config) { c.MaxLifetime = 150 * time.Second })
 		iss := MustIssue(t, m, agent, sessions.WithMetadata(map[string]string{"client": "cli"}))
 		clock.Advance(30 * time.Second)
 		ref, err := m.Refresh(ctx, iss.Token, agent)
@@ -581,7 +593,7 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 	t.Run("StaleTokenAfterRefreshDeletesNothing", func(t *testing.T) {
 		clock := NewClock(1_700_000_000)
 		store := newStore(t)
-		m := newManager(t, store, clock, nil) // TTL 1 min
+		m := NewManager(t, store, clock, nil) // TTL 1 min
 		iss := MustIssue(t, m, agent)
 		clock.Advance(30 * time.Second)
 		ref, err := m.Refresh(ctx, iss.Token, agent) // expires 90 s after issue
@@ -615,9 +627,9 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 	t.Run("SecretRotation", func(t *testing.T) {
 		clock := NewClock(1_700_000_000)
 		store := newStore(t)
-		old := newManager(t, store, clock, nil)
+		old := NewManager(t, store, clock, nil)
 		oldTok := MustIssue(t, old, agent).Token
-		rotated := newManager(t, store, clock, func(c *sessions.Config) {
+		rotated := NewManager(t, store, clock, func(c *sessions.Config) {
 			c.Secret = []byte("the-new-secret-0123456789abcdef!")
 			c.PreviousSecrets = [][]byte{[]byte(secret)}
 		})
@@ -636,7 +648,7 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 		if _, err := old.Authenticate(ctx, ref.Token, agent); !errors.Is(err, sessions.ErrInvalidSignature) {
 			t.Fatalf("refresh must re-sign with the current secret: %v", err)
 		}
-		dropped := newManager(t, store, clock, func(c *sessions.Config) { c.Secret = []byte("the-new-secret-0123456789abcdef!") })
+		dropped := NewManager(t, store, clock, func(c *sessions.Config) { c.Secret = []byte("the-new-secret-0123456789abcdef!") })
 		if _, err := dropped.Authenticate(ctx, newTok, agent); err != nil {
 			t.Fatal(err)
 		}
@@ -660,7 +672,7 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 	})
 
 	t.Run("Metadata", func(t *testing.T) {
-		m := newManager(t, newStore(t), NewClock(1_700_000_000), nil)
+		m := NewManager(t, newStore(t), NewClock(1_700_000_000), nil)
 		md := map[string]string{"client": "claude-desktop", "instance": "gw-2", "remote_addr": "10.0.0.7:51234"}
 		iss := MustIssue(t, m, agent, sessions.WithMetadata(md))
 		md["client"] = "changed after issue"
@@ -691,7 +703,7 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 	})
 
 	t.Run("Verify", func(t *testing.T) {
-		m := newManager(t, newStore(t), NewClock(1_700_000_000), nil)
+		m := NewManager(t, newStore(t), NewClock(1_700_000_000), nil)
 		iss := MustIssue(t, m, agent)
 		if s, err := m.Verify(ctx, iss.Token); err != nil || s.AgentID != agent {
 			t.Fatalf("verify = %+v, %v", s, err)
