@@ -17,7 +17,7 @@ var (
 )
 
 const getSessionBatch = `-- name: GetSessionBatch :batchone
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
 FROM agent_sessions
 WHERE id = $1
 `
@@ -60,6 +60,7 @@ func (b *GetSessionBatchBatchResults) QueryRow(f func(int, AgentSession, error))
 			&i.ExpiresAt,
 			&i.TokenDigest,
 			&i.Metadata,
+			&i.Kind,
 		)
 		if f != nil {
 			f(t, i, err)

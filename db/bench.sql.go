@@ -10,7 +10,7 @@ import (
 )
 
 const checkLimit = `-- name: CheckLimit :one
-SELECT (SELECT count(*) FROM (SELECT 1 FROM agent_sessions GROUP BY agent_id HAVING count(*) > $1::integer) over_limit)::bigint AS over_limit_agents,
+SELECT (SELECT count(*) FROM (SELECT 1 FROM agent_sessions GROUP BY agent_id, kind HAVING count(*) > $1::integer) over_limit)::bigint AS over_limit_agents,
        (SELECT count(*) FROM agent_sessions)::bigint AS rows
 `
 
@@ -31,7 +31,7 @@ func (q *Queries) CheckLimit(ctx context.Context, maxSessions int32) (CheckLimit
 const ensureAgentCounts = `-- name: EnsureAgentCounts :exec
 INSERT INTO agent_session_counts (agent_id)
 SELECT g::text FROM generate_series(1, $1::integer) g
-ON CONFLICT (agent_id) DO NOTHING
+ON CONFLICT (agent_id, kind) DO NOTHING
 `
 
 // Gives agents '1' .. n a count row (holding nothing) if they have none,
@@ -42,11 +42,11 @@ func (q *Queries) EnsureAgentCounts(ctx context.Context, n int32) error {
 }
 
 const recountAgents = `-- name: RecountAgents :exec
-INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
-SELECT s.agent_id, count(*), min(s.expires_at) FROM agent_sessions s
+INSERT INTO agent_session_counts (agent_id, kind, stored, oldest_expiry)
+SELECT s.agent_id, s.kind, count(*), min(s.expires_at) FROM agent_sessions s
 WHERE s.agent_id = ANY($1::text[])
-GROUP BY s.agent_id
-ON CONFLICT (agent_id) DO UPDATE SET stored = excluded.stored, oldest_expiry = excluded.oldest_expiry
+GROUP BY s.agent_id, s.kind
+ON CONFLICT (agent_id, kind) DO UPDATE SET stored = excluded.stored, oldest_expiry = excluded.oldest_expiry
 `
 
 // Sets the count rows of these agents from their session rows, after a

@@ -11,11 +11,16 @@ import (
 
 const deleteAgentLimit = `-- name: DeleteAgentLimit :execrows
 DELETE FROM agent_limits
-WHERE agent_id = $1
+WHERE agent_id = $1 AND kind = $2
 `
 
-func (q *Queries) DeleteAgentLimit(ctx context.Context, agentID string) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteAgentLimit, agentID)
+type DeleteAgentLimitParams struct {
+	AgentID string
+	Kind    string
+}
+
+func (q *Queries) DeleteAgentLimit(ctx context.Context, arg DeleteAgentLimitParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteAgentLimit, arg.AgentID, arg.Kind)
 	if err != nil {
 		return 0, err
 	}
@@ -23,29 +28,39 @@ func (q *Queries) DeleteAgentLimit(ctx context.Context, agentID string) (int64, 
 }
 
 const getAgentLimit = `-- name: GetAgentLimit :one
+
 SELECT max_sessions FROM agent_limits
-WHERE agent_id = $1
+WHERE agent_id = $1 AND kind = $2
 `
 
-func (q *Queries) GetAgentLimit(ctx context.Context, agentID string) (int32, error) {
-	row := q.db.QueryRow(ctx, getAgentLimit, agentID)
+type GetAgentLimitParams struct {
+	AgentID string
+	Kind    string
+}
+
+// Per-(agent, kind) overrides of the default limit. Agent sessions are
+// kind 'session'.
+func (q *Queries) GetAgentLimit(ctx context.Context, arg GetAgentLimitParams) (int32, error) {
+	row := q.db.QueryRow(ctx, getAgentLimit, arg.AgentID, arg.Kind)
 	var max_sessions int32
 	err := row.Scan(&max_sessions)
 	return max_sessions, err
 }
 
 const listAgentLimits = `-- name: ListAgentLimits :many
-SELECT agent_id, max_sessions FROM agent_limits
+SELECT agent_id, kind, max_sessions FROM agent_limits
+WHERE kind = $1
 ORDER BY agent_id
 `
 
 type ListAgentLimitsRow struct {
 	AgentID     string
+	Kind        string
 	MaxSessions int32
 }
 
-func (q *Queries) ListAgentLimits(ctx context.Context) ([]ListAgentLimitsRow, error) {
-	rows, err := q.db.Query(ctx, listAgentLimits)
+func (q *Queries) ListAgentLimits(ctx context.Context, kind string) ([]ListAgentLimitsRow, error) {
+	rows, err := q.db.Query(ctx, listAgentLimits, kind)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +68,7 @@ func (q *Queries) ListAgentLimits(ctx context.Context) ([]ListAgentLimitsRow, er
 	var items []ListAgentLimitsRow
 	for rows.Next() {
 		var i ListAgentLimitsRow
-		if err := rows.Scan(&i.AgentID, &i.MaxSessions); err != nil {
+		if err := rows.Scan(&i.AgentID, &i.Kind, &i.MaxSessions); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -65,18 +80,19 @@ func (q *Queries) ListAgentLimits(ctx context.Context) ([]ListAgentLimitsRow, er
 }
 
 const setAgentLimit = `-- name: SetAgentLimit :exec
-INSERT INTO agent_limits (agent_id, max_sessions)
-VALUES ($1, $2)
-ON CONFLICT (agent_id) DO UPDATE
+INSERT INTO agent_limits (agent_id, kind, max_sessions)
+VALUES ($1, $2, $3)
+ON CONFLICT (agent_id, kind) DO UPDATE
 SET max_sessions = excluded.max_sessions, updated_at = now()
 `
 
 type SetAgentLimitParams struct {
 	AgentID     string
+	Kind        string
 	MaxSessions int32
 }
 
 func (q *Queries) SetAgentLimit(ctx context.Context, arg SetAgentLimitParams) error {
-	_, err := q.db.Exec(ctx, setAgentLimit, arg.AgentID, arg.MaxSessions)
+	_, err := q.db.Exec(ctx, setAgentLimit, arg.AgentID, arg.Kind, arg.MaxSessions)
 	return err
 }

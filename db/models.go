@@ -12,6 +12,7 @@ type AgentLimit struct {
 	AgentID     string
 	MaxSessions int32
 	UpdatedAt   time.Time
+	Kind        string
 }
 
 type AgentSession struct {
@@ -21,10 +22,12 @@ type AgentSession struct {
 	ExpiresAt   time.Time
 	TokenDigest string
 	Metadata    []byte
+	Kind        string
 }
 
 type AgentSessionCount struct {
 	AgentID      string
 	Stored       int32
 	OldestExpiry time.Time
+	Kind         string
 }

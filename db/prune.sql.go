@@ -31,17 +31,17 @@ WITH gone AS (
         ORDER BY expired.expires_at
         LIMIT $2
     )
-    RETURNING target.agent_id
+    RETURNING target.agent_id, target.kind
 ),
 per_agent AS (
-    SELECT agent_id, count(*) AS n FROM gone GROUP BY agent_id
+    SELECT agent_id, kind, count(*) AS n FROM gone GROUP BY agent_id, kind
 ),
 counted AS (
     UPDATE agent_session_counts c
     SET stored = greatest(c.stored - per_agent.n, 0)::integer,
         oldest_expiry = CASE WHEN c.stored <= per_agent.n THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
     FROM per_agent
-    WHERE c.agent_id = per_agent.agent_id
+    WHERE c.agent_id = per_agent.agent_id AND c.kind = per_agent.kind
 )
 SELECT count(*) FROM gone
 `

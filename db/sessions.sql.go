@@ -11,7 +11,7 @@ import (
 )
 
 const countLiveSessions = `-- name: CountLiveSessions :one
-SELECT count(*) FROM agent_sessions WHERE expires_at > $1
+SELECT count(*) FROM agent_sessions WHERE kind = 'session' AND expires_at > $1
 `
 
 // Live sessions by the caller's clock, for metrics: every live row is
@@ -26,20 +26,25 @@ func (q *Queries) CountLiveSessions(ctx context.Context, now time.Time) (int64, 
 
 const deleteAgentSessions = `-- name: DeleteAgentSessions :one
 WITH gone AS (
-    DELETE FROM agent_sessions s WHERE s.agent_id = $1::text RETURNING 1
+    DELETE FROM agent_sessions s WHERE s.agent_id = $1::text AND s.kind = $2::text RETURNING 1
 ),
 counted AS (
     UPDATE agent_session_counts c
     SET stored = greatest(c.stored - (SELECT count(*) FROM gone), 0)::integer,
         oldest_expiry = CASE WHEN c.stored <= (SELECT count(*) FROM gone) THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
-    WHERE c.agent_id = $1::text AND EXISTS (SELECT 1 FROM gone)
+    WHERE c.agent_id = $1::text AND c.kind = $2::text AND EXISTS (SELECT 1 FROM gone)
 )
 SELECT count(*) FROM gone
 `
 
-// Revoke all of an agent's sessions and zero its count.
-func (q *Queries) DeleteAgentSessions(ctx context.Context, agentID string) (int64, error) {
-	row := q.db.QueryRow(ctx, deleteAgentSessions, agentID)
+type DeleteAgentSessionsParams struct {
+	AgentID string
+	Kind    string
+}
+
+// Revoke all of an agent's sessions of one kind and zero their count.
+func (q *Queries) DeleteAgentSessions(ctx context.Context, arg DeleteAgentSessionsParams) (int64, error) {
+	row := q.db.QueryRow(ctx, deleteAgentSessions, arg.AgentID, arg.Kind)
 	var count int64
 	err := row.Scan(&count)
 	return count, err
@@ -50,14 +55,14 @@ WITH gone AS (
     DELETE FROM agent_sessions s
     WHERE s.id = $1::text
       AND (s.expires_at <= $2::timestamptz OR s.token_digest = $3::text)
-    RETURNING s.agent_id
+    RETURNING s.agent_id, s.kind
 ),
 counted AS (
     UPDATE agent_session_counts c
     SET stored = greatest(c.stored - 1, 0),
         oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
     FROM gone
-    WHERE c.agent_id = gone.agent_id
+    WHERE c.agent_id = gone.agent_id AND c.kind = gone.kind
 )
 SELECT count(*) FROM gone
 `
@@ -82,14 +87,14 @@ func (q *Queries) DeleteExpiredSession(ctx context.Context, arg DeleteExpiredSes
 
 const deleteSession = `-- name: DeleteSession :one
 WITH gone AS (
-    DELETE FROM agent_sessions s WHERE s.id = $1::text RETURNING s.agent_id
+    DELETE FROM agent_sessions s WHERE s.id = $1::text RETURNING s.agent_id, s.kind
 ),
 counted AS (
     UPDATE agent_session_counts c
     SET stored = greatest(c.stored - 1, 0),
         oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
     FROM gone
-    WHERE c.agent_id = gone.agent_id
+    WHERE c.agent_id = gone.agent_id AND c.kind = gone.kind
 )
 SELECT count(*) FROM gone
 `
@@ -104,13 +109,18 @@ func (q *Queries) DeleteSession(ctx context.Context, id string) (int64, error) {
 }
 
 const ensureAgentCount = `-- name: EnsureAgentCount :exec
-INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
-SELECT $1::text, count(*), coalesce(min(s.expires_at), 'infinity'::timestamptz)
+INSERT INTO agent_session_counts (agent_id, kind, stored, oldest_expiry)
+SELECT $1::text, $2::text, count(*), coalesce(min(s.expires_at), 'infinity'::timestamptz)
 FROM agent_sessions s
-WHERE s.agent_id = $1::text
+WHERE s.agent_id = $1::text AND s.kind = $2::text
 HAVING set_config('synchronous_commit', 'off', true) IS NOT NULL
-ON CONFLICT (agent_id) DO NOTHING
+ON CONFLICT (agent_id, kind) DO NOTHING
 `
+
+type EnsureAgentCountParams struct {
+	AgentID string
+	Kind    string
+}
 
 // Creates the agent's count row (migration 00004) before its first limit
 // check, in a transaction of its own: inserting a new key inside the
@@ -124,8 +134,8 @@ ON CONFLICT (agent_id) DO NOTHING
 // the server crashes first, the row is simply missing and made again,
 // and the limit check's own commit flushes the WAL past this one anyway.
 // That saves an agent's first issue one of its two disk flushes.
-func (q *Queries) EnsureAgentCount(ctx context.Context, agentID string) error {
-	_, err := q.db.Exec(ctx, ensureAgentCount, agentID)
+func (q *Queries) EnsureAgentCount(ctx context.Context, arg EnsureAgentCountParams) error {
+	_, err := q.db.Exec(ctx, ensureAgentCount, arg.AgentID, arg.Kind)
 	return err
 }
 
@@ -134,13 +144,13 @@ WITH extended AS (
     UPDATE agent_sessions
     SET expires_at = $1, token_digest = $2
     WHERE id = $3 AND token_digest = $4 AND expires_at > $5
-    RETURNING agent_id, expires_at
+    RETURNING agent_id, kind, expires_at
 ),
 bound AS (
     UPDATE agent_session_counts c
     SET oldest_expiry = extended.expires_at
     FROM extended
-    WHERE c.agent_id = extended.agent_id AND c.oldest_expiry > extended.expires_at
+    WHERE c.agent_id = extended.agent_id AND c.kind = extended.kind AND c.oldest_expiry > extended.expires_at
 )
 SELECT count(*) FROM extended
 `
@@ -172,7 +182,7 @@ func (q *Queries) ExtendSession(ctx context.Context, arg ExtendSessionParams) (i
 }
 
 const getSession = `-- name: GetSession :one
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
 FROM agent_sessions
 WHERE id = $1
 `
@@ -187,6 +197,7 @@ func (q *Queries) GetSession(ctx context.Context, id string) (AgentSession, erro
 		&i.ExpiresAt,
 		&i.TokenDigest,
 		&i.Metadata,
+		&i.Kind,
 	)
 	return i, err
 }
@@ -194,26 +205,26 @@ func (q *Queries) GetSession(ctx context.Context, id string) (AgentSession, erro
 const issueSession = `-- name: IssueSession :one
 WITH cnt AS (
     SELECT c.stored, c.oldest_expiry FROM agent_session_counts c
-    WHERE c.agent_id = $1::text
+    WHERE c.agent_id = $1::text AND c.kind = $2::text
 ),
 lim AS (
-    SELECT coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = $1::text),
-                    $2::integer) AS n
+    SELECT coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = $1::text AND o.kind = $2::text),
+                    $3::integer) AS n
 ),
 mode AS (
     SELECT EXISTS (SELECT 1 FROM cnt) AS known,
            coalesce((SELECT cnt.stored < (SELECT n FROM lim)
-                            AND (cnt.stored = 0 OR cnt.oldest_expiry > $3::timestamptz) FROM cnt), false) AS fast
+                            AND (cnt.stored = 0 OR cnt.oldest_expiry > $4::timestamptz) FROM cnt), false) AS fast
 ),
 pruned AS (
     DELETE FROM agent_sessions p
     WHERE (SELECT known AND NOT fast FROM mode)
-      AND p.agent_id = $1::text AND p.expires_at <= $3::timestamptz
+      AND p.agent_id = $1::text AND p.kind = $2::text AND p.expires_at <= $4::timestamptz
 ),
 scanned AS (
     SELECT count(*) AS n, min(l.expires_at) AS oldest FROM agent_sessions l
     WHERE (SELECT known AND NOT fast FROM mode)
-      AND l.agent_id = $1::text AND l.expires_at > $3::timestamptz
+      AND l.agent_id = $1::text AND l.kind = $2::text AND l.expires_at > $4::timestamptz
 ),
 live AS (
     SELECT CASE WHEN (SELECT fast FROM mode) THEN (SELECT stored FROM cnt) ELSE (SELECT n FROM scanned) END AS n
@@ -224,21 +235,21 @@ evicted AS (
     -- concurrent transaction fails the statement with 40001 (and a
     -- rerun) instead of being re-checked against the new version.
     DELETE FROM agent_sessions e
-    WHERE $4::boolean AND (SELECT known AND NOT fast FROM mode)
+    WHERE $5::boolean AND (SELECT known AND NOT fast FROM mode)
       AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
         SELECT s.id FROM agent_sessions s
-        WHERE s.agent_id = $1::text AND s.expires_at > $3::timestamptz
+        WHERE s.agent_id = $1::text AND s.kind = $2::text AND s.expires_at > $4::timestamptz
         ORDER BY s.issued_at, s.id
         LIMIT greatest(0, (SELECT n FROM live) - (SELECT n FROM lim) + 1)
     )
     RETURNING e.id
 ),
 inserted AS (
-    INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
-    SELECT $5::text, $1::text, $6::timestamptz, $7::timestamptz,
-           $8::text, $9::jsonb
+    INSERT INTO agent_sessions (id, agent_id, kind, issued_at, expires_at, token_digest, metadata)
+    SELECT $6::text, $1::text, $2::text, $7::timestamptz, $8::timestamptz,
+           $9::text, $10::jsonb
     WHERE (SELECT known FROM mode)
-      AND ($4::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
+      AND ($5::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
       AND current_setting('transaction_isolation') = 'serializable'
     RETURNING agent_sessions.expires_at
 ),
@@ -257,10 +268,10 @@ counted AS (
     UPDATE agent_session_counts c
     SET stored = next.stored, oldest_expiry = next.oldest_expiry
     FROM next
-    WHERE c.agent_id = $1::text
+    WHERE c.agent_id = $1::text AND c.kind = $2::text
       AND (c.stored <> next.stored
            OR next.oldest_expiry < c.oldest_expiry
-           OR (c.oldest_expiry <= $3::timestamptz AND c.oldest_expiry <> next.oldest_expiry))
+           OR (c.oldest_expiry <= $4::timestamptz AND c.oldest_expiry <> next.oldest_expiry))
 )
 SELECT current_setting('transaction_isolation') = 'serializable' AS serializable,
        (SELECT known FROM mode) AS known,
@@ -271,6 +282,7 @@ SELECT current_setting('transaction_isolation') = 'serializable' AS serializable
 
 type IssueSessionParams struct {
 	AgentID      string
+	Kind         string
 	DefaultLimit int32
 	Now          time.Time
 	Evict        bool
@@ -311,6 +323,7 @@ type IssueSessionRow struct {
 func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (IssueSessionRow, error) {
 	row := q.db.QueryRow(ctx, issueSession,
 		arg.AgentID,
+		arg.Kind,
 		arg.DefaultLimit,
 		arg.Now,
 		arg.Evict,
@@ -332,19 +345,20 @@ func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (Iss
 }
 
 const listAgentSessions = `-- name: ListAgentSessions :many
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
 FROM agent_sessions
-WHERE agent_id = $1 AND expires_at > $2
+WHERE agent_id = $1 AND kind = $2 AND expires_at > $3
 ORDER BY issued_at, id
 `
 
 type ListAgentSessionsParams struct {
 	AgentID string
+	Kind    string
 	Now     time.Time
 }
 
 func (q *Queries) ListAgentSessions(ctx context.Context, arg ListAgentSessionsParams) ([]AgentSession, error) {
-	rows, err := q.db.Query(ctx, listAgentSessions, arg.AgentID, arg.Now)
+	rows, err := q.db.Query(ctx, listAgentSessions, arg.AgentID, arg.Kind, arg.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -359,6 +373,7 @@ func (q *Queries) ListAgentSessions(ctx context.Context, arg ListAgentSessionsPa
 			&i.ExpiresAt,
 			&i.TokenDigest,
 			&i.Metadata,
+			&i.Kind,
 		); err != nil {
 			return nil, err
 		}

@@ -80,3 +80,59 @@ func openSQL(t *testing.T, pool *pgxpool.Pool) *sql.DB {
 	t.Cleanup(func() { db.Close() })
 	return db
 }
+
+// Migration 00005 (session kinds) leaves what was stored before it as it
+// was: every session, count row and limit override becomes kind 'session'
+// with the same values; down again drops the column and keeps them.
+func TestSessionKindsMigrationKeepsSessions(t *testing.T) {
+	ctx := context.Background()
+	d := testdb.NewEmpty(t)
+	pool := d.Pool(t)
+	p, err := migrations.NewProvider(openSQL(t, pool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		`INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest)
+		 VALUES ('s1', 'a', '2026-01-01Z', '2026-01-02Z', repeat('a', 64)), ('s2', 'a', '2026-01-01Z', '2026-01-03Z', repeat('b', 64))`,
+		`INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry) VALUES ('a', 2, '2026-01-02Z')`,
+		`INSERT INTO agent_limits (agent_id, max_sessions) VALUES ('a', 7)`,
+	} {
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const state = `SELECT (SELECT string_agg(id || ':' || agent_id || ':' || expires_at::date, ',' ORDER BY id) FROM agent_sessions),
+	                      (SELECT agent_id || ':' || stored || ':' || oldest_expiry::date FROM agent_session_counts),
+	                      (SELECT agent_id || ':' || max_sessions FROM agent_limits)`
+	var before [3]string
+	if err := pool.QueryRow(ctx, state).Scan(&before[0], &before[1], &before[2]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	var kinds string
+	if err := pool.QueryRow(ctx, `SELECT string_agg(DISTINCT kind, ',') FROM (
+		SELECT kind FROM agent_sessions UNION ALL SELECT kind FROM agent_session_counts UNION ALL SELECT kind FROM agent_limits) k`).Scan(&kinds); err != nil {
+		t.Fatal(err)
+	}
+	if kinds != "session" {
+		t.Fatalf("kinds after 00005: %q, want every row 'session'", kinds)
+	}
+	for _, step := range []string{"up", "down"} {
+		var after [3]string
+		if err := pool.QueryRow(ctx, state).Scan(&after[0], &after[1], &after[2]); err != nil {
+			t.Fatal(err)
+		}
+		if after != before {
+			t.Fatalf("after %s: %q, want %q", step, after, before)
+		}
+		if _, err := p.DownTo(ctx, 4); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -11,7 +11,7 @@ TRUNCATE agent_sessions, agent_session_counts;
 -- as agents that were issued sessions before have.
 INSERT INTO agent_session_counts (agent_id)
 SELECT g::text FROM generate_series(1, @n::integer) g
-ON CONFLICT (agent_id) DO NOTHING;
+ON CONFLICT (agent_id, kind) DO NOTHING;
 
 -- name: VacuumSessions :exec
 -- After a bulk load: fresh statistics, and nothing left for autovacuum
@@ -21,14 +21,14 @@ VACUUM (ANALYZE) agent_sessions, agent_session_counts;
 -- name: CheckLimit :one
 -- The invariant, asked of the database: agents holding more rows (live
 -- or not) than the limit, and how many rows there are.
-SELECT (SELECT count(*) FROM (SELECT 1 FROM agent_sessions GROUP BY agent_id HAVING count(*) > @max_sessions::integer) over_limit)::bigint AS over_limit_agents,
+SELECT (SELECT count(*) FROM (SELECT 1 FROM agent_sessions GROUP BY agent_id, kind HAVING count(*) > @max_sessions::integer) over_limit)::bigint AS over_limit_agents,
        (SELECT count(*) FROM agent_sessions)::bigint AS rows;
 
 -- name: RecountAgents :exec
 -- Sets the count rows of these agents from their session rows, after a
 -- bulk load (Store.Import).
-INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
-SELECT s.agent_id, count(*), min(s.expires_at) FROM agent_sessions s
+INSERT INTO agent_session_counts (agent_id, kind, stored, oldest_expiry)
+SELECT s.agent_id, s.kind, count(*), min(s.expires_at) FROM agent_sessions s
 WHERE s.agent_id = ANY(@agent_ids::text[])
-GROUP BY s.agent_id
-ON CONFLICT (agent_id) DO UPDATE SET stored = excluded.stored, oldest_expiry = excluded.oldest_expiry;
+GROUP BY s.agent_id, s.kind
+ON CONFLICT (agent_id, kind) DO UPDATE SET stored = excluded.stored, oldest_expiry = excluded.oldest_expiry;

@@ -1,12 +1,12 @@
 -- name: GetSession :one
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
 FROM agent_sessions
 WHERE id = $1;
 
 -- name: GetSessionBatch :batchone
 -- GetSession for lookups that arrived together (sessions/lookups.go): one
 -- pipelined round trip for all of them, each its own primary-key lookup.
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
 FROM agent_sessions
 WHERE id = $1;
 
@@ -14,14 +14,14 @@ WHERE id = $1;
 -- Revoke: the row and its agent's count go together. Returns how many
 -- rows were deleted (0 or 1).
 WITH gone AS (
-    DELETE FROM agent_sessions s WHERE s.id = @id::text RETURNING s.agent_id
+    DELETE FROM agent_sessions s WHERE s.id = @id::text RETURNING s.agent_id, s.kind
 ),
 counted AS (
     UPDATE agent_session_counts c
     SET stored = greatest(c.stored - 1, 0),
         oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
     FROM gone
-    WHERE c.agent_id = gone.agent_id
+    WHERE c.agent_id = gone.agent_id AND c.kind = gone.kind
 )
 SELECT count(*) FROM gone;
 
@@ -35,33 +35,33 @@ WITH gone AS (
     DELETE FROM agent_sessions s
     WHERE s.id = @id::text
       AND (s.expires_at <= @now::timestamptz OR s.token_digest = @token_digest::text)
-    RETURNING s.agent_id
+    RETURNING s.agent_id, s.kind
 ),
 counted AS (
     UPDATE agent_session_counts c
     SET stored = greatest(c.stored - 1, 0),
         oldest_expiry = CASE WHEN c.stored <= 1 THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
     FROM gone
-    WHERE c.agent_id = gone.agent_id
+    WHERE c.agent_id = gone.agent_id AND c.kind = gone.kind
 )
 SELECT count(*) FROM gone;
 
 -- name: ListAgentSessions :many
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
 FROM agent_sessions
-WHERE agent_id = @agent_id AND expires_at > @now
+WHERE agent_id = @agent_id AND kind = @kind AND expires_at > @now
 ORDER BY issued_at, id;
 
 -- name: DeleteAgentSessions :one
--- Revoke all of an agent's sessions and zero its count.
+-- Revoke all of an agent's sessions of one kind and zero their count.
 WITH gone AS (
-    DELETE FROM agent_sessions s WHERE s.agent_id = @agent_id::text RETURNING 1
+    DELETE FROM agent_sessions s WHERE s.agent_id = @agent_id::text AND s.kind = @kind::text RETURNING 1
 ),
 counted AS (
     UPDATE agent_session_counts c
     SET stored = greatest(c.stored - (SELECT count(*) FROM gone), 0)::integer,
         oldest_expiry = CASE WHEN c.stored <= (SELECT count(*) FROM gone) THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
-    WHERE c.agent_id = @agent_id::text AND EXISTS (SELECT 1 FROM gone)
+    WHERE c.agent_id = @agent_id::text AND c.kind = @kind::text AND EXISTS (SELECT 1 FROM gone)
 )
 SELECT count(*) FROM gone;
 
@@ -75,13 +75,13 @@ WITH extended AS (
     UPDATE agent_sessions
     SET expires_at = @expires_at, token_digest = @new_digest
     WHERE id = @id AND token_digest = @old_digest AND expires_at > @now
-    RETURNING agent_id, expires_at
+    RETURNING agent_id, kind, expires_at
 ),
 bound AS (
     UPDATE agent_session_counts c
     SET oldest_expiry = extended.expires_at
     FROM extended
-    WHERE c.agent_id = extended.agent_id AND c.oldest_expiry > extended.expires_at
+    WHERE c.agent_id = extended.agent_id AND c.kind = extended.kind AND c.oldest_expiry > extended.expires_at
 )
 SELECT count(*) FROM extended;
 
@@ -98,12 +98,12 @@ SELECT count(*) FROM extended;
 -- the server crashes first, the row is simply missing and made again,
 -- and the limit check's own commit flushes the WAL past this one anyway.
 -- That saves an agent's first issue one of its two disk flushes.
-INSERT INTO agent_session_counts (agent_id, stored, oldest_expiry)
-SELECT @agent_id::text, count(*), coalesce(min(s.expires_at), 'infinity'::timestamptz)
+INSERT INTO agent_session_counts (agent_id, kind, stored, oldest_expiry)
+SELECT @agent_id::text, @kind::text, count(*), coalesce(min(s.expires_at), 'infinity'::timestamptz)
 FROM agent_sessions s
-WHERE s.agent_id = @agent_id::text
+WHERE s.agent_id = @agent_id::text AND s.kind = @kind::text
 HAVING set_config('synchronous_commit', 'off', true) IS NOT NULL
-ON CONFLICT (agent_id) DO NOTHING;
+ON CONFLICT (agent_id, kind) DO NOTHING;
 
 -- name: IssueSession :one
 -- The whole limit check as one statement, for pgxstore.Store.Insert. It
@@ -127,10 +127,10 @@ ON CONFLICT (agent_id) DO NOTHING;
 -- nothing and says so in serializable, since the limit would not hold.
 WITH cnt AS (
     SELECT c.stored, c.oldest_expiry FROM agent_session_counts c
-    WHERE c.agent_id = @agent_id::text
+    WHERE c.agent_id = @agent_id::text AND c.kind = @kind::text
 ),
 lim AS (
-    SELECT coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = @agent_id::text),
+    SELECT coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = @agent_id::text AND o.kind = @kind::text),
                     @default_limit::integer) AS n
 ),
 mode AS (
@@ -141,12 +141,12 @@ mode AS (
 pruned AS (
     DELETE FROM agent_sessions p
     WHERE (SELECT known AND NOT fast FROM mode)
-      AND p.agent_id = @agent_id::text AND p.expires_at <= @now::timestamptz
+      AND p.agent_id = @agent_id::text AND p.kind = @kind::text AND p.expires_at <= @now::timestamptz
 ),
 scanned AS (
     SELECT count(*) AS n, min(l.expires_at) AS oldest FROM agent_sessions l
     WHERE (SELECT known AND NOT fast FROM mode)
-      AND l.agent_id = @agent_id::text AND l.expires_at > @now::timestamptz
+      AND l.agent_id = @agent_id::text AND l.kind = @kind::text AND l.expires_at > @now::timestamptz
 ),
 live AS (
     SELECT CASE WHEN (SELECT fast FROM mode) THEN (SELECT stored FROM cnt) ELSE (SELECT n FROM scanned) END AS n
@@ -160,15 +160,15 @@ evicted AS (
     WHERE @evict::boolean AND (SELECT known AND NOT fast FROM mode)
       AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
         SELECT s.id FROM agent_sessions s
-        WHERE s.agent_id = @agent_id::text AND s.expires_at > @now::timestamptz
+        WHERE s.agent_id = @agent_id::text AND s.kind = @kind::text AND s.expires_at > @now::timestamptz
         ORDER BY s.issued_at, s.id
         LIMIT greatest(0, (SELECT n FROM live) - (SELECT n FROM lim) + 1)
     )
     RETURNING e.id
 ),
 inserted AS (
-    INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest, metadata)
-    SELECT @id::text, @agent_id::text, @issued_at::timestamptz, @expires_at::timestamptz,
+    INSERT INTO agent_sessions (id, agent_id, kind, issued_at, expires_at, token_digest, metadata)
+    SELECT @id::text, @agent_id::text, @kind::text, @issued_at::timestamptz, @expires_at::timestamptz,
            @token_digest::text, sqlc.narg(metadata)::jsonb
     WHERE (SELECT known FROM mode)
       AND (@evict::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
@@ -190,7 +190,7 @@ counted AS (
     UPDATE agent_session_counts c
     SET stored = next.stored, oldest_expiry = next.oldest_expiry
     FROM next
-    WHERE c.agent_id = @agent_id::text
+    WHERE c.agent_id = @agent_id::text AND c.kind = @kind::text
       AND (c.stored <> next.stored
            OR next.oldest_expiry < c.oldest_expiry
            OR (c.oldest_expiry <= @now::timestamptz AND c.oldest_expiry <> next.oldest_expiry))
@@ -205,4 +205,4 @@ SELECT current_setting('transaction_isolation') = 'serializable' AS serializable
 -- Live sessions by the caller's clock, for metrics: every live row is
 -- scanned (an index-only scan where the planner can), so callers cache
 -- the result rather than count on every scrape.
-SELECT count(*) FROM agent_sessions WHERE expires_at > @now;
+SELECT count(*) FROM agent_sessions WHERE kind = 'session' AND expires_at > @now;

@@ -20,6 +20,10 @@ const (
 	MaxSessionIDLength = 128
 )
 
+// KindSession is the [Session.Kind] of agent sessions, the ones a
+// [Manager] issues; state handles ([Handles]) have kinds of their own.
+const KindSession = "session"
+
 // DefaultMaxLifetime is [Config.MaxLifetime]'s default when TTL is shorter.
 const DefaultMaxLifetime = 24 * time.Hour
 

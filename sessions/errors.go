@@ -62,13 +62,19 @@ func (e *ConfigError) Error() string {
 // Is reports whether target is [ErrInvalidConfig].
 func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
 
-// LimitError is returned by Issue when the agent is at its limit.
+// LimitError is returned by Issue when the agent is at its limit, and by
+// [Handles.Create] when the principal is at the kind's limit.
+// Kind is the handle kind for [Handles.Create], "" for a session.
 type LimitError struct {
 	AgentID string
+	Kind    string
 	Limit   int
 }
 
 func (e *LimitError) Error() string {
+	if e.Kind != "" && e.Kind != KindSession {
+		return fmt.Sprintf("sessions: %q already holds its limit of %d live %s handles", e.AgentID, e.Limit, e.Kind)
+	}
 	return fmt.Sprintf("sessions: agent %q already holds its limit of %d live sessions", e.AgentID, e.Limit)
 }
 

@@ -40,6 +40,8 @@ const (
 	// CodeForbidden (403): [ErrAccessDenied] with [ReasonAgentMismatch]: a
 	// genuine token of another agent.
 	CodeForbidden = "forbidden"
+	// CodeUnknownHandle (404): [ErrUnknownHandle].
+	CodeUnknownHandle = "unknown_handle"
 	// CodeLimitExceeded (409): [ErrLimitExceeded].
 	CodeLimitExceeded = "limit_exceeded"
 	// CodeRequestTooLarge (413): a body over the server's cap ([RequestError]).
@@ -108,6 +110,7 @@ var httpCodes = []HTTPErrorCode{
 	{CodeLifetimeExceeded, http.StatusUnauthorized, "refresh of a session at its maximum lifetime"},
 	{CodeUnauthorized, http.StatusUnauthorized, "session unknown or revoked, or a token superseded by a refresh"},
 	{CodeForbidden, http.StatusForbidden, "a genuine token of another agent"},
+	{CodeUnknownHandle, http.StatusNotFound, "a state handle that is not the caller's, forged, destroyed or never created"},
 	{CodeLimitExceeded, http.StatusConflict, "the agent holds its limit of live sessions (policy reject)"},
 	{CodeRequestTooLarge, http.StatusRequestEntityTooLarge, "request body over the cap"},
 	{CodeUnsupportedMediaType, http.StatusUnsupportedMediaType, "request body without Content-Type: application/json"},
@@ -149,6 +152,7 @@ const (
 	msgExpired          = "the session has expired; issue a new one"
 	msgLifetimeExceeded = "the session has reached its maximum lifetime and cannot be refreshed; issue a new one"
 	msgUnauthorized     = "the session is unknown, revoked, or the token was superseded by a refresh"
+	msgUnknownHandle    = "no such handle: create one first, or use a handle this caller created"
 	msgForbidden        = "the token belongs to another agent"
 	msgStore            = "the session store is unavailable; retry shortly"
 	msgCanceled         = "the request was canceled"
@@ -233,6 +237,8 @@ func classify(err error) (code, msg string) {
 		return CodeUnauthorized, msgUnauthorized
 	case errors.Is(err, ErrLimitExceeded):
 		return CodeLimitExceeded, userMessage(err)
+	case errors.Is(err, ErrUnknownHandle):
+		return CodeUnknownHandle, msgUnknownHandle
 	}
 	return CodeInternal, msgInternal
 }

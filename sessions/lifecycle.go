@@ -28,7 +28,7 @@ func (m *Manager) List(ctx context.Context, agentID string) ([]Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := as.ListAgent(ctx, agentID, unixTime(now))
+	out, err := as.ListAgent(ctx, agentID, KindSession, unixTime(now))
 	if err != nil {
 		return nil, storeErr("list", err)
 	}
@@ -47,7 +47,7 @@ func (m *Manager) RevokeAgent(ctx context.Context, agentID string) (int, error) 
 	if err := ValidateAgentID(agentID); err != nil {
 		return 0, err
 	}
-	n, err := as.DeleteAgent(ctx, agentID)
+	n, err := as.DeleteAgent(ctx, agentID, KindSession)
 	if err != nil {
 		return 0, storeErr("delete agent", err)
 	}
@@ -124,7 +124,7 @@ func (m *Manager) AgentLimit(ctx context.Context, agentID string) (AgentLimit, e
 	if err != nil {
 		return AgentLimit{}, err
 	}
-	n, found, err := ls.AgentLimit(ctx, agentID)
+	n, found, err := ls.AgentLimit(ctx, agentID, KindSession)
 	if err != nil {
 		return AgentLimit{}, storeErr("get limit", err)
 	}
@@ -144,10 +144,10 @@ func (m *Manager) SetAgentLimit(ctx context.Context, agentID string, limit int) 
 	if err != nil {
 		return err
 	}
-	if limit < 1 || limit > math.MaxInt32 {
-		return fmt.Errorf("%w: %d is not in [1, %d]", ErrInvalidLimit, limit, math.MaxInt32)
+	if err := validLimit(limit); err != nil {
+		return err
 	}
-	if err := ls.SetAgentLimit(ctx, agentID, limit); err != nil {
+	if err := ls.SetAgentLimit(ctx, agentID, KindSession, limit); err != nil {
 		return storeErr("set limit", err)
 	}
 	m.cfg.Logger.InfoContext(ctx, "sessions: agent limit set", slog.String("agent_id", agentID), slog.Int("limit", limit))
@@ -161,7 +161,7 @@ func (m *Manager) DeleteAgentLimit(ctx context.Context, agentID string) (bool, e
 	if err != nil {
 		return false, err
 	}
-	found, err := ls.DeleteAgentLimit(ctx, agentID)
+	found, err := ls.DeleteAgentLimit(ctx, agentID, KindSession)
 	if err != nil {
 		return false, storeErr("delete limit", err)
 	}
@@ -175,7 +175,7 @@ func (m *Manager) ListAgentLimits(ctx context.Context) ([]AgentLimitOverride, er
 	if !ok {
 		return nil, unsupported("LimitStore")
 	}
-	out, err := ls.AgentLimits(ctx)
+	out, err := ls.AgentLimits(ctx, KindSession)
 	if err != nil {
 		return nil, storeErr("list limits", err)
 	}
@@ -188,4 +188,11 @@ func (m *Manager) limitStore(agentID string) (LimitStore, error) {
 		return nil, unsupported("LimitStore")
 	}
 	return ls, ValidateAgentID(agentID)
+}
+
+func validLimit(limit int) error {
+	if limit < 1 || limit > math.MaxInt32 {
+		return fmt.Errorf("%w: %d is not in [1, %d]", ErrInvalidLimit, limit, math.MaxInt32)
+	}
+	return nil
 }

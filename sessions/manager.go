@@ -117,7 +117,7 @@ func (m *Manager) Issue(ctx context.Context, agentID string, opts ...IssueOption
 	if m.ttl > maxExpiry-now {
 		return Issued{}, &ConfigError{Field: "TTL", Reason: "overflows the latest representable expiry (9999-12-31T23:59:59Z) at the current time"}
 	}
-	token, s := m.sign(Session{ID: sid, AgentID: agentID, IssuedAt: unixTime(now), Metadata: maps.Clone(o.metadata)}, now+m.ttl)
+	token, s := m.sign(Session{ID: sid, AgentID: agentID, Kind: KindSession, IssuedAt: unixTime(now), Metadata: maps.Clone(o.metadata)}, now+m.ttl)
 	res, err := m.store.Insert(ctx, s, InsertRequest{Limit: m.cfg.Limit, Policy: m.cfg.Policy, Now: unixTime(now)})
 	if err != nil {
 		m.cfg.Logger.WarnContext(ctx, "sessions: issue failed", slog.String("agent_id", agentID), slog.Any("error", err))
@@ -205,7 +205,7 @@ func (m *Manager) authenticate(ctx context.Context, token string, agentID *strin
 	if !found {
 		return Session{}, 0, m.deny(ctx, ReasonUnknownSession)
 	}
-	if s.AgentID != p.AID || s.ExpiresAt.Unix() < 0 || uint64(s.ExpiresAt.Unix()) != p.Exp {
+	if s.AgentID != p.AID || s.Kind != KindSession || s.ExpiresAt.Unix() < 0 || uint64(s.ExpiresAt.Unix()) != p.Exp {
 		return Session{}, 0, m.deny(ctx, ReasonMetadataMismatch)
 	}
 	if subtle.ConstantTimeCompare([]byte(s.TokenDigest), []byte(tokenDigest(token))) != 1 {

@@ -17,9 +17,14 @@ import (
 type MemoryStore struct {
 	mu      sync.Mutex
 	byID    map[string]Session
-	byAgent map[string]map[string]struct{} // agent ID -> session IDs
-	limits  map[string]int
+	byAgent map[limitKey]map[string]struct{} // (agent, kind) -> session IDs
+	limits  map[limitKey]int
 }
+
+// limitKey is what a limit counts: one agent's sessions of one kind.
+type limitKey struct{ agent, kind string }
+
+func keyOf(s Session) limitKey { return limitKey{s.AgentID, s.Kind} }
 
 var (
 	_ AgentStore   = (*MemoryStore)(nil)
@@ -31,8 +36,8 @@ var (
 func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{
 		byID:    make(map[string]Session),
-		byAgent: make(map[string]map[string]struct{}),
-		limits:  make(map[string]int),
+		byAgent: make(map[limitKey]map[string]struct{}),
+		limits:  make(map[limitKey]int),
 	}
 }
 
@@ -78,57 +83,62 @@ func (m *MemoryStore) Insert(ctx context.Context, s Session, req InsertRequest) 
 	if err := ctx.Err(); err != nil {
 		return InsertResult{}, err
 	}
+	if s.Kind == "" {
+		s.Kind = KindSession
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for id := range m.byAgent[s.AgentID] {
+	key := keyOf(s)
+	for id := range m.byAgent[key] {
 		if !m.byID[id].ExpiresAt.After(req.Now) {
 			m.deleteLocked(id)
 		}
 	}
 	res := InsertResult{Limit: req.Limit}
-	if n, ok := m.limits[s.AgentID]; ok {
+	if n, ok := m.limits[key]; ok {
 		res.Limit = n
 	}
 	if _, dup := m.byID[s.ID]; dup {
 		return InsertResult{}, &StoreError{Op: "insert", Err: ErrDuplicateSessionID}
 	}
-	if excess := len(m.byAgent[s.AgentID]) - res.Limit + 1; excess > 0 {
+	if excess := len(m.byAgent[key]) - res.Limit + 1; excess > 0 {
 		if req.Policy != PolicyEvictOldest {
 			return res, nil
 		}
-		for _, old := range m.agentLocked(s.AgentID, time.Time{})[:excess] {
+		for _, old := range m.agentLocked(key, time.Time{})[:excess] {
 			m.deleteLocked(old.ID)
 			res.Evicted = append(res.Evicted, old.ID)
 		}
 	}
 	m.byID[s.ID] = cloneSession(s)
-	if m.byAgent[s.AgentID] == nil {
-		m.byAgent[s.AgentID] = make(map[string]struct{})
+	if m.byAgent[key] == nil {
+		m.byAgent[key] = make(map[string]struct{})
 	}
-	m.byAgent[s.AgentID][s.ID] = struct{}{}
+	m.byAgent[key][s.ID] = struct{}{}
 	res.Inserted = true
 	return res, nil
 }
 
 // ListAgent implements [AgentStore].
-func (m *MemoryStore) ListAgent(ctx context.Context, agentID string, now time.Time) ([]Session, error) {
+func (m *MemoryStore) ListAgent(ctx context.Context, agentID, kind string, now time.Time) ([]Session, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.agentLocked(agentID, now), nil
+	return m.agentLocked(limitKey{agentID, kind}, now), nil
 }
 
 // DeleteAgent implements [AgentStore].
-func (m *MemoryStore) DeleteAgent(ctx context.Context, agentID string) (int, error) {
+func (m *MemoryStore) DeleteAgent(ctx context.Context, agentID, kind string) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n := len(m.byAgent[agentID])
-	for id := range m.byAgent[agentID] {
+	key := limitKey{agentID, kind}
+	n := len(m.byAgent[key])
+	for id := range m.byAgent[key] {
 		m.deleteLocked(id)
 	}
 	return n, nil
@@ -151,50 +161,54 @@ func (m *MemoryStore) Extend(ctx context.Context, id, oldDigest string, expiresA
 }
 
 // AgentLimit implements [LimitStore].
-func (m *MemoryStore) AgentLimit(ctx context.Context, agentID string) (int, bool, error) {
+func (m *MemoryStore) AgentLimit(ctx context.Context, agentID, kind string) (int, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, false, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n, ok := m.limits[agentID]
+	n, ok := m.limits[limitKey{agentID, kind}]
 	return n, ok, nil
 }
 
 // SetAgentLimit implements [LimitStore].
-func (m *MemoryStore) SetAgentLimit(ctx context.Context, agentID string, limit int) error {
+func (m *MemoryStore) SetAgentLimit(ctx context.Context, agentID, kind string, limit int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.limits[agentID] = limit
+	m.limits[limitKey{agentID, kind}] = limit
 	return nil
 }
 
 // DeleteAgentLimit implements [LimitStore].
-func (m *MemoryStore) DeleteAgentLimit(ctx context.Context, agentID string) (bool, error) {
+func (m *MemoryStore) DeleteAgentLimit(ctx context.Context, agentID, kind string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	_, ok := m.limits[agentID]
-	delete(m.limits, agentID)
+	key := limitKey{agentID, kind}
+	_, ok := m.limits[key]
+	delete(m.limits, key)
 	return ok, nil
 }
 
 // AgentLimits implements [LimitStore].
-func (m *MemoryStore) AgentLimits(ctx context.Context) ([]AgentLimitOverride, error) {
+func (m *MemoryStore) AgentLimits(ctx context.Context, kind string) ([]AgentLimitOverride, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]AgentLimitOverride, 0, len(m.limits))
-	for _, id := range slices.Sorted(maps.Keys(m.limits)) {
-		out = append(out, AgentLimitOverride{AgentID: id, Limit: m.limits[id]})
+	out := []AgentLimitOverride{}
+	for key, n := range m.limits {
+		if key.kind == kind {
+			out = append(out, AgentLimitOverride{AgentID: key.agent, Limit: n})
+		}
 	}
+	slices.SortFunc(out, func(a, b AgentLimitOverride) int { return cmp.Compare(a.AgentID, b.AgentID) })
 	return out, nil
 }
 
@@ -214,10 +228,10 @@ func (m *MemoryStore) PruneExpired(now time.Time) int {
 	return n
 }
 
-// agentLocked returns the agent's sessions expiring after now, oldest first.
-func (m *MemoryStore) agentLocked(agentID string, now time.Time) []Session {
+// agentLocked returns the sessions of key expiring after now, oldest first.
+func (m *MemoryStore) agentLocked(key limitKey, now time.Time) []Session {
 	var out []Session
-	for id := range m.byAgent[agentID] {
+	for id := range m.byAgent[key] {
 		if s := m.byID[id]; s.ExpiresAt.After(now) {
 			out = append(out, cloneSession(s))
 		}
@@ -235,10 +249,10 @@ func (m *MemoryStore) deleteLocked(id string) bool {
 		return false
 	}
 	delete(m.byID, id)
-	ids := m.byAgent[s.AgentID]
+	ids := m.byAgent[keyOf(s)]
 	delete(ids, id)
 	if len(ids) == 0 {
-		delete(m.byAgent, s.AgentID)
+		delete(m.byAgent, keyOf(s))
 	}
 	return true
 }

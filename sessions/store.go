@@ -8,8 +8,14 @@ import (
 // Session is a stored session. The token is never stored; TokenDigest is
 // its lowercase hex SHA-256.
 type Session struct {
-	ID          string
-	AgentID     string
+	ID      string
+	AgentID string // the agent, or a handle's principal
+
+	// Kind is "session" ([KindSession]) for an agent session, and the
+	// handle kind for a state handle ([Handles]). The limit applies per
+	// (AgentID, Kind). Stores treat "" as KindSession.
+	Kind string
+
 	IssuedAt    time.Time // whole seconds, UTC
 	ExpiresAt   time.Time // whole seconds, UTC; the token's exp
 	TokenDigest string
@@ -48,12 +54,13 @@ type Store interface {
 	DeleteExpired(ctx context.Context, id, digest string, now time.Time) error
 
 	// Insert, as one atomic step (a session whose ID is already stored is
-	// refused with an error matching [ErrDuplicateSessionID]): deletes s.AgentID's sessions that expired
-	// at or before req.Now; finds the agent's limit (its override in a
-	// LimitStore, else req.Limit); if the agent holds that many sessions or
-	// more, either gives up (PolicyReject) or deletes the oldest (by
+	// refused with an error matching [ErrDuplicateSessionID]): deletes the
+	// sessions of s.AgentID and s.Kind that expired at or before req.Now;
+	// finds the limit of that (agent, kind) (its override in a LimitStore,
+	// else req.Limit); if the agent holds that many sessions of the kind
+	// or more, either gives up (PolicyReject) or deletes the oldest (by
 	// IssuedAt, then ID) until one slot is free (PolicyEvictOldest); then
-	// inserts s.
+	// inserts s. Sessions of other kinds are neither counted nor touched.
 	Insert(ctx context.Context, s Session, req InsertRequest) (InsertResult, error)
 }
 
@@ -71,15 +78,16 @@ type InsertResult struct {
 	Evicted  []string // IDs of the sessions deleted to make room
 }
 
-// AgentStore is a [Store] that can list and delete one agent's sessions.
+// AgentStore is a [Store] that can list and delete one agent's sessions
+// of one kind.
 type AgentStore interface {
-	// ListAgent returns the agent's sessions that expire after now, oldest
-	// (by IssuedAt, then ID) first.
-	ListAgent(ctx context.Context, agentID string, now time.Time) ([]Session, error)
+	// ListAgent returns the agent's sessions of kind that expire after
+	// now, oldest (by IssuedAt, then ID) first.
+	ListAgent(ctx context.Context, agentID, kind string, now time.Time) ([]Session, error)
 
-	// DeleteAgent deletes all of the agent's sessions, live or not, and
-	// returns how many it deleted.
-	DeleteAgent(ctx context.Context, agentID string) (int, error)
+	// DeleteAgent deletes all of the agent's sessions of kind, live or
+	// not, and returns how many it deleted.
+	DeleteAgent(ctx context.Context, agentID, kind string) (int, error)
 }
 
 // RefreshStore is a [Store] that can extend a session.
@@ -91,22 +99,22 @@ type RefreshStore interface {
 	Extend(ctx context.Context, id, oldDigest string, expiresAt time.Time, newDigest string, now time.Time) (bool, error)
 }
 
-// LimitStore is a [Store] that keeps per-agent limit overrides, which its
-// Insert applies instead of [InsertRequest.Limit].
+// LimitStore is a [Store] that keeps per-(agent, kind) limit overrides,
+// which its Insert applies instead of [InsertRequest.Limit].
 type LimitStore interface {
-	// AgentLimit returns the agent's override; found is false when it has
-	// none.
-	AgentLimit(ctx context.Context, agentID string) (limit int, found bool, err error)
+	// AgentLimit returns the override of the agent's sessions of kind;
+	// found is false when there is none.
+	AgentLimit(ctx context.Context, agentID, kind string) (limit int, found bool, err error)
 
-	// SetAgentLimit creates or replaces the agent's override (limit >= 1).
-	SetAgentLimit(ctx context.Context, agentID string, limit int) error
+	// SetAgentLimit creates or replaces that override (limit >= 1).
+	SetAgentLimit(ctx context.Context, agentID, kind string, limit int) error
 
-	// DeleteAgentLimit removes the agent's override and reports whether
-	// there was one.
-	DeleteAgentLimit(ctx context.Context, agentID string) (bool, error)
+	// DeleteAgentLimit removes that override and reports whether there
+	// was one.
+	DeleteAgentLimit(ctx context.Context, agentID, kind string) (bool, error)
 
-	// AgentLimits returns every override, ordered by agent ID.
-	AgentLimits(ctx context.Context) ([]AgentLimitOverride, error)
+	// AgentLimits returns every override of kind, ordered by agent ID.
+	AgentLimits(ctx context.Context, kind string) ([]AgentLimitOverride, error)
 }
 
 // AgentLimitOverride is one agent's limit override.

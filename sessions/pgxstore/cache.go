@@ -273,8 +273,8 @@ func (c *sessionCache) invalidate(id string) {
 	c.invalidations.Add(1)
 }
 
-func (c *sessionCache) invalidateAgent(agentID string) {
-	c.dropEverywhere(func(_ string, s sessions.Session) bool { return s.AgentID == agentID })
+func (c *sessionCache) invalidateAgent(agentID, kind string) {
+	c.dropEverywhere(func(_ string, s sessions.Session) bool { return s.AgentID == agentID && s.Kind == kind })
 	c.invalidations.Add(1)
 }
 

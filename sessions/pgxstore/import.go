@@ -29,11 +29,15 @@ func (p *Store) Import(ctx context.Context, ss []sessions.Session) (n int64, err
 		return touched{}, pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 			src := pgx.CopyFromSlice(len(ss), func(i int) ([]any, error) {
 				s := ss[i]
-				return []any{s.ID, s.AgentID, s.IssuedAt, s.ExpiresAt, s.TokenDigest}, nil
+				kind := s.Kind
+				if kind == "" {
+					kind = sessions.KindSession
+				}
+				return []any{s.ID, s.AgentID, kind, s.IssuedAt, s.ExpiresAt, s.TokenDigest}, nil
 			})
 			var err error
 			n, err = tx.CopyFrom(ctx, pgx.Identifier{"agent_sessions"},
-				[]string{"id", "agent_id", "issued_at", "expires_at", "token_digest"}, src)
+				[]string{"id", "agent_id", "kind", "issued_at", "expires_at", "token_digest"}, src)
 			if err != nil {
 				return fmt.Errorf("copy: %w", err)
 			}

@@ -220,22 +220,22 @@ func TestInvariantDistinctAgentsFourInstances(t *testing.T) {
 func checkCounts(t testing.TB, pool *pgxpool.Pool) {
 	t.Helper()
 	rows, err := pool.Query(context.Background(), `
-		SELECT coalesce(c.agent_id, s.agent_id), coalesce(c.stored, -1), coalesce(s.n, 0)
+		SELECT coalesce(c.agent_id, s.agent_id), coalesce(c.kind, s.kind), coalesce(c.stored, -1), coalesce(s.n, 0)
 		FROM agent_session_counts c
-		FULL JOIN (SELECT agent_id, count(*) AS n, min(expires_at) AS oldest FROM agent_sessions GROUP BY agent_id) s
-		  ON s.agent_id = c.agent_id
+		FULL JOIN (SELECT agent_id, kind, count(*) AS n, min(expires_at) AS oldest FROM agent_sessions GROUP BY agent_id, kind) s
+		  ON s.agent_id = c.agent_id AND s.kind = c.kind
 		WHERE c.stored IS DISTINCT FROM coalesce(s.n, 0) OR c.oldest_expiry > s.oldest`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var agent string
+		var agent, kind string
 		var stored, actual int64
-		if err := rows.Scan(&agent, &stored, &actual); err != nil {
+		if err := rows.Scan(&agent, &kind, &stored, &actual); err != nil {
 			t.Fatal(err)
 		}
-		t.Errorf("agent %s: count row says %d sessions (-1: no row), table holds %d (or its expiry bound is too high)", agent, stored, actual)
+		t.Errorf("agent %s, kind %s: count row says %d sessions (-1: no row), table holds %d (or its expiry bound is too high)", agent, kind, stored, actual)
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)

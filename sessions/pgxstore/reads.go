@@ -61,9 +61,9 @@ func (p *Store) getOne(ctx context.Context, id string) (s sessions.Session, foun
 }
 
 // ListAgent implements [sessions.AgentStore].
-func (p *Store) ListAgent(ctx context.Context, agentID string, now time.Time) (out []sessions.Session, err error) {
+func (p *Store) ListAgent(ctx context.Context, agentID, kind string, now time.Time) (out []sessions.Session, err error) {
 	err = p.read(ctx, "list", func() error {
-		rows, err := p.q.ListAgentSessions(ctx, db.ListAgentSessionsParams{AgentID: agentID, Now: now})
+		rows, err := p.q.ListAgentSessions(ctx, db.ListAgentSessionsParams{AgentID: agentID, Kind: kind, Now: now})
 		if err != nil {
 			return err
 		}
@@ -79,9 +79,9 @@ func (p *Store) ListAgent(ctx context.Context, agentID string, now time.Time) (o
 }
 
 // AgentLimit implements [sessions.LimitStore].
-func (p *Store) AgentLimit(ctx context.Context, agentID string) (limit int, found bool, err error) {
+func (p *Store) AgentLimit(ctx context.Context, agentID, kind string) (limit int, found bool, err error) {
 	err = p.read(ctx, "get limit", func() error {
-		n, err := p.q.GetAgentLimit(ctx, agentID)
+		n, err := p.q.GetAgentLimit(ctx, db.GetAgentLimitParams{AgentID: agentID, Kind: kind})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -92,9 +92,9 @@ func (p *Store) AgentLimit(ctx context.Context, agentID string) (limit int, foun
 }
 
 // AgentLimits implements [sessions.LimitStore].
-func (p *Store) AgentLimits(ctx context.Context) (out []sessions.AgentLimitOverride, err error) {
+func (p *Store) AgentLimits(ctx context.Context, kind string) (out []sessions.AgentLimitOverride, err error) {
 	err = p.read(ctx, "list limits", func() error {
-		rows, err := p.q.ListAgentLimits(ctx)
+		rows, err := p.q.ListAgentLimits(ctx, kind)
 		out = make([]sessions.AgentLimitOverride, len(rows))
 		for i, r := range rows {
 			out[i] = sessions.AgentLimitOverride{AgentID: r.AgentID, Limit: int(r.MaxSessions)}

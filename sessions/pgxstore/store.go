@@ -219,6 +219,7 @@ func sessionFromRow(row db.AgentSession) (sessions.Session, error) {
 	return sessions.Session{
 		ID:          row.ID,
 		AgentID:     row.AgentID,
+		Kind:        row.Kind,
 		IssuedAt:    row.IssuedAt.UTC(),
 		ExpiresAt:   row.ExpiresAt.UTC(),
 		TokenDigest: row.TokenDigest,

@@ -35,10 +35,10 @@ const (
 )
 
 // touched is what a write changed, for the cache: sessions by ID, or
-// every session of one agent.
+// every session of one agent and kind.
 type touched struct {
-	ids   []string
-	agent string
+	ids         []string
+	agent, kind string
 }
 
 func (p *Store) write(ctx context.Context, op string, mode rerun, attempt func() (touched, error)) error {
@@ -49,7 +49,7 @@ func (p *Store) write(ctx context.Context, op string, mode rerun, attempt func()
 				c.invalidate(id)
 			}
 			if t.agent != "" {
-				c.invalidateAgent(t.agent)
+				c.invalidateAgent(t.agent, t.kind)
 			}
 		}
 	}()
@@ -102,6 +102,9 @@ func (p *Store) Insert(ctx context.Context, s sessions.Session, req sessions.Ins
 	if err != nil {
 		return sessions.InsertResult{}, err
 	}
+	if s.Kind == "" {
+		s.Kind = sessions.KindSession
+	}
 	p.stats.transactions.Add(1)
 	err = p.write(ctx, "insert", onceSent, func() (touched, error) {
 		var err error
@@ -115,11 +118,11 @@ func (p *Store) Insert(ctx context.Context, s sessions.Session, req sessions.Ins
 }
 
 // DeleteAgent implements [sessions.AgentStore].
-func (p *Store) DeleteAgent(ctx context.Context, agentID string) (n int, err error) {
+func (p *Store) DeleteAgent(ctx context.Context, agentID, kind string) (n int, err error) {
 	err = p.write(ctx, "delete agent", onceSent, func() (touched, error) {
-		rows, err := p.q.DeleteAgentSessions(ctx, agentID)
+		rows, err := p.q.DeleteAgentSessions(ctx, db.DeleteAgentSessionsParams{AgentID: agentID, Kind: kind})
 		n = int(rows)
-		return touched{agent: agentID}, err
+		return touched{agent: agentID, kind: kind}, err
 	})
 	return n, err
 }
@@ -137,19 +140,19 @@ func (p *Store) Extend(ctx context.Context, id, oldDigest string, expiresAt time
 }
 
 // SetAgentLimit implements [sessions.LimitStore].
-func (p *Store) SetAgentLimit(ctx context.Context, agentID string, limit int) error {
+func (p *Store) SetAgentLimit(ctx context.Context, agentID, kind string, limit int) error {
 	if limit < 1 || limit > math.MaxInt32 {
 		return fmt.Errorf("limit %d out of range [1, %d]", limit, math.MaxInt32)
 	}
 	return p.write(ctx, "set limit", onceSent, func() (touched, error) {
-		return touched{}, p.q.SetAgentLimit(ctx, db.SetAgentLimitParams{AgentID: agentID, MaxSessions: int32(limit)})
+		return touched{}, p.q.SetAgentLimit(ctx, db.SetAgentLimitParams{AgentID: agentID, Kind: kind, MaxSessions: int32(limit)})
 	})
 }
 
 // DeleteAgentLimit implements [sessions.LimitStore].
-func (p *Store) DeleteAgentLimit(ctx context.Context, agentID string) (found bool, err error) {
+func (p *Store) DeleteAgentLimit(ctx context.Context, agentID, kind string) (found bool, err error) {
 	err = p.write(ctx, "delete limit", onceSent, func() (touched, error) {
-		n, err := p.q.DeleteAgentLimit(ctx, agentID)
+		n, err := p.q.DeleteAgentLimit(ctx, db.DeleteAgentLimitParams{AgentID: agentID, Kind: kind})
 		found = n > 0
 		return touched{}, err
 	})
@@ -172,6 +175,7 @@ func (p *Store) DeleteAgentLimit(ctx context.Context, agentID string) (found boo
 func (p *Store) insertStmt(ctx context.Context, s sessions.Session, md []byte, req sessions.InsertRequest) (res sessions.InsertResult, err error) {
 	args := db.IssueSessionParams{
 		AgentID:      s.AgentID,
+		Kind:         s.Kind,
 		Now:          req.Now,
 		DefaultLimit: int32(min(req.Limit, math.MaxInt32)),
 		Evict:        req.Policy == sessions.PolicyEvictOldest,
@@ -183,7 +187,7 @@ func (p *Store) insertStmt(ctx context.Context, s sessions.Session, md []byte, r
 	}
 	row, err := p.one.IssueSession(ctx, args)
 	if err == nil && !row.Known && row.Serializable {
-		if err = p.q.EnsureAgentCount(ctx, s.AgentID); err != nil {
+		if err = p.q.EnsureAgentCount(ctx, db.EnsureAgentCountParams{AgentID: s.AgentID, Kind: s.Kind}); err != nil {
 			return res, outcomeKnown{err} // nothing of this issue was written yet
 		}
 		row, err = p.one.IssueSession(ctx, args)

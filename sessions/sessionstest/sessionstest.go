@@ -70,6 +70,7 @@ func Run(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 				agents, refresh, limits)
 		}
 		runLifecycleContract(t, newStore)
+		runHandles(t, newStore)
 	})
 }
 

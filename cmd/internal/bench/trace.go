@@ -149,7 +149,7 @@ func RecordTrace(ctx context.Context, v variant, poolCfg *pgxpool.Config, ttl ti
 	if err := resetTables(ctx, pool); err != nil {
 		return nil, err
 	}
-	if err := db.New(pool).EnsureAgentCount(ctx, t.Agent); err != nil {
+	if err := db.New(pool).EnsureAgentCount(ctx, db.EnsureAgentCountParams{AgentID: t.Agent, Kind: sessions.KindSession}); err != nil {
 		return nil, fmt.Errorf("bench: trace: %w", err)
 	}
 	tr.take()
