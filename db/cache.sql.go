@@ -9,6 +9,23 @@ import (
 	"context"
 )
 
+const handleEventsTriggerEnabled = `-- name: HandleEventsTriggerEnabled :one
+SELECT count(*) = 1 AS enabled
+FROM pg_catalog.pg_trigger
+WHERE tgrelid = to_regclass('agent_sessions')
+  AND tgname = 'agent_sessions_notify_handle_gone'
+  AND tgenabled = 'A'
+`
+
+// HandleEventsTriggerEnabled says whether migration 00005's trigger is on
+// agent_sessions and fires always.
+func (q *Queries) HandleEventsTriggerEnabled(ctx context.Context) (bool, error) {
+	row := q.db.QueryRow(ctx, handleEventsTriggerEnabled)
+	var enabled bool
+	err := row.Scan(&enabled)
+	return enabled, err
+}
+
 const invalidationTriggerState = `-- name: InvalidationTriggerState :one
 SELECT (CASE WHEN count(*) = 2 AND bool_and(t.tgenabled = 'A')
              THEN md5(string_agg(t.oid::text || ':' || t.xmin::text || ':' || f.oid::text || ':' || f.xmin::text, ',' ORDER BY t.tgname))
@@ -38,6 +55,15 @@ LISTEN agentsessions_flush
 
 func (q *Queries) ListenFlushes(ctx context.Context) error {
 	_, err := q.db.Exec(ctx, listenFlushes)
+	return err
+}
+
+const listenHandleEvents = `-- name: ListenHandleEvents :exec
+LISTEN agentsessions_handle_gone
+`
+
+func (q *Queries) ListenHandleEvents(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, listenHandleEvents)
 	return err
 }
 

@@ -28,7 +28,33 @@ ALTER TABLE agent_limits
     ADD CONSTRAINT agent_limits_pkey PRIMARY KEY (agent_id, kind),
     ADD CONSTRAINT agent_limits_kind_name CHECK (kind ~ '^[a-z][a-z0-9-]{0,15}$');
 
+-- Lifecycle events of handles: whichever instance holds the resource
+-- behind a handle (a browser, a sandbox) learns that it is gone, from any
+-- instance, to free it. Every deleted row of a kind other than 'session'
+-- (destroyed, evicted, pruned or deleted on sight after expiry) is
+-- announced on agentsessions_handle_gone as "kind id reason", reason
+-- 'expired' when the row had expired by the database's clock, else
+-- 'destroyed'. NOTIFY is transactional and in commit order.
+-- +goose StatementBegin
+CREATE FUNCTION agent_sessions_notify_handle_gone() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('agentsessions_handle_gone', OLD.kind || ' ' || OLD.id || ' ' ||
+        CASE WHEN OLD.expires_at <= now() THEN 'expired' ELSE 'destroyed' END);
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+
+CREATE TRIGGER agent_sessions_notify_handle_gone
+    AFTER DELETE ON agent_sessions
+    FOR EACH ROW WHEN (OLD.kind <> 'session')
+    EXECUTE FUNCTION agent_sessions_notify_handle_gone();
+ALTER TABLE agent_sessions ENABLE ALWAYS TRIGGER agent_sessions_notify_handle_gone;
+
 -- +goose Down
+DROP TRIGGER agent_sessions_notify_handle_gone ON agent_sessions;
+DROP FUNCTION agent_sessions_notify_handle_gone();
 -- Only while no row of another kind exists: their counts and limits
 -- would collide on the old keys.
 DELETE FROM agent_sessions WHERE kind <> 'session';

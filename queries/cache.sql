@@ -38,3 +38,15 @@ SELECT (CASE WHEN count(*) = 2 AND bool_and(t.tgenabled = 'A')
 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid
 WHERE t.tgrelid = to_regclass('agent_sessions')
   AND t.tgname IN ('agent_sessions_notify_invalidate', 'agent_sessions_notify_flush');
+
+-- name: ListenHandleEvents :exec
+LISTEN agentsessions_handle_gone;
+
+-- HandleEventsTriggerEnabled says whether migration 00005's trigger is on
+-- agent_sessions and fires always.
+-- name: HandleEventsTriggerEnabled :one
+SELECT count(*) = 1 AS enabled
+FROM pg_catalog.pg_trigger
+WHERE tgrelid = to_regclass('agent_sessions')
+  AND tgname = 'agent_sessions_notify_handle_gone'
+  AND tgenabled = 'A';

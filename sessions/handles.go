@@ -168,7 +168,10 @@ func handleKey(secret []byte) []byte {
 // Handle is one state handle.
 type Handle struct {
 	// Handle is what the model passes around: kind_randomIDmac.
-	Handle    string
+	Handle string
+	// ID is the handle without its MAC: its stored session's ID, by which
+	// lifecycle events (pgxstore.HandleEvent) name it.
+	ID        string
 	Principal string
 	Kind      string
 	CreatedAt time.Time // whole seconds, UTC
@@ -458,6 +461,6 @@ func (h *Handles) verify(principal, kind, handle string) (id string, ok bool) {
 }
 
 func handleOf(s Session, handle string) Handle {
-	return Handle{Handle: handle, Principal: s.AgentID, Kind: s.Kind, CreatedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt,
+	return Handle{Handle: handle, ID: s.ID, Principal: s.AgentID, Kind: s.Kind, CreatedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt,
 		Metadata: maps.Clone(s.Metadata)}
 }

@@ -8,3 +8,7 @@ func CacheListenerPID(p *Store) uint32 {
 	}
 	return 0
 }
+
+// HandleEventsListenerPID is the backend PID of the store's handle events
+// listener (0 before the first connection).
+func HandleEventsListenerPID(p *Store) uint32 { return p.eventsPID.Load() }

@@ -82,13 +82,14 @@ func (c Config) withDefaults() (Config, error) {
 // transaction, which PostgreSQL aborts rather than let two of them both
 // see room for one more session.
 type Store struct {
-	pool    *pgxpool.Pool
-	q       *db.Queries
-	cfg     Config
-	stats   pgStats
-	cache   atomic.Pointer[sessionCache] // set while RunCache runs
-	one     *db.Queries                  // runs the limit statement as its own SERIALIZABLE transaction
-	lookups *lookups                     // Get's queries, batched when they arrive together
+	pool      *pgxpool.Pool
+	q         *db.Queries
+	cfg       Config
+	stats     pgStats
+	cache     atomic.Pointer[sessionCache] // set while RunCache runs
+	one       *db.Queries                  // runs the limit statement as its own SERIALIZABLE transaction
+	lookups   *lookups                     // Get's queries, batched when they arrive together
+	eventsPID atomic.Uint32                // backend of the handle events listener, for tests
 }
 
 type pgStats struct {
