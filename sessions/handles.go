@@ -402,6 +402,19 @@ func (h *Handles) DeleteLimit(ctx context.Context, principal, kind string) (bool
 	return found, nil
 }
 
+// ListLimits returns every per-principal override of kind, ordered by
+// principal.
+func (h *Handles) ListLimits(ctx context.Context, kind string) ([]AgentLimitOverride, error) {
+	if _, ok := h.kinds[kind]; !ok {
+		return nil, &ConfigError{Field: "kind", Reason: fmt.Sprintf("%q is not a kind these Handles were given", kind)}
+	}
+	out, err := h.m.store.(LimitStore).AgentLimits(ctx, kind)
+	if err != nil {
+		return nil, storeErr("list limits", err)
+	}
+	return out, nil
+}
+
 // Kinds returns the configured kinds, by name.
 func (h *Handles) Kinds() []HandleKind {
 	out := slices.Collect(maps.Values(h.kinds))

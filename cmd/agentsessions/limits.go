@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -26,7 +27,8 @@ func newLimitsCmd(g *globalOpts) *cobra.Command {
 		Use:   "limits",
 		Short: "Show and change per-agent session limits (overrides of the instances' --limit)",
 		Long: "limits manages per-agent overrides of the instances' --limit. They live in the database, so every " +
-			"instance applies a change at once. Lowering a limit revokes nothing: the agent cannot issue until it is under it.",
+			"instance applies a change at once. Lowering a limit revokes nothing: the agent cannot issue until it is under it. " +
+			"With --kind KIND they are the per-principal limits of state handles of that kind (sessions.Handles) instead.",
 		Args: cobra.ArbitraryArgs,
 		RunE: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
@@ -49,6 +51,7 @@ func newLimitsCmd(g *globalOpts) *cobra.Command {
 func newLimitCmd(g *globalOpts, verb, short string) *cobra.Command {
 	var (
 		agent    string
+		kind     string
 		asJSON   bool
 		limit    int
 		fallback int // the instances' --limit, reported when there is no override
@@ -79,22 +82,27 @@ func newLimitCmd(g *globalOpts, verb, short string) *cobra.Command {
 		}
 		defer closeFn()
 		ctx := cmd.Context()
+		lim, err := limitsOf(m, kind, fallback)
+		if err != nil {
+			return err
+		}
 		switch verb {
 		case "set":
-			err = m.SetAgentLimit(ctx, agent, limit)
+			err = lim.set(ctx, agent, limit)
 		case "delete":
-			_, err = m.DeleteAgentLimit(ctx, agent)
+			_, err = lim.del(ctx, agent)
 		}
 		if err != nil {
 			return explain(err)
 		}
-		l, err := m.AgentLimit(ctx, agent)
+		l, err := lim.get(ctx, agent)
 		if err != nil {
 			return explain(err)
 		}
 		return printLimit(cmd.OutOrStdout(), asJSON, agent, l)
 	}
 	cmd.Flags().StringVar(&agent, "agent", "", "agent ID (required)")
+	cmd.Flags().StringVar(&kind, "kind", sessions.KindSession, "the kind: session (agent sessions), or a state handle kind")
 	if verb == "set" {
 		cmd.Flags().IntVar(&limit, "limit", 0, "the agent's new limit of live sessions (required, >= 1)")
 	}
@@ -118,7 +126,10 @@ func printLimit(w io.Writer, asJSON bool, agent string, l sessions.AgentLimit) e
 }
 
 func newLimitsListCmd(g *globalOpts) *cobra.Command {
-	var asJSON bool
+	var (
+		asJSON bool
+		kind   string
+	)
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List every per-agent override",
@@ -129,7 +140,11 @@ func newLimitsListCmd(g *globalOpts) *cobra.Command {
 				return err
 			}
 			defer closeFn()
-			list, err := m.ListAgentLimits(cmd.Context())
+			lim, err := limitsOf(m, kind, defaultLimit)
+			if err != nil {
+				return err
+			}
+			list, err := lim.list(cmd.Context())
 			if err != nil {
 				return explain(err)
 			}
@@ -154,5 +169,36 @@ func newLimitsListCmd(g *globalOpts) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON {limits: [{agent_id, limit}]} instead of a table")
+	cmd.Flags().StringVar(&kind, "kind", sessions.KindSession, "the kind: session (agent sessions), or a state handle kind")
 	return cmd
+}
+
+// limits is the override store of one kind: the manager's for agent
+// sessions, a Handles' for a kind of state handle.
+type limits struct {
+	get  func(context.Context, string) (sessions.AgentLimit, error)
+	set  func(context.Context, string, int) error
+	del  func(context.Context, string) (bool, error)
+	list func(context.Context) ([]sessions.AgentLimitOverride, error)
+}
+
+// limitsOf returns the overrides of kind; fallback is the limit reported
+// for a principal without one.
+func limitsOf(m *sessions.Manager, kind string, fallback int) (limits, error) {
+	if kind == sessions.KindSession {
+		return limits{get: m.AgentLimit, set: m.SetAgentLimit, del: m.DeleteAgentLimit, list: m.ListAgentLimits}, nil
+	}
+	if err := sessions.ValidateKind(kind); err != nil {
+		return limits{}, usageError{fmt.Errorf("--kind: %w", err)}
+	}
+	h, err := sessions.NewHandles(m, sessions.HandleKind{Name: kind, TTL: defaultTTL, Limit: fallback})
+	if err != nil {
+		return limits{}, err
+	}
+	return limits{
+		get:  func(ctx context.Context, p string) (sessions.AgentLimit, error) { return h.Limit(ctx, p, kind) },
+		set:  func(ctx context.Context, p string, n int) error { return h.SetLimit(ctx, p, kind, n) },
+		del:  func(ctx context.Context, p string) (bool, error) { return h.DeleteLimit(ctx, p, kind) },
+		list: func(ctx context.Context) ([]sessions.AgentLimitOverride, error) { return h.ListLimits(ctx, kind) },
+	}, nil
 }

@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentsessions/agentsessions/cmd/internal/server"
 	"github.com/agentsessions/agentsessions/internal/testdb"
+	"github.com/agentsessions/agentsessions/sessions"
+	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 const (
@@ -453,4 +457,51 @@ func TestRevokeUnknownSession(t *testing.T) {
 	if v := strictJSON[revoked](t, out); code != exitError || v.Revoked {
 		t.Fatalf("second revoke: exit %d, %+v", code, v)
 	}
+}
+
+// limits --kind manages the per-principal limits of a kind of state
+// handle: the same table, its own key; a Handles of that kind applies
+// them, and agent sessions' limits are untouched.
+func TestLimitCommandsPerKind(t *testing.T) {
+	d := testdb.New(t)
+	t.Setenv("DATABASE_URL", d.URL)
+	t.Setenv(envSecret, testSecret)
+	if out := mustCLI(t, "limits", "set", "--agent", agentA, "--kind", "basket", "--limit", "1"); out != "agent "+agentA+": limit 1 (override)\n" {
+		t.Fatalf("limits set --kind basket: %q", out)
+	}
+	if out := mustCLI(t, "limits", "get", "--agent", agentA); !strings.Contains(out, "limit 5 (no override") {
+		t.Fatalf("the agent's session limit changed with its basket limit: %q", out)
+	}
+	ll := strictJSON[limitsList](t, mustCLI(t, "limits", "list", "--kind", "basket", "--json"))
+	if len(ll.Limits) != 1 || ll.Limits[0] != (limitOverride{agentA, 1}) {
+		t.Fatalf("limits list --kind basket: %+v", ll)
+	}
+	if out := mustCLI(t, "limits", "list"); !strings.Contains(out, "no per-agent overrides") {
+		t.Fatalf("session overrides listed a basket one: %q", out)
+	}
+	// A Handles of kind basket, on the same database, applies it.
+	pool := d.Pool(t)
+	store, err := pgxstore.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := sessions.New(store, sessions.Config{Secret: []byte(testSecret), TTL: time.Hour, Limit: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := sessions.NewHandles(m, sessions.HandleKind{Name: "basket", TTL: time.Hour, Limit: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Create(t.Context(), agentA, "basket"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Create(t.Context(), agentA, "basket"); !errors.Is(err, sessions.ErrLimitExceeded) {
+		t.Fatalf("second basket under the CLI's override of 1: %v", err)
+	}
+	mustCLI(t, "limits", "delete", "--agent", agentA, "--kind", "basket")
+	if _, err := h.Create(t.Context(), agentA, "basket"); err != nil {
+		t.Fatalf("after the override is deleted, the kind's limit of 3 applies: %v", err)
+	}
+	wantCLI(t, exitUsage, "--kind", "limits", "get", "--agent", agentA, "--kind", "Not A Kind")
 }
