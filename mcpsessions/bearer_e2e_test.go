@@ -113,6 +113,9 @@ func startBearerInstance(t *testing.T, db *testDB, name, sdk string, cache bool)
 				if !ok {
 					return nil, errors.New("no verified session in the token info")
 				}
+				if cs, ok := sessions.SessionFromContext(ctx); !ok || cs.ID != sess.ID {
+					return nil, errors.New("the tool handler's context does not carry the verified session")
+				}
 				if req.Extra.TokenInfo.UserID != sess.AgentID || !req.Extra.TokenInfo.Expiration.Equal(sess.ExpiresAt) {
 					return nil, fmt.Errorf("token info %+v does not match the session", req.Extra.TokenInfo)
 				}
