@@ -588,3 +588,98 @@ func TestBearerE2EBadTokensAre401(t *testing.T) {
 		wantInvalidToken(t, rt.last(t))
 	}
 }
+
+// One mcp-go endpoint for both eras: RequireBearerToken with
+// LegacyPassThrough in front of the Mcp-Session-Id bridge. A client pinned
+// to 2025-11-25 is served through the bridge without a bearer token; a
+// 2026-07-28 client with a token is served by the token; a 2026-07-28
+// request without one is refused with 401, after which mcp-go's client
+// falls back to the initialize handshake, that is to the bridge.
+func TestBearerE2EBothErasOnOneEndpoint(t *testing.T) {
+	db := newDB(t)
+	inst := db.instance(t, sessions.Config{})
+	a, _ := newAdapter(t, inst.mgr, mcpsessions.Options{AgentID: "mcp-bridge"})
+	ms := mcpgoserver.NewMCPServer("both-eras", "1.0.0", mcpgoserver.WithToolCapabilities(false))
+	ms.AddTool(mcpgo.NewTool("whoami"), func(ctx context.Context, _ mcpgo.CallToolRequest) (*mcpgo.CallToolResult, error) {
+		if s, ok := sessions.SessionFromContext(ctx); ok {
+			return mcpgo.NewToolResultText(whoamiText("both", s.AgentID)), nil
+		}
+		return mcpgo.NewToolResultText(whoamiText("both", "bridge")), nil
+	})
+	httpSrv := mcpgoserver.NewStreamableHTTPServer(ms, mcpgoserver.WithSessionIdManagerResolver(a))
+	bearerMW, err := mcpsessions.RequireBearerToken(inst.mgr, mcpsessions.BearerOptions{LegacyPassThrough: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/mcp", bearerMW(a.Middleware(httpSrv)))
+	in := &bearerInstance{name: "both", sdk: sdkMCPGo, srv: httptest.NewServer(mux)}
+	t.Cleanup(in.srv.Close)
+	ctx := context.Background()
+
+	// 2026-07-28 with a token.
+	iss, err := inst.mgr.Issue(ctx, agentE2E)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := (&bearerRouter{token: iss.Token}).to(in)
+	mustWhoami(t, mustConnect(t, sdkMCPGo, rt), rt, whoamiText("both", agentE2E))
+
+	// 2025-11-25 without a token, through the bridge.
+	startLegacy := func(rt *bearerRouter, opts ...mcpgoclient.ClientOption) *mcpgoclient.Client {
+		t.Helper()
+		tr, err := transport.NewStreamableHTTP("http://mcp.invalid/mcp", transport.WithHTTPBasicClient(&http.Client{Transport: rt}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := mcpgoclient.NewClient(tr, opts...)
+		if err := c.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		var req mcpgo.InitializeRequest
+		req.Params.ClientInfo = mcpgo.Implementation{Name: "legacy-client", Version: "1.0.0"}
+		res, err := c.Initialize(ctx, req)
+		if err != nil {
+			t.Fatalf("initialize: %v (responses %+v)", err, rt.exchanges())
+		}
+		if res.ProtocolVersion != mcpgo.ProtocolVersion20251125 || c.GetSessionId() == "" {
+			t.Fatalf("negotiated %q with session ID %q; want 2025-11-25 with a session", res.ProtocolVersion, c.GetSessionId())
+		}
+		return c
+	}
+	rt = (&bearerRouter{}).to(in)
+	legacy := startLegacy(rt, mcpgoclient.WithProtocolVersion(mcpgo.ProtocolVersion20251125))
+	mustWhoami(t, mcpGoCaller{legacy}, rt, whoamiText("both", "bridge"))
+
+	// 2026-07-28 without a token: refused, then the handshake.
+	rt = (&bearerRouter{}).to(in)
+	fallback := startLegacy(rt)
+	log := rt.exchanges()
+	if log[0].method != "server/discover" || log[0].status != http.StatusUnauthorized || log[0].challenge != "Bearer" {
+		t.Fatalf("the modern probe without a token got %+v; want 401 with WWW-Authenticate: Bearer", log[0])
+	}
+	mustWhoami(t, mcpGoCaller{fallback}, rt, whoamiText("both", "bridge"))
+}
+
+func TestRequireBearerTokenOptions(t *testing.T) {
+	m, err := sessions.New(sessions.NewMemoryStore(), sessions.Config{Secret: testSecret, TTL: time.Hour, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		m    *sessions.Manager
+		opts mcpsessions.BearerOptions
+	}{
+		"nil manager":      {nil, mcpsessions.BearerOptions{}},
+		"negative timeout": {m, mcpsessions.BearerOptions{Timeout: -time.Second}},
+		"quoted URL":       {m, mcpsessions.BearerOptions{ResourceMetadataURL: "https://x/\"\r\n"}},
+	} {
+		if _, err := mcpsessions.RequireBearerToken(tc.m, tc.opts); !errors.Is(err, mcpsessions.ErrInvalidOptions) {
+			t.Errorf("%s: err = %v, want ErrInvalidOptions", name, err)
+		}
+	}
+	if _, err := mcpsessions.RequireBearerToken(m, mcpsessions.BearerOptions{}); err != nil {
+		t.Fatalf("zero options: %v", err)
+	}
+}
