@@ -36,8 +36,13 @@ type BearerOptions struct {
 	// the resolver) behind this middleware. Only requests with a modern
 	// header are checked; mcp-go refuses any request that declares
 	// 2026-07-28 in its _meta without that header, so none is served in the
-	// modern era unchecked. Leave it false (the default: every request
-	// needs a bearer token) unless the bridge is behind.
+	// modern era unchecked. A 2026-07-28 client without a token is
+	// refused (401 to its server/discover), after which the SDK clients
+	// fall back to initialize, that is to the bridge: on such an endpoint
+	// the bridge's agent rules ([Options.AgentID],
+	// [Options.AgentIDFromRequest]) are the gate for clients without a
+	// token. Leave it false (the default: every request needs a bearer
+	// token) unless the bridge is behind.
 	LegacyPassThrough bool
 }
 

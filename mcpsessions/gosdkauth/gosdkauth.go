@@ -107,7 +107,8 @@ type Options struct {
 // it with 500, not 401 (use [RequireBearerToken] for 503). Either way the
 // error matches the sessions error underneath (errors.Is), and its text
 // is the message of sessions.HTTPError, never the token or database
-// detail. m must not be nil.
+// detail. Each check's store call is bounded by [DefaultTimeout]. m must
+// not be nil.
 func TokenVerifier(m *sessions.Manager) auth.TokenVerifier {
 	return func(ctx context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
 		cctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
