@@ -3,6 +3,12 @@
 // store, so that any number of server instances can serve one client without
 // sticky sessions.
 //
+// For MCP protocol 2026-07-28, which has no protocol-level sessions,
+// [RequireBearerToken] authenticates every request by its agentsessions
+// bearer token instead (see "Bearer tokens" below); package
+// github.com/agentsessions/agentsessions/mcpsessions/gosdkauth does the same
+// for servers on the official Go SDK.
+//
 // It is its own module, so that the agentsessions library does not depend on
 // mcp-go. It is written against mcp-go v1.2.1 (the version in go.mod); the
 // behaviour of mcp-go described here is that version's.
@@ -85,6 +91,25 @@
 // session-oriented versions with
 // server.WithStreamableHTTPProtocolVersions(mcp.LegacyProtocolVersions()...);
 // mcp-go clients then fall back to the initialize handshake.
+//
+// # Bearer tokens
+//
+// MCP 2026-07-28 removed Mcp-Session-Id and initialize; each request
+// carries "Authorization: Bearer <token>", an agentsessions token issued to
+// the client's agent. [RequireBearerToken] is net/http middleware in front
+// of the StreamableHTTPServer (mcp-go v1.2.1 has no verifier hook; it hands
+// the HTTP request's context to tool handlers, where
+// sessions.SessionFromContext returns the verified session):
+//
+//	requireToken, err := mcpsessions.RequireBearerToken(mgr, mcpsessions.BearerOptions{})
+//	if err != nil { ... }
+//	http.Handle("/mcp", requireToken(server.NewStreamableHTTPServer(mcpSrv)))
+//
+// Bad tokens get 401 with an RFC 6750 challenge (forged ones without a
+// store call), a store outage 503 with Retry-After. To serve old clients
+// through the bridge on the same endpoint, set
+// [BearerOptions.LegacyPassThrough] and put [Adapter.Middleware] (with the
+// resolver, and no version restriction) behind it.
 //
 // # Status codes
 //

@@ -44,11 +44,22 @@ var (
 
 type sessionKey struct{}
 
-// SessionFromContext returns the session [Middleware] authenticated for
-// the request whose context is ctx.
+// SessionFromContext returns the session [Middleware] (or other
+// authentication in front of the handler that used [ContextWithSession])
+// authenticated for the request whose context is ctx.
 func SessionFromContext(ctx context.Context) (Session, bool) {
 	s, ok := ctx.Value(sessionKey{}).(Session)
 	return s, ok
+}
+
+// ContextWithSession returns a copy of ctx carrying s, which
+// [SessionFromContext] then returns. It is for authentication layers other
+// than [Middleware] that have verified a token with the [Manager] (such as
+// the bearer-token middleware of the mcpsessions module), so that handlers
+// read the session the same way behind either. Put only a session the
+// Manager returned in it: handlers trust what they find.
+func ContextWithSession(ctx context.Context, s Session) context.Context {
+	return context.WithValue(ctx, sessionKey{}, s)
 }
 
 // Middleware returns net/http middleware that authenticates every request
@@ -77,7 +88,7 @@ func Middleware(m *Manager, cfg MiddlewareConfig) func(http.Handler) http.Handle
 				onError(w, r, status, err)
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), sessionKey{}, s)))
+			next.ServeHTTP(w, r.WithContext(ContextWithSession(r.Context(), s)))
 		})
 	}
 }

@@ -239,3 +239,15 @@ func TestMiddlewareAnswersPerTable(t *testing.T) {
 		}
 	}
 }
+
+func TestContextWithSession(t *testing.T) {
+	ctx := context.Background()
+	if _, ok := sessions.SessionFromContext(ctx); ok {
+		t.Fatal("a bare context carries a session")
+	}
+	want := sessions.Session{ID: "s1", AgentID: "agent-1"}
+	got, ok := sessions.SessionFromContext(sessions.ContextWithSession(ctx, want))
+	if !ok || got.ID != want.ID || got.AgentID != want.AgentID {
+		t.Fatalf("SessionFromContext = %+v, %v; want %+v, true", got, ok, want)
+	}
+}
