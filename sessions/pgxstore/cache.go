@@ -150,23 +150,12 @@ func (p *Store) RunCache(ctx context.Context, cfg CacheConfig) error {
 	}
 	defer p.cache.CompareAndSwap(c, nil)
 
-	wait := 50 * time.Millisecond
-	for {
+	keepListening(ctx, cfg.Logger, "sessions: cache listener lost; bypassing the cache until it is back", func() (bool, error) {
 		connected, err := c.listen(ctx, p)
 		c.stale()
-		if ctx.Err() != nil {
-			return nil
-		}
-		if connected {
-			wait = 50 * time.Millisecond
-		}
-		cfg.Logger.WarnContext(ctx, "sessions: cache listener lost; bypassing the cache until it is back",
-			slog.Any("error", err), slog.Duration("retry_in", wait))
-		if sleepCtx(ctx, wait) != nil {
-			return nil
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
+		return connected, err
+	})
+	return nil
 }
 
 // CacheStats reports on the cache of [Store.RunCache].
@@ -312,18 +301,11 @@ func (c *sessionCache) statsNow() CacheStats {
 // listen runs one listener connection until it fails or ctx ends;
 // connected reports whether it got as far as listening.
 func (c *sessionCache) listen(ctx context.Context, p *Store) (connected bool, err error) {
-	cc := p.pool.Config().ConnConfig.Copy()
-	cc.RuntimeParams["application_name"] = "agentsessions-cache"
-	cc.OnNotification = nil // pgx buffers notifications for WaitForNotification only without a callback
-	conn, err := pgx.ConnectConfig(ctx, cc)
+	conn, err := p.listenerConn(ctx, "agentsessions-cache")
 	if err != nil {
 		return false, err
 	}
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		_ = conn.Close(closeCtx)
-	}()
+	defer closeListener(ctx, conn)
 	c.pid.Store(conn.PgConn().PID())
 	q := db.New(conn)
 	// Read before LISTEN: a heartbeat that later finds another state

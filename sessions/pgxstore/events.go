@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/agentsessions/agentsessions/db"
 	"github.com/agentsessions/agentsessions/sessions"
 )
@@ -82,22 +80,10 @@ func (p *Store) RunHandleEvents(ctx context.Context, cfg HandleEventsConfig) err
 	if !enabled {
 		return &sessions.ConfigError{Field: "RunHandleEvents", Reason: errEventsTriggerOff.Error()}
 	}
-	wait := 50 * time.Millisecond
-	for {
-		connected, err := p.listenHandleEvents(ctx, cfg)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if connected {
-			wait = 50 * time.Millisecond
-		}
-		cfg.Logger.WarnContext(ctx, "sessions: handle events listener lost; reconnecting (a Resync event follows)",
-			slog.Any("error", err), slog.Duration("retry_in", wait))
-		if sleepCtx(ctx, wait) != nil {
-			return nil
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
+	keepListening(ctx, cfg.Logger, "sessions: handle events listener lost; reconnecting (a Resync event follows)", func() (bool, error) {
+		return p.listenHandleEvents(ctx, cfg)
+	})
+	return nil
 }
 
 var errEventsTriggerOff = errors.New("the trigger agent_sessions_notify_handle_gone of migration 00005 is missing or does not fire always; " +
@@ -106,18 +92,11 @@ var errEventsTriggerOff = errors.New("the trigger agent_sessions_notify_handle_g
 // listenHandleEvents runs one listener connection until it fails or ctx
 // ends; connected reports whether it got as far as listening.
 func (p *Store) listenHandleEvents(ctx context.Context, cfg HandleEventsConfig) (connected bool, err error) {
-	cc := p.pool.Config().ConnConfig.Copy()
-	cc.RuntimeParams["application_name"] = "agentsessions-handle-events"
-	cc.OnNotification = nil // pgx buffers notifications for WaitForNotification only without a callback
-	conn, err := pgx.ConnectConfig(ctx, cc)
+	conn, err := p.listenerConn(ctx, "agentsessions-handle-events")
 	if err != nil {
 		return false, err
 	}
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		_ = conn.Close(closeCtx)
-	}()
+	defer closeListener(ctx, conn)
 	p.eventsPID.Store(conn.PgConn().PID())
 	q := db.New(conn)
 	if enabled, err := q.HandleEventsTriggerEnabled(ctx); err != nil || !enabled {

@@ -12,15 +12,16 @@ import (
 	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
-// eventInstance is one instance with real-time handles.
-type eventInstance struct {
+// handleInstance is one instance with real-time handles: its own pool,
+// store, manager and Handles, on a schema shared with the others.
+type handleInstance struct {
 	store   *pgxstore.Store
 	handles *sessions.Handles
 }
 
-func eventInstances(t testing.TB, d *testdb.DB, n int, kinds ...sessions.HandleKind) []eventInstance {
+func handleInstances(t testing.TB, d *testdb.DB, n int, kinds ...sessions.HandleKind) []handleInstance {
 	t.Helper()
-	var out []eventInstance
+	var out []handleInstance
 	for range n {
 		store, err := pgxstore.New(d.Pool(t), nil)
 		if err != nil {
@@ -34,7 +35,7 @@ func eventInstances(t testing.TB, d *testdb.DB, n int, kinds ...sessions.HandleK
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, eventInstance{store, h})
+		out = append(out, handleInstance{store, h})
 	}
 	return out
 }
@@ -77,7 +78,7 @@ func TestHandleEventsAcrossInstances(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	d := testdb.New(t)
-	in := eventInstances(t, d, 2,
+	in := handleInstances(t, d, 2,
 		sessions.HandleKind{Name: "browser", TTL: time.Hour, Limit: 1, Policy: sessions.PolicyEvictOldest},
 		sessions.HandleKind{Name: "brief", TTL: time.Second, Limit: 5},
 		sessions.HandleKind{Name: "basket", TTL: time.Hour, Limit: 5})
@@ -146,7 +147,7 @@ func TestHandleEventsAcrossInstances(t *testing.T) {
 func BenchmarkHandleEventLatency(b *testing.B) {
 	ctx := context.Background()
 	d := testdb.New(b)
-	in := eventInstances(b, d, 2, sessions.HandleKind{Name: "browser", TTL: time.Hour, Limit: 1 << 20})
+	in := handleInstances(b, d, 2, sessions.HandleKind{Name: "browser", TTL: time.Hour, Limit: 1 << 20})
 	events := runEvents(b, in[0].store)
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()

@@ -12,7 +12,6 @@ import (
 
 	"github.com/agentsessions/agentsessions/internal/testdb"
 	"github.com/agentsessions/agentsessions/sessions"
-	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // Three kinds with different limits.
@@ -20,30 +19,6 @@ var invariantKinds = []sessions.HandleKind{
 	{Name: "basket", TTL: time.Hour, Limit: 2},
 	{Name: "browser", TTL: time.Hour, Limit: 3},
 	{Name: "sandbox", TTL: time.Hour, Limit: 5},
-}
-
-// handleInstances are n instances, each its own pool, store, manager and
-// Handles, on one schema.
-func handleInstances(t *testing.T, d *testdb.DB, n int) ([]*sessions.Handles, []*pgxstore.Store) {
-	t.Helper()
-	var hs []*sessions.Handles
-	var stores []*pgxstore.Store
-	for range n {
-		store, err := pgxstore.New(d.Pool(t), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		h, err := sessions.NewHandles(m, invariantKinds...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hs, stores = append(hs, h), append(stores, store)
-	}
-	return hs, stores
 }
 
 // rowsPerKey counts stored rows per (agent, kind).
@@ -76,7 +51,7 @@ func TestInvariantHandleKindsFourInstances(t *testing.T) {
 	for _, principals := range []int{1, 16} {
 		t.Run(fmt.Sprintf("%d principals", principals), func(t *testing.T) {
 			d := testdb.New(t)
-			hs, stores := handleInstances(t, d, 4)
+			in := handleInstances(t, d, 4, invariantKinds...)
 			const perInstance = 64
 			attempts := map[[2]string]int{}
 			type job struct{ principal, kind string }
@@ -96,7 +71,7 @@ func TestInvariantHandleKindsFourInstances(t *testing.T) {
 			for i, j := range jobs {
 				wg.Go(func() {
 					<-start
-					_, err := hs[i%4].Create(context.Background(), j.principal, j.kind)
+					_, err := in[i%4].handles.Create(context.Background(), j.principal, j.kind)
 					mu.Lock()
 					defer mu.Unlock()
 					var le *sessions.LimitError
@@ -126,8 +101,8 @@ func TestInvariantHandleKindsFourInstances(t *testing.T) {
 				}
 			}
 			var tx, retried uint64
-			for _, s := range stores {
-				tx, retried = tx+s.Stats().Transactions, retried+s.Stats().Retries
+			for _, x := range in {
+				tx, retried = tx+x.store.Stats().Transactions, retried+x.store.Stats().Retries
 			}
 			t.Logf("%d limit transactions, %d serialization retries", tx, retried)
 			checkCounts(t, d.Pool(t))
