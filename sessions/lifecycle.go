@@ -13,7 +13,8 @@ func unsupported(iface string) error {
 	return fmt.Errorf("%w: the store does not implement sessions.%s: %w", ErrInvalidConfig, iface, errors.ErrUnsupported)
 }
 
-// List returns the agent's live sessions, oldest first: by issue time,
+// List returns the agent's live sessions (not its state handles), oldest
+// first: by issue time,
 // which has whole-second resolution, then by ID. It needs an
 // [AgentStore].
 func (m *Manager) List(ctx context.Context, agentID string) ([]Session, error) {
@@ -36,7 +37,8 @@ func (m *Manager) List(ctx context.Context, agentID string) ([]Session, error) {
 }
 
 // RevokeAgent revokes every session of the agent ("log out everywhere")
-// and returns how many it deleted, expired ones included. It needs an
+// and returns how many it deleted, expired ones included. The agent's
+// state handles ([Handles]) are not sessions and are left alone. It needs an
 // [AgentStore]. A session issued concurrently may survive: call it again
 // after stopping issuance if that matters.
 func (m *Manager) RevokeAgent(ctx context.Context, agentID string) (int, error) {
