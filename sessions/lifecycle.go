@@ -14,9 +14,8 @@ func unsupported(iface string) error {
 }
 
 // List returns the agent's live sessions (not its state handles), oldest
-// first: by issue time,
-// which has whole-second resolution, then by ID. It needs an
-// [AgentStore].
+// first: by issue time, which has whole-second resolution, then by ID. It
+// needs an [AgentStore].
 func (m *Manager) List(ctx context.Context, agentID string) ([]Session, error) {
 	as, ok := m.store.(AgentStore)
 	if !ok {
