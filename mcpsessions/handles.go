@@ -74,12 +74,13 @@ func RegisterHandleTools(s *server.MCPServer, h *sessions.Handles, kind string, 
 	}
 	yes, no := mcp.ToBoolPtr(true), mcp.ToBoolPtr(false)
 
-	s.AddTool(mcp.NewTool(t.ListName,
-		mcp.WithDescription(t.ListDescription),
-		mcp.WithRawInputSchema(raw(t.ListInputSchema())),
-		mcp.WithRawOutputSchema(raw(t.ListOutputSchema())),
-		mcp.WithToolAnnotation(mcp.ToolAnnotation{ReadOnlyHint: yes, DestructiveHint: no, IdempotentHint: yes, OpenWorldHint: no}),
-	), mcp.NewTypedToolHandler(func(ctx context.Context, _ mcp.CallToolRequest, _ map[string]any) (*mcp.CallToolResult, error) {
+	// NewToolWithRawSchema, not NewTool with WithRawInputSchema: NewTool
+	// sets an InputSchema too, and mcp-go v1.2.1 refuses to marshal a tool
+	// with both.
+	list := mcp.NewToolWithRawSchema(t.ListName, t.ListDescription, raw(t.ListInputSchema()))
+	list.RawOutputSchema = raw(t.ListOutputSchema())
+	list.Annotations = mcp.ToolAnnotation{ReadOnlyHint: yes, DestructiveHint: no, IdempotentHint: yes, OpenWorldHint: no}
+	s.AddTool(list, mcp.NewTypedToolHandler(func(ctx context.Context, _ mcp.CallToolRequest, _ map[string]any) (*mcp.CallToolResult, error) {
 		principal, ok := principalFromContext(ctx)
 		if !ok {
 			return mcp.NewToolResultError(handletools.ErrNoSession.Error()), nil
@@ -91,12 +92,10 @@ func RegisterHandleTools(s *server.MCPServer, h *sessions.Handles, kind string, 
 		return mcp.NewToolResultStructuredOnly(out), nil
 	}))
 
-	s.AddTool(mcp.NewTool(t.DestroyName,
-		mcp.WithDescription(t.DestroyDescription),
-		mcp.WithRawInputSchema(raw(t.DestroyInputSchema())),
-		mcp.WithRawOutputSchema(raw(t.DestroyOutputSchema())),
-		mcp.WithToolAnnotation(mcp.ToolAnnotation{ReadOnlyHint: no, DestructiveHint: yes, IdempotentHint: yes, OpenWorldHint: no}),
-	), mcp.NewTypedToolHandler(func(ctx context.Context, _ mcp.CallToolRequest, args map[string]any) (*mcp.CallToolResult, error) {
+	destroy := mcp.NewToolWithRawSchema(t.DestroyName, t.DestroyDescription, raw(t.DestroyInputSchema()))
+	destroy.RawOutputSchema = raw(t.DestroyOutputSchema())
+	destroy.Annotations = mcp.ToolAnnotation{ReadOnlyHint: no, DestructiveHint: yes, IdempotentHint: yes, OpenWorldHint: no}
+	s.AddTool(destroy, mcp.NewTypedToolHandler(func(ctx context.Context, _ mcp.CallToolRequest, args map[string]any) (*mcp.CallToolResult, error) {
 		principal, ok := principalFromContext(ctx)
 		if !ok {
 			return mcp.NewToolResultError(handletools.ErrNoSession.Error()), nil
