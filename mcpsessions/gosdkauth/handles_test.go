@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/agentsessions/agentsessions/mcpsessions/gosdkauth"
@@ -346,4 +347,18 @@ func TestRegisterHandleToolsOptionErrors(t *testing.T) {
 			t.Errorf("%s: %v, want ErrInvalidOptions", tc.name, err)
 		}
 	}
+}
+
+// Behind go-sdk's own auth.RequireBearerToken with TokenVerifier (no
+// session in the context, only req.Extra.TokenInfo), the tools find the
+// caller through PrincipalFromRequest's fallback.
+func TestRegisterHandleToolsBehindGoSDKMiddleware(t *testing.T) {
+	e := newHandleEnv(t, gosdkauth.HandleToolsOptions{})
+	a := e.create(t, "agent-alice")
+	e.create(t, "agent-bob")
+	ts := httptest.NewServer(auth.RequireBearerToken(gosdkauth.TokenVerifier(e.mgr), nil)(
+		mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return e.srv }, &mcp.StreamableHTTPOptions{Stateless: true})))
+	t.Cleanup(ts.Close)
+	e.url = ts.URL
+	wantList(t, call(t, e.client(t, "agent-alice"), "list_baskets", nil), a)
 }
