@@ -111,6 +111,10 @@
 // [BearerOptions.LegacyPassThrough] and put [Adapter.Middleware] (with the
 // resolver, and no version restriction) behind it.
 //
+// [RegisterHandleTools] adds list_<kind>s and destroy_<kind> tools for the
+// caller's state handles (sessions.Handles) of a kind: the principal is
+// the AgentID of the session RequireBearerToken verified.
+//
 // # Status codes
 //
 // For a POST other than initialize, mcp-go answers 404 both when Validate

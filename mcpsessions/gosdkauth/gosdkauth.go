@@ -47,6 +47,12 @@
 // accepted: share the secret only with services meant to accept each
 // other's tokens.
 //
+// # State handles
+//
+// [RegisterHandleTools] adds list_<kind>s and destroy_<kind> tools for
+// the caller's sessions.Handles of a kind; [PrincipalFromRequest] gives
+// other tools the caller to pass to sessions.Handles as the principal.
+//
 // # Defaults
 //
 // Each check's store call is bounded by [Options.Timeout], default
