@@ -123,7 +123,11 @@ func TestHandleEventsAcrossInstances(t *testing.T) {
 	wg.Go(func() {
 		_ = b.store.RunPruner(pctx, pgxstore.PruneConfig{Interval: 200 * time.Millisecond, LockID: lockID()})
 	})
-	want("expiry", nextEvent(t, events), "brief", brief.ID, "expired")
+	e := nextEvent(t, events)
+	want("expiry", e, "brief", brief.ID, "expired")
+	// Logged, not asserted: a pass of the pruner follows expiry within
+	// one interval (200 ms) on an idle machine.
+	t.Logf("expiry → event: %v after the handle expired (pruner interval 200ms)", time.Since(brief.ExpiresAt).Round(time.Millisecond))
 	stop()
 	wg.Wait()
 
