@@ -235,8 +235,18 @@ func TestLoadRefreshNearExpiryLosesNoAcknowledgedRefresh(t *testing.T) {
 		refreshing, prun sync.WaitGroup
 	)
 	stop := make(chan struct{})
+	// The pruners start once the first 100 refreshes are acknowledged, so
+	// both sides run at once however fast or slow the machine is: on a
+	// loaded one they could otherwise prune everything first.
+	begun := make(chan struct{})
+	var beginOnce sync.Once
 	for p := range 2 {
 		prun.Go(func() {
+			select {
+			case <-begun:
+			case <-stop:
+				return
+			}
 			for {
 				select {
 				case <-stop:
@@ -263,7 +273,9 @@ func TestLoadRefreshNearExpiryLosesNoAcknowledgedRefresh(t *testing.T) {
 				switch {
 				case err == nil:
 					acked.Store(iss.Session.ID, ref.Session)
-					ackedN.Add(1)
+					if ackedN.Add(1) == 100 {
+						beginOnce.Do(func() { close(begun) })
+					}
 				case errors.Is(err, sessions.ErrAccessDenied):
 					refused.Add(1) // pruned before the refresh got to it
 				default:
