@@ -26,7 +26,9 @@ func (q *Queries) CountLiveSessions(ctx context.Context, now time.Time) (int64, 
 
 const deleteAgentSessions = `-- name: DeleteAgentSessions :one
 WITH gone AS (
-    DELETE FROM agent_sessions s WHERE s.agent_id = $1::text AND s.kind = $2::text RETURNING 1
+    DELETE FROM agent_sessions s
+    WHERE s.agent_id = $1::text AND s.kind = $2::text AND s.id <> $3::text
+    RETURNING 1
 ),
 counted AS (
     UPDATE agent_session_counts c
@@ -38,13 +40,16 @@ SELECT count(*) FROM gone
 `
 
 type DeleteAgentSessionsParams struct {
-	AgentID string
-	Kind    string
+	AgentID  string
+	Kind     string
+	ExceptID string
 }
 
-// Revoke all of an agent's sessions of one kind and zero their count.
+// Revoke all of an agent's sessions of one kind but except_id (” for
+// none: IDs are never empty), and lower their count. When one is kept
+// the count row's expiry bound stays as it was: still a lower bound.
 func (q *Queries) DeleteAgentSessions(ctx context.Context, arg DeleteAgentSessionsParams) (int64, error) {
-	row := q.db.QueryRow(ctx, deleteAgentSessions, arg.AgentID, arg.Kind)
+	row := q.db.QueryRow(ctx, deleteAgentSessions, arg.AgentID, arg.Kind, arg.ExceptID)
 	var count int64
 	err := row.Scan(&count)
 	return count, err

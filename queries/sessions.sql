@@ -53,9 +53,13 @@ WHERE agent_id = @agent_id AND kind = @kind AND expires_at > @now
 ORDER BY issued_at, id;
 
 -- name: DeleteAgentSessions :one
--- Revoke all of an agent's sessions of one kind and zero their count.
+-- Revoke all of an agent's sessions of one kind but except_id ('' for
+-- none: IDs are never empty), and lower their count. When one is kept
+-- the count row's expiry bound stays as it was: still a lower bound.
 WITH gone AS (
-    DELETE FROM agent_sessions s WHERE s.agent_id = @agent_id::text AND s.kind = @kind::text RETURNING 1
+    DELETE FROM agent_sessions s
+    WHERE s.agent_id = @agent_id::text AND s.kind = @kind::text AND s.id <> @except_id::text
+    RETURNING 1
 ),
 counted AS (
     UPDATE agent_session_counts c

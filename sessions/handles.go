@@ -323,6 +323,25 @@ func (h *Handles) Destroy(ctx context.Context, principal, kind, handle string) (
 	return found, nil
 }
 
+// DestroyOthers destroys every handle of kind that principal holds except
+// handle, which must be principal's live handle (it is checked as Resolve
+// checks it), and returns how many it destroyed, expired ones included.
+func (h *Handles) DestroyOthers(ctx context.Context, principal, kind, handle string) (int, error) {
+	s, now, err := h.resolve(ctx, principal, kind, handle)
+	if err != nil {
+		return 0, err
+	}
+	if !s.ExpiresAt.After(unixTime(now)) {
+		_, err := h.Resolve(ctx, principal, kind, handle) // deletes it and says expired
+		return 0, err
+	}
+	n, err := h.m.store.(AgentStore).DeleteAgent(ctx, principal, kind, s.ID)
+	if err != nil {
+		return 0, storeErr("delete agent", err)
+	}
+	return n, nil
+}
+
 // Refresh extends principal's live handle of kind to now+TTL, capped at
 // its creation plus the kind's MaxLifetime; the handle itself does not
 // change. It fails like Resolve, and with [ErrLifetimeExceeded] once the

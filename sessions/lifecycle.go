@@ -48,7 +48,33 @@ func (m *Manager) RevokeAgent(ctx context.Context, agentID string) (int, error) 
 	if err := ValidateAgentID(agentID); err != nil {
 		return 0, err
 	}
-	n, err := as.DeleteAgent(ctx, agentID, KindSession)
+	n, err := as.DeleteAgent(ctx, agentID, KindSession, "")
+	if err != nil {
+		return 0, storeErr("delete agent", err)
+	}
+	return n, nil
+}
+
+// RevokeOtherSessions revokes every session of the agent except the one
+// token belongs to ("log out my other sessions") and returns how many it
+// deleted, expired ones included. token is checked exactly as
+// Authenticate checks it, so only the holder of a live session can do
+// this, and only for its own agent; the agent's state handles are left
+// alone. A session issued concurrently may survive, as with RevokeAgent.
+// It needs an [AgentStore].
+func (m *Manager) RevokeOtherSessions(ctx context.Context, token, agentID string) (int, error) {
+	as, ok := m.store.(AgentStore)
+	if !ok {
+		return 0, unsupported("AgentStore")
+	}
+	if err := ValidateAgentID(agentID); err != nil {
+		return 0, err
+	}
+	s, _, err := m.authenticate(ctx, token, &agentID)
+	if err != nil {
+		return 0, err
+	}
+	n, err := as.DeleteAgent(ctx, agentID, KindSession, s.ID)
 	if err != nil {
 		return 0, storeErr("delete agent", err)
 	}

@@ -130,16 +130,18 @@ func (m *MemoryStore) ListAgent(ctx context.Context, agentID, kind string, now t
 }
 
 // DeleteAgent implements [AgentStore].
-func (m *MemoryStore) DeleteAgent(ctx context.Context, agentID, kind string) (int, error) {
+func (m *MemoryStore) DeleteAgent(ctx context.Context, agentID, kind, exceptID string) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	key := limitKey{agentID, kind}
-	n := len(m.byAgent[key])
-	for id := range m.byAgent[key] {
-		m.deleteLocked(id)
+	n := 0
+	for id := range m.byAgent[limitKey{agentID, kind}] {
+		if id != exceptID {
+			m.deleteLocked(id)
+			n++
+		}
 	}
 	return n, nil
 }

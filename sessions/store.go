@@ -86,8 +86,9 @@ type AgentStore interface {
 	ListAgent(ctx context.Context, agentID, kind string, now time.Time) ([]Session, error)
 
 	// DeleteAgent deletes all of the agent's sessions of kind, live or
-	// not, and returns how many it deleted.
-	DeleteAgent(ctx context.Context, agentID, kind string) (int, error)
+	// not, except the one whose ID is exceptID ("" for none), and returns
+	// how many it deleted.
+	DeleteAgent(ctx context.Context, agentID, kind, exceptID string) (int, error)
 }
 
 // RefreshStore is a [Store] that can extend a session.

@@ -113,7 +113,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&opts.databaseURL, "database-url", "",
 		"PostgreSQL connection URL (default $DATABASE_URL)")
 	root.AddCommand(newMigrateCmd(opts), newPruneCmd(opts),
-		newIssueCmd(opts), newVerifyCmd(opts), newRefreshCmd(opts), newRevokeCmd(opts), newListCmd(opts),
+		newIssueCmd(opts), newVerifyCmd(opts), newRefreshCmd(opts), newRevokeCmd(opts), newRevokeOthersCmd(opts), newListCmd(opts),
 		newLimitsCmd(opts), newServeCmd(opts), newBenchCmd(opts))
 	return root
 }

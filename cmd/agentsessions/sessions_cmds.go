@@ -163,6 +163,50 @@ func newRefreshCmd(g *globalOpts) *cobra.Command {
 	return cmd
 }
 
+func newRevokeOthersCmd(g *globalOpts) *cobra.Command {
+	var (
+		agent, token string
+		asJSON       bool
+		sec          secretOpts
+	)
+	cmd := &cobra.Command{
+		Use:   "revoke-others --agent AGENT --token TOKEN|-",
+		Short: "Revoke every other session of the token's agent (log out my other sessions)",
+		Long: "revoke-others checks the token exactly as verify does, then revokes every other session of its agent " +
+			"(expired ones included); the token's own session stays. It needs the signing secret (to check the token), " +
+			"not an admin key. --json prints {\"revoked\": N}.",
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireAgent(agent); err != nil {
+				return err
+			}
+			tok, err := readToken(cmd, token)
+			if err != nil {
+				return err
+			}
+			m, closeFn, err := g.openSigningManager(cmd, &sec, sessions.Config{TTL: defaultTTL, Limit: defaultLimit})
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			n, err := m.RevokeOtherSessions(cmd.Context(), tok, agent)
+			if err != nil {
+				return explain(err)
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), server.RevokedResponse{Revoked: n})
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "revoked %d other %s of agent %s\n", n, plural(n, "session"), agent)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&agent, "agent", "", "agent the token belongs to (required)")
+	cmd.Flags().StringVar(&token, "token", "", "the token, or - to read it from standard input (required)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON {revoked: N} instead of text")
+	sec.addFlags(cmd)
+	return cmd
+}
+
 func newRevokeCmd(g *globalOpts) *cobra.Command {
 	var (
 		sessionID, agent string

@@ -505,3 +505,25 @@ func TestLimitCommandsPerKind(t *testing.T) {
 	}
 	wantCLI(t, exitUsage, "--kind", "limits", "get", "--agent", agentA, "--kind", "Not A Kind")
 }
+
+// revoke-others: the token's other sessions go, its own stays; a token of
+// another agent is rejected (exit 1); JSON says how many.
+func TestRevokeOthersCommand(t *testing.T) {
+	d := testdb.New(t)
+	t.Setenv("DATABASE_URL", d.URL)
+	t.Setenv(envSecret, testSecret)
+	mine := strictJSON[server.IssuedResponse](t, mustCLI(t, "issue", "--agent", agentA, "--json"))
+	gone := strictJSON[server.IssuedResponse](t, mustCLI(t, "issue", "--agent", agentA, "--json"))
+	theirs := strictJSON[server.IssuedResponse](t, mustCLI(t, "issue", "--agent", agentB, "--json"))
+	if got := strictJSON[server.RevokedResponse](t, mustCLI(t, "revoke-others", "--agent", agentA, "--token", mine.Token, "--json")); got.Revoked != 1 {
+		t.Fatalf("revoke-others --json: %+v, want 1", got)
+	}
+	mustCLI(t, "verify", "--agent", agentA, "--token", mine.Token)
+	mustCLI(t, "verify", "--agent", agentB, "--token", theirs.Token)
+	wantCLI(t, exitError, "", "verify", "--agent", agentA, "--token", gone.Token)
+	if out := mustCLI(t, "revoke-others", "--agent", agentA, "--token", mine.Token); out != "revoked 0 other sessions of agent "+agentA+"\n" {
+		t.Fatalf("second revoke-others: %q", out)
+	}
+	wantCLI(t, exitError, "", "revoke-others", "--agent", agentA, "--token", theirs.Token)
+	mustCLI(t, "verify", "--agent", agentB, "--token", theirs.Token)
+}

@@ -118,9 +118,9 @@ func (p *Store) Insert(ctx context.Context, s sessions.Session, req sessions.Ins
 }
 
 // DeleteAgent implements [sessions.AgentStore].
-func (p *Store) DeleteAgent(ctx context.Context, agentID, kind string) (n int, err error) {
+func (p *Store) DeleteAgent(ctx context.Context, agentID, kind, exceptID string) (n int, err error) {
 	err = p.write(ctx, "delete agent", onceSent, func() (touched, error) {
-		rows, err := p.q.DeleteAgentSessions(ctx, db.DeleteAgentSessionsParams{AgentID: agentID, Kind: kind})
+		rows, err := p.q.DeleteAgentSessions(ctx, db.DeleteAgentSessionsParams{AgentID: agentID, Kind: kind, ExceptID: exceptID})
 		n = int(rows)
 		return touched{agent: agentID, kind: kind}, err
 	})

@@ -39,8 +39,8 @@ type capable struct {
 func (c capable) ListAgent(ctx context.Context, agentID, kind string, now time.Time) ([]sessions.Session, error) {
 	return c.all.(sessions.AgentStore).ListAgent(ctx, agentID, kind, now)
 }
-func (c capable) DeleteAgent(ctx context.Context, agentID, kind string) (int, error) {
-	return c.all.(sessions.AgentStore).DeleteAgent(ctx, agentID, kind)
+func (c capable) DeleteAgent(ctx context.Context, agentID, kind, exceptID string) (int, error) {
+	return c.all.(sessions.AgentStore).DeleteAgent(ctx, agentID, kind, exceptID)
 }
 func (c capable) Extend(ctx context.Context, id, oldDigest string, exp time.Time, newDigest string, now time.Time) (bool, error) {
 	return c.all.(sessions.RefreshStore).Extend(ctx, id, oldDigest, exp, newDigest, now)
@@ -174,6 +174,40 @@ func runHandles(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 		}
 		if err := h.SetLimit(ctx, agent, "basket", 0); !errors.Is(err, sessions.ErrInvalidLimit) {
 			t.Fatalf("limit 0: %v", err)
+		}
+	})
+
+	t.Run("DestroyOthers", func(t *testing.T) {
+		h, m, _, _ := newHandles(t, newStore(t))
+		h.SetLimit(ctx, agent, "basket", 5)
+		keep := mustCreate(t, h, agent, "basket")
+		gone := []sessions.Handle{mustCreate(t, h, agent, "basket"), mustCreate(t, h, agent, "basket")}
+		browser := mustCreate(t, h, agent, "browser")
+		theirs := mustCreate(t, h, other, "basket")
+		session := MustIssue(t, m, agent)
+		if _, err := h.DestroyOthers(ctx, other, "basket", keep.Handle); !errors.Is(err, sessions.ErrUnknownHandle) {
+			t.Fatalf("another principal with my handle: %v, want ErrUnknownHandle", err)
+		}
+		n, err := h.DestroyOthers(ctx, agent, "basket", keep.Handle)
+		if err != nil || n != 2 {
+			t.Fatalf("DestroyOthers = %d, %v; want 2", n, err)
+		}
+		if _, err := h.Resolve(ctx, agent, "basket", keep.Handle); err != nil {
+			t.Fatalf("the kept handle: %v", err)
+		}
+		for _, g := range gone {
+			if _, err := h.Resolve(ctx, agent, "basket", g.Handle); !errors.Is(err, sessions.ErrUnknownHandle) {
+				t.Fatalf("another basket survived: %v", err)
+			}
+		}
+		for name, err := range map[string]error{
+			"browser":           func() error { _, err := h.Resolve(ctx, agent, "browser", browser.Handle); return err }(),
+			"other's basket":    func() error { _, err := h.Resolve(ctx, other, "basket", theirs.Handle); return err }(),
+			"the agent's token": func() error { _, err := m.Authenticate(ctx, session.Token, agent); return err }(),
+		} {
+			if err != nil {
+				t.Fatalf("%s was touched: %v", name, err)
+			}
 		}
 	})
 

@@ -461,6 +461,47 @@ func runLifecycleContract(t *testing.T, newStore func(t *testing.T) sessions.Sto
 		}
 	})
 
+	// "Log out my other sessions": the caller's session stays, the
+	// agent's others go, other agents and the agent's handles are left
+	// alone, and only a live token of the agent may ask.
+	t.Run("RevokeOtherSessions", func(t *testing.T) {
+		clock := NewClock(1_700_000_000)
+		store := newStore(t)
+		m := NewManager(t, store, clock, nil)
+		mine := MustIssue(t, m, agent)
+		clock.Advance(time.Second)
+		otherA := MustIssue(t, m, agent)
+		otherB := MustIssue(t, m, agent)
+		theirs := MustIssue(t, m, other)
+		n, err := m.RevokeOtherSessions(ctx, mine.Token, agent)
+		if err != nil || n != 2 {
+			t.Fatalf("RevokeOtherSessions = %d, %v; want 2", n, err)
+		}
+		if _, err := m.Authenticate(ctx, mine.Token, agent); err != nil {
+			t.Fatalf("the caller's own session was revoked: %v", err)
+		}
+		for _, gone := range []sessions.Issued{otherA, otherB} {
+			if _, err := m.Authenticate(ctx, gone.Token, agent); !errors.Is(err, sessions.ErrAccessDenied) {
+				t.Fatalf("another session of the agent survived: %v", err)
+			}
+		}
+		if _, err := m.Authenticate(ctx, theirs.Token, other); err != nil {
+			t.Fatalf("another agent's session was touched: %v", err)
+		}
+		if _, err := m.RevokeOtherSessions(ctx, theirs.Token, agent); !errors.Is(err, sessions.ErrAccessDenied) {
+			t.Fatalf("another agent's token: %v, want a denial", err)
+		}
+		if _, err := m.RevokeOtherSessions(ctx, otherA.Token, agent); !errors.Is(err, sessions.ErrAccessDenied) {
+			t.Fatalf("a revoked token: %v, want a denial", err)
+		}
+		if n, err := m.RevokeOtherSessions(ctx, mine.Token, agent); err != nil || n != 0 {
+			t.Fatalf("second call = %d, %v; want 0", n, err)
+		}
+		// The slots are free again: limit 3, one held.
+		MustIssue(t, m, agent)
+		MustIssue(t, m, agent)
+	})
+
 	t.Run("EvictOldest", func(t *testing.T) {
 		clock := NewClock(1_700_000_000)
 		m := NewManager(t, newStore(t), clock, func(c *sessions.Config) { c.Policy = sessions.PolicyEvictOldest })

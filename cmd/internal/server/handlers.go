@@ -107,6 +107,29 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, issuedResponse(iss))
 }
 
+// revokeOthers is "log out my other sessions": token-authenticated, so the
+// holder of a live session can do it for its own agent without the admin
+// key.
+func (s *Server) revokeOthers(w http.ResponseWriter, r *http.Request) {
+	var req tokenRequest
+	if err := decodeToken(w, r, s.maxBody, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var n int
+	err := s.timed(r.Context(), "revoke_others", func(ctx context.Context) (err error) {
+		n, err = s.m.RevokeOtherSessions(ctx, req.Token, req.AgentID)
+		return err
+	})
+	if err != nil {
+		s.met.authFailures.WithLabelValues(failureReason(err)).Inc()
+		s.fail(w, r, err)
+		return
+	}
+	s.met.revoked.Add(float64(n))
+	writeJSON(w, http.StatusOK, RevokedResponse{Revoked: n})
+}
+
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	var revoked bool

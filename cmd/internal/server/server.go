@@ -257,6 +257,7 @@ var routeTable = []route{
 	{"POST /v1/sessions", true, hf((*Server).issue)},
 	{"POST /v1/sessions/authenticate", false, hf((*Server).authenticate)},
 	{"POST /v1/sessions/refresh", false, hf((*Server).refresh)},
+	{"POST /v1/sessions/revoke-others", false, hf((*Server).revokeOthers)},
 	{"DELETE /v1/sessions/{id}", true, hf((*Server).revoke)},
 	{"GET /v1/agents/{agent_id}/sessions", true, hf((*Server).listSessions)},
 	{"DELETE /v1/agents/{agent_id}/sessions", true, hf((*Server).revokeAgent)},

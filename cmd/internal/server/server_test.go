@@ -733,3 +733,31 @@ func TestSecretsNeverLogged(t *testing.T) {
 		}
 	}
 }
+
+// POST /v1/sessions/revoke-others: the token's holder logs out its
+// agent's other sessions, without the admin key; the token's own session
+// and other agents' sessions stay; another agent's or a revoked token is
+// refused.
+func TestRevokeOtherSessionsRoute(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testdb.New(t), envConfig{})
+	mine := e.issue(agent, nil)
+	e.clock.Advance(time.Second)
+	gone := e.issue(agent, nil)
+	theirs := e.issue(other, nil)
+	r := e.do("POST", "/v1/sessions/revoke-others", "", tokenBody(agent, mine.Token))
+	want(t, "revoke others", r, http.StatusOK, "")
+	if got := decodeAs[server.RevokedResponse](t, r); got.Revoked != 1 {
+		t.Fatalf("revoke others: %+v, want 1 revoked", got)
+	}
+	want(t, "own session", e.do("POST", "/v1/sessions/authenticate", "", tokenBody(agent, mine.Token)), http.StatusOK, "")
+	want(t, "other session", e.do("POST", "/v1/sessions/authenticate", "", tokenBody(agent, gone.Token)),
+		http.StatusUnauthorized, "unauthorized")
+	want(t, "other agent", e.do("POST", "/v1/sessions/authenticate", "", tokenBody(other, theirs.Token)), http.StatusOK, "")
+	want(t, "another agent's token", e.do("POST", "/v1/sessions/revoke-others", "", tokenBody(agent, theirs.Token)),
+		http.StatusForbidden, "forbidden")
+	want(t, "revoked token", e.do("POST", "/v1/sessions/revoke-others", "", tokenBody(agent, gone.Token)),
+		http.StatusUnauthorized, "unauthorized")
+	want(t, "no token", e.do("POST", "/v1/sessions/revoke-others", "", map[string]string{"agent_id": agent}),
+		http.StatusBadRequest, "missing_token")
+}
