@@ -13,10 +13,10 @@ TEST_DB := export TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$(scripts/devdb.sh a
 		echo "make: no local PostgreSQL; tests will start one with testcontainers (needs Docker)" >&2; \
 	fi;
 
-# Every package of the three modules (the library at the root, cmd, and
-# mcpsessions), which go.work puts in one workspace.
-PKGS := ./... ./cmd/... ./mcpsessions/...
-MODULES := . cmd mcpsessions
+# Every package of the four modules (the library at the root, cmd,
+# mcpsessions and otelsessions), which go.work puts in one workspace.
+PKGS := ./... ./cmd/... ./mcpsessions/... ./otelsessions/...
+MODULES := . cmd mcpsessions otelsessions
 
 .PHONY: help generate verify check-sqlc test test-race test-containers fuzz migrate lint build up down
 
@@ -37,7 +37,7 @@ check-sqlc:
 		echo "  $(SQLC_INSTALL)" >&2; \
 		exit 1; }
 
-test: ## Run all tests of every module (., cmd, mcpsessions) with the race detector
+test: ## Run all tests of every module (., cmd, mcpsessions, otelsessions) with the race detector
 	@$(TEST_DB) echo "TEST_DATABASE_URL=$$TEST_DATABASE_URL" >&2; set -x; go test -race -count=1 $(PKGS)
 
 test-race: ## Repeat the concurrency tests (Invariant|Concurrent) 5 times with -race

@@ -146,6 +146,12 @@ type Config struct {
 	// Logger receives debug records about denials and warnings about store
 	// failures. It never receives tokens or the secret. Default: discards.
 	Logger *slog.Logger
+
+	// Observer, if set, is told when Issue, Authenticate, Verify, Refresh,
+	// Revoke and RevokeAgent, and the Create, Resolve, List, Destroy and
+	// Refresh of [Handles] on this manager, start and end: see [Observer].
+	// Default: none, at no cost.
+	Observer Observer
 }
 
 // validate checks the fields the reference checks, plus what Go's types

@@ -193,6 +193,16 @@ type Handle struct {
 // [ErrInvalidAgentID] for a malformed principal and [ErrInvalidConfig] for
 // a kind this Handles was not given.
 func (h *Handles) Create(ctx context.Context, principal, kind string, opts ...IssueOption) (Handle, error) {
+	if h.m.obs.obs == nil {
+		return h.create(ctx, principal, kind, opts)
+	}
+	ctx, end := h.start(ctx, OpHandleCreate, principal, kind)
+	out, err := h.create(ctx, principal, kind, opts)
+	end(err)
+	return out, err
+}
+
+func (h *Handles) create(ctx context.Context, principal, kind string, opts []IssueOption) (Handle, error) {
 	k, err := h.kind(principal, kind)
 	if err != nil {
 		return Handle{}, err
@@ -241,6 +251,17 @@ func (h *Handles) Create(ctx context.Context, principal, kind string, opts ...Is
 // expired one fails with [ErrSessionExpired] (and is deleted). Only a
 // handle whose MAC checks out costs a store call.
 func (h *Handles) Resolve(ctx context.Context, principal, kind, handle string) (Handle, error) {
+	if h.m.obs.obs == nil {
+		return h.resolveLive(ctx, principal, kind, handle)
+	}
+	ctx, end := h.start(ctx, OpHandleResolve, principal, kind)
+	out, err := h.resolveLive(ctx, principal, kind, handle)
+	end(err)
+	return out, err
+}
+
+// resolveLive implements Resolve.
+func (h *Handles) resolveLive(ctx context.Context, principal, kind, handle string) (Handle, error) {
 	s, now, err := h.resolve(ctx, principal, kind, handle)
 	if err != nil {
 		return Handle{}, err
@@ -280,6 +301,16 @@ func (h *Handles) resolve(ctx context.Context, principal, kind, handle string) (
 
 // List returns principal's live handles of kind, oldest first.
 func (h *Handles) List(ctx context.Context, principal, kind string) ([]Handle, error) {
+	if h.m.obs.obs == nil {
+		return h.list(ctx, principal, kind)
+	}
+	ctx, end := h.start(ctx, OpHandleList, principal, kind)
+	out, err := h.list(ctx, principal, kind)
+	end(err)
+	return out, err
+}
+
+func (h *Handles) list(ctx context.Context, principal, kind string) ([]Handle, error) {
 	if _, err := h.kind(principal, kind); err != nil {
 		return nil, err
 	}
@@ -309,6 +340,16 @@ func (h *Handles) List(ctx context.Context, principal, kind string) ([]Handle, e
 // there. A handle that is not principal's, or not valid, destroys nothing
 // and reports false, like an unknown one.
 func (h *Handles) Destroy(ctx context.Context, principal, kind, handle string) (bool, error) {
+	if h.m.obs.obs == nil {
+		return h.destroy(ctx, principal, kind, handle)
+	}
+	ctx, end := h.start(ctx, OpHandleDestroy, principal, kind)
+	found, err := h.destroy(ctx, principal, kind, handle)
+	end(err)
+	return found, err
+}
+
+func (h *Handles) destroy(ctx context.Context, principal, kind, handle string) (bool, error) {
 	s, _, err := h.resolve(ctx, principal, kind, handle)
 	if errors.Is(err, ErrUnknownHandle) {
 		return false, nil
@@ -347,12 +388,22 @@ func (h *Handles) DestroyOthers(ctx context.Context, principal, kind, handle str
 // change. It fails like Resolve, and with [ErrLifetimeExceeded] once the
 // cap is reached.
 func (h *Handles) Refresh(ctx context.Context, principal, kind, handle string) (Handle, error) {
+	if h.m.obs.obs == nil {
+		return h.refresh(ctx, principal, kind, handle)
+	}
+	ctx, end := h.start(ctx, OpHandleRefresh, principal, kind)
+	out, err := h.refresh(ctx, principal, kind, handle)
+	end(err)
+	return out, err
+}
+
+func (h *Handles) refresh(ctx context.Context, principal, kind, handle string) (Handle, error) {
 	s, now, err := h.resolve(ctx, principal, kind, handle)
 	if err != nil {
 		return Handle{}, err
 	}
 	if !s.ExpiresAt.After(unixTime(now)) {
-		return h.Resolve(ctx, principal, kind, handle) // deletes it and says expired
+		return h.resolveLive(ctx, principal, kind, handle) // deletes it and says expired
 	}
 	k := h.kinds[kind]
 	cur := uint64(s.ExpiresAt.Unix())
@@ -447,6 +498,16 @@ func (h *Handles) Kinds() []HandleKind {
 		return 0
 	})
 	return out
+}
+
+// start calls the manager's observer for a handle operation; only call
+// it when there is one. A kind these Handles were not given is not passed
+// on: it is the caller's input, not configuration.
+func (h *Handles) start(ctx context.Context, name, principal, kind string) (context.Context, func(error)) {
+	if _, ok := h.kinds[kind]; !ok {
+		kind = ""
+	}
+	return h.m.obs.start(ctx, name, kind, principal)
 }
 
 func (h *Handles) kind(principal, kind string) (HandleKind, error) {

@@ -41,6 +41,16 @@ func (m *Manager) List(ctx context.Context, agentID string) ([]Session, error) {
 // [AgentStore]. A session issued concurrently may survive: call it again
 // after stopping issuance if that matters.
 func (m *Manager) RevokeAgent(ctx context.Context, agentID string) (int, error) {
+	if m.obs.obs == nil {
+		return m.revokeAgent(ctx, agentID)
+	}
+	ctx, end := m.obs.start(ctx, OpRevokeAgent, KindSession, agentID)
+	n, err := m.revokeAgent(ctx, agentID)
+	end(err)
+	return n, err
+}
+
+func (m *Manager) revokeAgent(ctx context.Context, agentID string) (int, error) {
 	as, ok := m.store.(AgentStore)
 	if !ok {
 		return 0, unsupported("AgentStore")
@@ -94,6 +104,16 @@ func (m *Manager) RevokeOtherSessions(ctx context.Context, token, agentID string
 // the same second as the token's expiry was set returns the token
 // unchanged, unless it was signed with a previous secret. Refresh needs a [RefreshStore].
 func (m *Manager) Refresh(ctx context.Context, token, agentID string) (Issued, error) {
+	if m.obs.obs == nil {
+		return m.refresh(ctx, token, agentID)
+	}
+	ctx, end := m.obs.start(ctx, OpRefresh, KindSession, agentID)
+	iss, err := m.refresh(ctx, token, agentID)
+	end(err)
+	return iss, err
+}
+
+func (m *Manager) refresh(ctx context.Context, token, agentID string) (Issued, error) {
 	rs, ok := m.store.(RefreshStore)
 	if !ok {
 		return Issued{}, unsupported("RefreshStore")

@@ -19,6 +19,7 @@ type Manager struct {
 	verify      [][]byte // cfg.VerifySecrets then cfg.PreviousSecrets
 	ttl         uint64   // whole seconds
 	maxLifetime uint64   // whole seconds
+	obs         observer
 }
 
 // Issued is a freshly issued (or refreshed) session and the token to hand
@@ -52,6 +53,7 @@ func New(store Store, cfg Config) (*Manager, error) {
 		verify:      cfg.verifySecrets(),
 		ttl:         uint64(cfg.TTL / time.Second),
 		maxLifetime: uint64(cfg.MaxLifetime / time.Second),
+		obs:         newObserver(cfg.Observer),
 	}, nil
 }
 
@@ -92,6 +94,16 @@ func warnShortSecrets(cfg Config) {
 // Unlike the reference, Issue and Authenticate validate agentID first
 // ([ValidateAgentID]), before any token check.
 func (m *Manager) Issue(ctx context.Context, agentID string, opts ...IssueOption) (Issued, error) {
+	if m.obs.obs == nil {
+		return m.issue(ctx, agentID, opts)
+	}
+	ctx, end := m.obs.start(ctx, OpIssue, KindSession, agentID)
+	iss, err := m.issue(ctx, agentID, opts)
+	end(err)
+	return iss, err
+}
+
+func (m *Manager) issue(ctx context.Context, agentID string, opts []IssueOption) (Issued, error) {
 	var o issueOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -159,6 +171,16 @@ func (m *Manager) sign(s Session, exp uint64) (string, Session) {
 // When the store fails the result is a [StoreError], never a session: it
 // fails closed.
 func (m *Manager) Authenticate(ctx context.Context, token, agentID string) (Session, error) {
+	if m.obs.obs == nil {
+		return m.authenticateAgent(ctx, token, agentID)
+	}
+	ctx, end := m.obs.start(ctx, OpAuthenticate, KindSession, agentID)
+	s, err := m.authenticateAgent(ctx, token, agentID)
+	end(err)
+	return s, err
+}
+
+func (m *Manager) authenticateAgent(ctx context.Context, token, agentID string) (Session, error) {
 	if err := ValidateAgentID(agentID); err != nil {
 		return Session{}, err
 	}
@@ -170,6 +192,13 @@ func (m *Manager) Authenticate(ctx context.Context, token, agentID string) (Sess
 // that hold only the token, such as a transport whose session ID is the
 // token. The signature is checked before the token's agent ID is trusted.
 func (m *Manager) Verify(ctx context.Context, token string) (Session, error) {
+	if m.obs.obs != nil {
+		var end func(error)
+		ctx, end = m.obs.start(ctx, OpVerify, KindSession, "")
+		s, _, err := m.authenticate(ctx, token, nil)
+		end(err)
+		return s, err
+	}
 	s, _, err := m.authenticate(ctx, token, nil)
 	return s, err
 }
@@ -220,6 +249,16 @@ func (m *Manager) authenticate(ctx context.Context, token string, agentID *strin
 // PostgreSQL store reruns the delete, so a revoke retried that way may
 // report false for a session it did delete.
 func (m *Manager) Revoke(ctx context.Context, sessionID string) (revoked bool, err error) {
+	if m.obs.obs == nil {
+		return m.revoke(ctx, sessionID)
+	}
+	ctx, end := m.obs.start(ctx, OpRevoke, KindSession, "")
+	revoked, err = m.revoke(ctx, sessionID)
+	end(err)
+	return revoked, err
+}
+
+func (m *Manager) revoke(ctx context.Context, sessionID string) (bool, error) {
 	if err := validateSessionID(sessionID); err != nil {
 		return false, err
 	}

@@ -164,11 +164,24 @@ func (o *globalOpts) requireDatabaseURL() (string, error) {
 // openPool connects to the database URL, checking it is reachable, so
 // every command fails the same clear way when it is not.
 func (o *globalOpts) openPool(ctx context.Context) (*pgxpool.Pool, error) {
+	return o.openPoolWith(ctx, nil)
+}
+
+// openPoolWith is openPool with configure, if not nil, applied to the
+// parsed pool config first (serve sets its query tracer there).
+func (o *globalOpts) openPoolWith(ctx context.Context, configure func(*pgxpool.Config)) (*pgxpool.Pool, error) {
 	url, err := o.requireDatabaseURL()
 	if err != nil {
 		return nil, err
 	}
-	pool, err := pgxpool.New(ctx, url)
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("bad database url: %w", err)}
+	}
+	if configure != nil {
+		configure(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("bad database url: %w", err)}
 	}

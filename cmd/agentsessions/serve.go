@@ -8,15 +8,18 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/agentsessions/agentsessions/cmd/internal/server"
 	"github.com/agentsessions/agentsessions/migrations"
+	"github.com/agentsessions/agentsessions/otelsessions"
 	"github.com/agentsessions/agentsessions/sessions"
 	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
@@ -126,6 +129,28 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	cfg.Secret, cfg.VerifySecrets, cfg.Logger = ls.secret, ls.verify, log
 	opts := server.Options{Logger: log}
 
+	// OpenTelemetry, only when the OTEL_* environment asks for it.
+	tel, err := newTelemetry(ctx, os.Getenv)
+	if err != nil {
+		return fmt.Errorf("OpenTelemetry (OTEL_* environment): %w", err)
+	}
+	var configurePool func(*pgxpool.Config)
+	var storeObserver pgxstore.Observer
+	if tel != nil {
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := tel.close(sctx); err != nil {
+				log.Warn("flushing OpenTelemetry exporters failed", slog.Any("error", err))
+			}
+		}()
+		cfg.Observer, storeObserver = tel.obs, tel.obs
+		configurePool = func(pc *pgxpool.Config) {
+			pc.ConnConfig.Tracer = otelsessions.PgxTracer(otelsessions.WithTracerProvider(tel.tp), otelsessions.WithMeterProvider(tel.mp))
+		}
+		log.Info("OpenTelemetry export on (OTEL_* environment)")
+	}
+
 	var (
 		store     sessions.Store
 		runPruner func(context.Context)
@@ -134,7 +159,7 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	onPrune := func(r pgxstore.PruneResult, err error) { srv.ObservePrune(r, err) }
 	if dbURL != "" {
 		g.databaseURL = dbURL
-		pool, err := g.openPool(ctx)
+		pool, err := g.openPoolWith(ctx, configurePool)
 		if err != nil {
 			return err
 		}
@@ -145,9 +170,16 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 			}
 			log.Info("migrations applied")
 		}
-		pg, err := pgxstore.New(pool, nil)
+		pg, err := pgxstore.New(pool, &pgxstore.Config{Observer: storeObserver})
 		if err != nil {
 			return err
+		}
+		if tel != nil {
+			reg, err := tel.obs.ObserveStore(pg)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = reg.Unregister() }()
 		}
 		store = pg
 		opts.Ready = pg.Ready
@@ -225,7 +257,11 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "store", storeName, "ttl", cfg.TTL, "limit", cfg.Limit,
 		"policy", cfg.Policy.String(), "admin_routes", adminKey != nil, "verify_secrets", len(cfg.VerifySecrets))
-	err = server.Run(ctx, ln, srv, server.RunOptions{ShutdownTimeout: o.shutdownTimeout, Logger: log, Background: runPruner})
+	var handler http.Handler = srv
+	if tel != nil {
+		handler = tel.handler(srv)
+	}
+	err = server.Run(ctx, ln, handler, server.RunOptions{ShutdownTimeout: o.shutdownTimeout, Logger: log, Background: runPruner})
 	if errors.Is(err, server.ErrShutdownTimeout) {
 		return fmt.Errorf("in-flight requests did not finish within --shutdown-timeout %s; closed them", o.shutdownTimeout)
 	}

@@ -145,6 +145,7 @@ func (p *Store) RunCache(ctx context.Context, cfg CacheConfig) error {
 	if err != nil {
 		return err
 	}
+	c.obs = p.cfg.Observer
 	if !p.cache.CompareAndSwap(nil, c) {
 		return &sessions.ConfigError{Field: "RunCache", Reason: "a cache is already running on this store"}
 	}
@@ -180,6 +181,8 @@ type sessionCache struct {
 	pid       atomic.Uint32 // listener's backend, for tests
 	perShard  int
 	shards    [cacheShards]cacheShard
+
+	obs Observer // told about resyncs; may be nil
 
 	hits, misses, invalidations, resyncs atomic.Uint64
 }
@@ -267,10 +270,14 @@ func (c *sessionCache) invalidateAgent(agentID, kind string) {
 	c.invalidations.Add(1)
 }
 
-// resync empties the cache and refuses fills begun before it.
-func (c *sessionCache) resync() {
+// resync empties the cache and refuses fills begun before it; reason is
+// for the observer (see Observer.CacheResync).
+func (c *sessionCache) resync(ctx context.Context, reason string) {
 	c.dropEverywhere(func(string, sessions.Session) bool { return true })
 	c.resyncs.Add(1)
+	if c.obs != nil {
+		c.obs.CacheResync(ctx, reason)
+	}
 }
 
 // dropEverywhere deletes the entries drop selects from every shard and
@@ -327,7 +334,7 @@ func (c *sessionCache) listen(ctx context.Context, p *Store) (connected bool, er
 		return false, err
 	}
 	// Revocations committed before LISTEN never reach us: start empty.
-	c.resync()
+	c.resync(ctx, "connected")
 	connNo := c.conn.Add(1)
 	c.cfg.Logger.InfoContext(ctx, "sessions: cache listener connected")
 
@@ -387,7 +394,7 @@ func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint6
 		case invalidateChannel:
 			c.invalidate(n.Payload)
 		case flushChannel:
-			c.resync()
+			c.resync(ctx, "flush")
 		case heartbeatChannel:
 			hb, ok := c.ownHeartbeat(n.Payload, connNo)
 			if !ok {
@@ -410,7 +417,7 @@ func (c *sessionCache) receive(ctx context.Context, conn *pgx.Conn, connNo uint6
 				// Changed since we connected (disabled and enabled again,
 				// recreated): what was revoked in between was never
 				// announced. Start over, as after a reconnect.
-				c.resync()
+				c.resync(ctx, "triggers_changed")
 				triggers = hb.triggers
 				c.cfg.Logger.InfoContext(ctx, "sessions: invalidation triggers changed; cache emptied")
 			}

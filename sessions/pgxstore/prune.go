@@ -85,6 +85,11 @@ func (p *Store) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error)
 }
 
 func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, err error) {
+	if obs := p.cfg.Observer; obs != nil {
+		var end func(PruneResult, error)
+		ctx, end = obs.Prune(ctx)
+		defer func() { end(res, err) }()
+	}
 	// A session-level lock lives on one connection: hold that connection
 	// for the whole pass.
 	conn, err := p.pool.Acquire(ctx)

@@ -55,6 +55,11 @@ type Config struct {
 	// pool's MaxConns (docs/performance.md has the measurements behind
 	// it).
 	LookupBatches int
+
+	// Observer, if set, is told about reruns after serialization failures
+	// and broken connections, prune passes and cache resyncs: see
+	// [Observer]. Default: none.
+	Observer Observer
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -187,10 +192,13 @@ func (p *Store) retry(ctx context.Context, op string, attempt func() error) erro
 			conflicts++
 			if conflicts >= p.cfg.MaxAttempts {
 				p.stats.exhausted.Add(1)
+				p.observeRetry(ctx, RetryEvent{Op: op, Reason: RetrySerialization, Attempt: conflicts, GaveUp: true}, err)
 				return &sessions.StoreError{Op: op, Err: fmt.Errorf("%w after %d attempts: %w", ErrRetriesExhausted, conflicts, err)}
 			}
 			p.stats.retries.Add(1)
-			if err := sleepCtx(ctx, p.backoff(conflicts)); err != nil {
+			wait := p.backoff(conflicts)
+			p.observeRetry(ctx, RetryEvent{Op: op, Reason: RetrySerialization, Attempt: conflicts, Backoff: wait}, err)
+			if err := sleepCtx(ctx, wait); err != nil {
 				// The serialization failure stays out of the chain: callers
 				// see one only as ErrRetriesExhausted.
 				return &sessions.StoreError{Op: op, Err: fmt.Errorf("%w while waiting to retry a serialization failure", err)}
@@ -198,10 +206,24 @@ func (p *Store) retry(ctx context.Context, op string, attempt func() error) erro
 		case brokenBeforeCommit(err) && reconnects < maxReconnects:
 			reconnects++
 			p.stats.reconnects.Add(1)
+			p.observeRetry(ctx, RetryEvent{Op: op, Reason: RetryReconnect, Attempt: reconnects}, err)
 		default:
 			return p.wrap(ctx, op, err)
 		}
 	}
+}
+
+// observeRetry tells the observer, if any, about ev; err is the attempt's
+// error, for its SQLSTATE.
+func (p *Store) observeRetry(ctx context.Context, ev RetryEvent, err error) {
+	if p.cfg.Observer == nil {
+		return
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		ev.SQLState = pgErr.Code
+	}
+	p.cfg.Observer.Retry(ctx, ev)
 }
 
 // serializableByDefault reports whether the pool's connections start with
