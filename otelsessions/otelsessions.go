@@ -254,6 +254,12 @@ func (o *Observer) count(ctx context.Context, op string, err error, code, reason
 		if err == nil {
 			o.revoked.Add(ctx, 1)
 		}
+	case sessions.OpRevokeOthers:
+		// The token is checked as Authenticate checks it; how many
+		// sessions went is not known here (end carries no result).
+		if err != nil {
+			o.authFailures.Add(ctx, 1, metric.WithAttributes(AttrFailureReason.String(reason)))
+		}
 	}
 }
 

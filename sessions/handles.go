@@ -368,12 +368,22 @@ func (h *Handles) destroy(ctx context.Context, principal, kind, handle string) (
 // handle, which must be principal's live handle (it is checked as Resolve
 // checks it), and returns how many it destroyed, expired ones included.
 func (h *Handles) DestroyOthers(ctx context.Context, principal, kind, handle string) (int, error) {
+	if h.m.obs.obs == nil {
+		return h.destroyOthers(ctx, principal, kind, handle)
+	}
+	ctx, end := h.start(ctx, OpHandleDestroyOthers, principal, kind)
+	n, err := h.destroyOthers(ctx, principal, kind, handle)
+	end(err)
+	return n, err
+}
+
+func (h *Handles) destroyOthers(ctx context.Context, principal, kind, handle string) (int, error) {
 	s, now, err := h.resolve(ctx, principal, kind, handle)
 	if err != nil {
 		return 0, err
 	}
 	if !s.ExpiresAt.After(unixTime(now)) {
-		_, err := h.Resolve(ctx, principal, kind, handle) // deletes it and says expired
+		_, err := h.resolveLive(ctx, principal, kind, handle) // deletes it and says expired
 		return 0, err
 	}
 	n, err := h.m.store.(AgentStore).DeleteAgent(ctx, principal, kind, s.ID)

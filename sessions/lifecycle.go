@@ -73,6 +73,16 @@ func (m *Manager) revokeAgent(ctx context.Context, agentID string) (int, error) 
 // alone. A session issued concurrently may survive, as with RevokeAgent.
 // It needs an [AgentStore].
 func (m *Manager) RevokeOtherSessions(ctx context.Context, token, agentID string) (int, error) {
+	if m.obs.obs == nil {
+		return m.revokeOthers(ctx, token, agentID)
+	}
+	ctx, end := m.obs.start(ctx, OpRevokeOthers, KindSession, agentID)
+	n, err := m.revokeOthers(ctx, token, agentID)
+	end(err)
+	return n, err
+}
+
+func (m *Manager) revokeOthers(ctx context.Context, token, agentID string) (int, error) {
 	as, ok := m.store.(AgentStore)
 	if !ok {
 		return 0, unsupported("AgentStore")

@@ -11,11 +11,14 @@ const (
 	OpRefresh       = "refresh"        // Manager.Refresh
 	OpRevoke        = "revoke"         // Manager.Revoke
 	OpRevokeAgent   = "revoke_agent"   // Manager.RevokeAgent
+	OpRevokeOthers  = "revoke_others"  // Manager.RevokeOtherSessions
 	OpHandleCreate  = "handle.create"  // Handles.Create
 	OpHandleResolve = "handle.resolve" // Handles.Resolve
 	OpHandleList    = "handle.list"    // Handles.List
 	OpHandleDestroy = "handle.destroy" // Handles.Destroy
-	OpHandleRefresh = "handle.refresh" // Handles.Refresh
+	// OpHandleDestroyOthers is Handles.DestroyOthers.
+	OpHandleDestroyOthers = "handle.destroy_others"
+	OpHandleRefresh       = "handle.refresh" // Handles.Refresh
 )
 
 // Op describes one observed operation. It never holds a token, a handle,

@@ -130,6 +130,20 @@ func TestObserverSeesEveryOperation(t *testing.T) {
 			if _, err := h.Resolve(ctx, agent, "nokind", hd.Handle); !errors.Is(err, sessions.ErrInvalidConfig) {
 				t.Fatalf("resolve of an unknown kind: %v", err)
 			}
+			again, err := m.Issue(ctx, agent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.RevokeOtherSessions(ctx, again.Token, agent); err != nil {
+				t.Fatal(err)
+			}
+			kept, err := h.Create(ctx, agent, "basket")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := h.DestroyOthers(ctx, agent, "basket", kept.Handle); err != nil {
+				t.Fatal(err)
+			}
 
 			agentID := func(id string) string {
 				if want {
@@ -152,6 +166,10 @@ func TestObserverSeesEveryOperation(t *testing.T) {
 				{Name: sessions.OpHandleRefresh, Kind: "basket", AgentID: agentID(agent)},
 				{Name: sessions.OpHandleDestroy, Kind: "basket", AgentID: agentID(agent)},
 				{Name: sessions.OpHandleResolve, Kind: "", AgentID: agentID(agent)}, // a kind not configured is not passed on
+				{Name: sessions.OpIssue, Kind: sessions.KindSession, AgentID: agentID(agent)},
+				{Name: sessions.OpRevokeOthers, Kind: sessions.KindSession, AgentID: agentID(agent)},
+				{Name: sessions.OpHandleCreate, Kind: "basket", AgentID: agentID(agent)},
+				{Name: sessions.OpHandleDestroyOthers, Kind: "basket", AgentID: agentID(agent)},
 			}
 			if !slices.Equal(rec.ops, wantOps) {
 				t.Fatalf("ops:\n got %+v\nwant %+v", rec.ops, wantOps)
