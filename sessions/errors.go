@@ -31,7 +31,9 @@ var (
 	// used: see [AccessDeniedError] for the reason.
 	ErrAccessDenied = errors.New("sessions: access denied")
 	// ErrSessionExpired: the token's expiry has passed. The session is
-	// deleted from the store when this is detected.
+	// deleted from the store when this is detected (if that delete fails,
+	// the error is still ErrSessionExpired and the pruner deletes the row
+	// later).
 	ErrSessionExpired = errors.New("sessions: session expired")
 	// ErrStore: the store failed (database unreachable, deadline exceeded,
 	// ...). See [StoreError]; the cause is in its chain too, so

@@ -8,6 +8,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"regexp"
 	"slices"
@@ -181,8 +182,10 @@ type Handle struct {
 	// nothing was.
 	Metadata map[string]string
 
-	// Evicted lists the handles Create destroyed to make room under
-	// PolicyEvictOldest; empty otherwise.
+	// Evicted lists the IDs (see ID) of the handles Create destroyed to
+	// make room under PolicyEvictOldest, as lifecycle events name them;
+	// empty otherwise. IDs, not handles: a handle minted under a
+	// verify-only secret could not be rebuilt from the current one.
 	Evicted []string
 }
 
@@ -238,10 +241,7 @@ func (h *Handles) create(ctx context.Context, principal, kind string, opts []Iss
 		return Handle{}, &LimitError{AgentID: principal, Kind: kind, Limit: res.Limit}
 	}
 	out := handleOf(s, handle)
-	for _, evicted := range res.Evicted {
-		// The store returns IDs; the handle is the ID and its MAC.
-		out.Evicted = append(out.Evicted, evicted+h.mac(h.keys[0], kind, principal, evicted))
-	}
+	out.Evicted = res.Evicted
 	return out, nil
 }
 
@@ -267,8 +267,10 @@ func (h *Handles) resolveLive(ctx context.Context, principal, kind, handle strin
 		return Handle{}, err
 	}
 	if !s.ExpiresAt.After(unixTime(now)) {
+		// Expired by the stored row: say so even if the cleanup fails
+		// (the pruner deletes the row later).
 		if err := h.m.store.DeleteExpired(ctx, s.ID, s.TokenDigest, unixTime(now)); err != nil {
-			return Handle{}, storeErr("delete", err)
+			h.m.cfg.Logger.WarnContext(ctx, "sessions: deleting an expired handle failed; the pruner will", slog.Any("error", err))
 		}
 		return Handle{}, fmt.Errorf("%w: the %s handle expired at %s", ErrSessionExpired, kind, s.ExpiresAt.Format(time.RFC3339))
 	}

@@ -108,7 +108,7 @@ func TestHandleEventsAcrossInstances(t *testing.T) {
 		t.Fatal(ok, err)
 	}
 	h3, err := b.handles.Create(ctx, agent, "browser")
-	if err != nil || !slices.Equal(h3.Evicted, []string{h2.Handle}) {
+	if err != nil || !slices.Equal(h3.Evicted, []string{h2.ID}) {
 		t.Fatalf("evict-oldest: %+v %v", h3, err)
 	}
 	want("eviction", nextEvent(t, events), "browser", h2.ID, "destroyed")

@@ -158,8 +158,8 @@ func runHandles(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 		mustCreate(t, h, other, "basket") // another principal has its own limit
 		first := mustCreate(t, h, agent, "browser")
 		second := mustCreate(t, h, agent, "browser") // evict-oldest, limit 1: whichever is older goes
-		if !reflect.DeepEqual(second.Evicted, []string{first.Handle}) {
-			t.Fatalf("evicted %v, want the first browser %s", second.Evicted, first.Handle)
+		if !reflect.DeepEqual(second.Evicted, []string{first.ID}) {
+			t.Fatalf("evicted %v, want the first browser's ID %s", second.Evicted, first.ID)
 		}
 		if _, err := h.Resolve(ctx, agent, "browser", first.Handle); !errors.Is(err, sessions.ErrUnknownHandle) {
 			t.Fatalf("evicted browser: %v", err)
