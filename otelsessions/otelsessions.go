@@ -61,7 +61,7 @@ const (
 	AttrAgentID       = attribute.Key("agentsessions.agent_id")       // spans only, with WithAgentID
 	AttrOutcome       = attribute.Key("agentsessions.outcome")        // ok, denied, invalid, canceled, error
 	AttrErrorCode     = attribute.Key("agentsessions.error.code")     // sessions.HTTPError(err).Code
-	AttrFailureReason = attribute.Key("agentsessions.failure_reason") // finer reason: see failureReason
+	AttrFailureReason = attribute.Key("agentsessions.failure_reason") // finer reason: sessions.FailureReason
 	AttrStoreOp       = attribute.Key("agentsessions.store.operation")
 	AttrRetryReason   = attribute.Key("agentsessions.retry.reason") // pgxstore.RetrySerialization, RetryReconnect
 	AttrRetryAttempt  = attribute.Key("agentsessions.retry.attempt")
@@ -280,39 +280,7 @@ func classify(err error) (outcome, code, reason string) {
 	default:
 		outcome = OutcomeDenied
 	}
-	return outcome, info.Code, failureReason(err, info.Code)
-}
-
-// failureReason is the reason label of the service's
-// agentsessions_authentication_failures_total metric: the error code,
-// refined where operators need what clients are deliberately not told.
-func failureReason(err error, code string) string {
-	var denied *sessions.AccessDeniedError
-	switch {
-	case errors.As(err, &denied):
-		switch denied.Reason {
-		case sessions.ReasonAgentMismatch:
-			return "agent_mismatch"
-		case sessions.ReasonUnknownSession:
-			return "unknown_session"
-		case sessions.ReasonMetadataMismatch:
-			return "metadata_mismatch"
-		case sessions.ReasonDigestMismatch:
-			return "digest_mismatch"
-		case sessions.ReasonClockBeforeEpoch:
-			return "clock_before_epoch"
-		}
-		return "access_denied"
-	case errors.Is(err, sessions.ErrInvalidSignature):
-		return "invalid_signature"
-	}
-	switch code {
-	case sessions.CodeStoreUnavailable:
-		return "store_error"
-	case sessions.CodeInternal:
-		return "other"
-	}
-	return code
+	return outcome, info.Code, sessions.FailureReason(err)
 }
 
 // Retry implements [pgxstore.Observer]: an event on the caller's span

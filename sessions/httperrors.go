@@ -247,3 +247,40 @@ func classify(err error) (code, msg string) {
 func userMessage(err error) string {
 	return strings.ReplaceAll(err.Error(), "sessions: ", "")
 }
+
+// FailureReason is the label metrics give a failed authentication (the
+// service's agentsessions_authentication_failures_total, otelsessions'
+// authentication_failures): finer than [HTTPError]'s code where operators
+// need what clients are deliberately not told (which check failed), and
+// from a small fixed set, so a metric never grows a label per message:
+// agent_mismatch, unknown_session, metadata_mismatch, digest_mismatch,
+// clock_before_epoch, access_denied, invalid_signature, invalid_token,
+// expired, lifetime_exceeded, invalid_agent_id, store_error, other.
+func FailureReason(err error) string {
+	var denied *AccessDeniedError
+	switch {
+	case errors.As(err, &denied):
+		switch denied.Reason {
+		case ReasonAgentMismatch:
+			return "agent_mismatch"
+		case ReasonUnknownSession:
+			return "unknown_session"
+		case ReasonMetadataMismatch:
+			return "metadata_mismatch"
+		case ReasonDigestMismatch:
+			return "digest_mismatch"
+		case ReasonClockBeforeEpoch:
+			return "clock_before_epoch"
+		}
+		return "access_denied"
+	case errors.Is(err, ErrInvalidSignature):
+		return "invalid_signature"
+	}
+	switch code := HTTPError(err).Code; code {
+	case CodeInvalidToken, CodeExpired, CodeLifetimeExceeded, CodeInvalidAgentID:
+		return code
+	case CodeStoreUnavailable:
+		return "store_error"
+	}
+	return "other"
+}

@@ -174,3 +174,29 @@ func TestHTTPErrorFromManager(t *testing.T) {
 		}
 	}
 }
+
+// FailureReason keeps the reasons clients are not told apart distinct for
+// metrics, and maps everything else onto a small fixed set.
+func TestFailureReason(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{&sessions.AccessDeniedError{Reason: sessions.ReasonDigestMismatch}, "digest_mismatch"},
+		{&sessions.AccessDeniedError{Reason: sessions.ReasonUnknownSession}, "unknown_session"},
+		{&sessions.AccessDeniedError{Reason: sessions.ReasonAgentMismatch}, "agent_mismatch"},
+		{&sessions.AccessDeniedError{Reason: "something new"}, "access_denied"},
+		{sessions.ErrInvalidSignature, "invalid_signature"},
+		{sessions.ErrInvalidTokenFormat, "invalid_token"},
+		{sessions.ErrSessionExpired, "expired"},
+		{sessions.ErrLifetimeExceeded, "lifetime_exceeded"},
+		{sessions.ErrInvalidAgentID, "invalid_agent_id"},
+		{&sessions.StoreError{Op: "get", Err: errors.New("down")}, "store_error"},
+		{sessions.ErrMissingToken, "other"},
+		{errors.New("anything else"), "other"},
+	} {
+		if got := sessions.FailureReason(c.err); got != c.want {
+			t.Errorf("FailureReason(%v) = %q, want %q", c.err, got, c.want)
+		}
+	}
+}

@@ -79,7 +79,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) {
 		return err
 	})
 	if err != nil {
-		s.met.authFailures.WithLabelValues(failureReason(err)).Inc()
+		s.met.authFailures.WithLabelValues(sessions.FailureReason(err)).Inc()
 		s.fail(w, r, err)
 		return
 	}
@@ -99,7 +99,7 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) {
 		return err
 	})
 	if err != nil {
-		s.met.authFailures.WithLabelValues(failureReason(err)).Inc()
+		s.met.authFailures.WithLabelValues(sessions.FailureReason(err)).Inc()
 		s.fail(w, r, err)
 		return
 	}
@@ -122,7 +122,7 @@ func (s *Server) revokeOthers(w http.ResponseWriter, r *http.Request) {
 		return err
 	})
 	if err != nil {
-		s.met.authFailures.WithLabelValues(failureReason(err)).Inc()
+		s.met.authFailures.WithLabelValues(sessions.FailureReason(err)).Inc()
 		s.fail(w, r, err)
 		return
 	}
@@ -279,37 +279,4 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", ra)
 	}
 	writeError(w, info.Status, info.Code, info.Message)
-}
-
-// failureReason is the auth_failures metric label for an authenticate or
-// refresh error: the table's code, refined where the metric tells apart
-// what clients are deliberately not told (which check failed), under the
-// metric's established label names.
-func failureReason(err error) string {
-	var denied *sessions.AccessDeniedError
-	switch {
-	case errors.As(err, &denied):
-		switch denied.Reason {
-		case sessions.ReasonAgentMismatch:
-			return "agent_mismatch"
-		case sessions.ReasonUnknownSession:
-			return "unknown_session"
-		case sessions.ReasonMetadataMismatch:
-			return "metadata_mismatch"
-		case sessions.ReasonDigestMismatch:
-			return "digest_mismatch"
-		case sessions.ReasonClockBeforeEpoch:
-			return "clock_before_epoch"
-		}
-		return "access_denied"
-	case errors.Is(err, sessions.ErrInvalidSignature):
-		return "invalid_signature"
-	}
-	switch code := sessions.HTTPError(err).Code; code {
-	case sessions.CodeInvalidToken, sessions.CodeExpired, sessions.CodeLifetimeExceeded, sessions.CodeInvalidAgentID:
-		return code
-	case sessions.CodeStoreUnavailable:
-		return "store_error"
-	}
-	return "other"
 }
