@@ -24,6 +24,7 @@ import (
 	"github.com/agentsessions/agentsessions/mcpsessions/gosdkauth"
 	"github.com/agentsessions/agentsessions/sessions"
 	"github.com/agentsessions/agentsessions/sessions/pgxstore"
+	"github.com/agentsessions/agentsessions/sessions/sessionstest"
 )
 
 // End-to-end, protocol 2026-07-28 (no Mcp-Session-Id, no initialize):
@@ -38,32 +39,6 @@ const (
 	agentE2E = "agent-bearer-e2e"
 )
 
-// countingStore counts the calls that reach the store under a manager.
-type countingStore struct {
-	sessions.Store
-	calls atomic.Int64
-}
-
-func (c *countingStore) Get(ctx context.Context, id string) (sessions.Session, bool, error) {
-	c.calls.Add(1)
-	return c.Store.Get(ctx, id)
-}
-
-func (c *countingStore) Delete(ctx context.Context, id string) (bool, error) {
-	c.calls.Add(1)
-	return c.Store.Delete(ctx, id)
-}
-
-func (c *countingStore) DeleteExpired(ctx context.Context, id, digest string, now time.Time) error {
-	c.calls.Add(1)
-	return c.Store.DeleteExpired(ctx, id, digest, now)
-}
-
-func (c *countingStore) Insert(ctx context.Context, s sessions.Session, req sessions.InsertRequest) (sessions.InsertResult, error) {
-	c.calls.Add(1)
-	return c.Store.Insert(ctx, s, req)
-}
-
 // bearerInstance is one MCP server instance: its own pool, store and
 // manager (same secret as every other) on the shared schema, an MCP server
 // of one SDK behind that SDK's bearer middleware, and a loopback HTTP
@@ -73,7 +48,7 @@ type bearerInstance struct {
 	sdk     string
 	pool    *pgxpool.Pool
 	store   *pgxstore.Store
-	counted *countingStore
+	counted *sessionstest.CountingStore
 	mgr     *sessions.Manager
 	srv     *httptest.Server
 	onError atomic.Int32 // calls of the middleware's OnError
@@ -93,7 +68,7 @@ func startBearerInstance(t *testing.T, db *testDB, name, sdk string, cache bool)
 		t.Fatal(err)
 	}
 	in.store = store
-	in.counted = &countingStore{Store: store}
+	in.counted = &sessionstest.CountingStore{Store: store}
 	in.mgr, err = sessions.New(in.counted, sessions.Config{Secret: testSecret, TTL: time.Hour, Limit: 5})
 	if err != nil {
 		t.Fatal(err)
@@ -540,7 +515,7 @@ func TestBearerE2EBadTokensAre401(t *testing.T) {
 
 	for _, in := range c.all() {
 		for name, tok := range forged {
-			before := in.counted.calls.Load()
+			before := in.counted.Calls()
 			rt := (&bearerRouter{token: tok}).to(in)
 			if _, err := connect(t, in.sdk, rt); err == nil {
 				t.Fatalf("%s: a client with a %s token connected", in.name, name)
@@ -548,7 +523,7 @@ func TestBearerE2EBadTokensAre401(t *testing.T) {
 			for _, ex := range rt.exchanges() {
 				wantInvalidToken(t, ex)
 			}
-			if n := in.counted.calls.Load() - before; n != 0 {
+			if n := in.counted.Calls() - before; n != 0 {
 				t.Fatalf("%s: a %s token cost %d store calls, want 0", in.name, name, n)
 			}
 		}

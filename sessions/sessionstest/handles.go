@@ -17,9 +17,9 @@ var handleKinds = []sessions.HandleKind{
 	{Name: "browser", TTL: time.Minute, Limit: 1, Policy: sessions.PolicyEvictOldest, MaxLifetime: 150 * time.Second},
 }
 
-func newHandles(t *testing.T, store sessions.Store) (*sessions.Handles, *sessions.Manager, *Clock, *countingStore) {
+func newHandles(t *testing.T, store sessions.Store) (*sessions.Handles, *sessions.Manager, *Clock, *CountingStore) {
 	t.Helper()
-	cs := &countingStore{Store: store}
+	cs := &CountingStore{Store: store}
 	clock := NewClock(1_700_000_000)
 	m := NewManager(t, capable{cs, store}, clock, nil)
 	h, err := sessions.NewHandles(m, handleKinds...)
@@ -32,7 +32,7 @@ func newHandles(t *testing.T, store sessions.Store) (*sessions.Handles, *session
 // capable counts the Store calls and passes the optional capabilities of
 // the wrapped store through.
 type capable struct {
-	*countingStore
+	*CountingStore
 	all sessions.Store
 }
 
@@ -111,7 +111,7 @@ func runHandles(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 	t.Run("NotDiscoverableByAnotherPrincipal", func(t *testing.T) {
 		h, _, _, cs := newHandles(t, newStore(t))
 		b := mustCreate(t, h, agent, "basket")
-		before := cs.calls.Load()
+		before := cs.Calls()
 		// The same handle with its MAC's last character changed.
 		last := "A"
 		if strings.HasSuffix(b.Handle, "A") {
@@ -130,7 +130,7 @@ func runHandles(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 				t.Errorf("%s: %v, want ErrUnknownHandle like an unknown handle", name, err)
 			}
 		}
-		if n := cs.calls.Load() - before; n != 0 {
+		if n := cs.Calls() - before; n != 0 {
 			t.Fatalf("%d store calls for handles that could not be the caller's; want none", n)
 		}
 		if ok, err := h.Destroy(ctx, other, "basket", b.Handle); err != nil || ok {

@@ -97,25 +97,31 @@ func SeqIDs(prefix string) func() (string, error) {
 	return func() (string, error) { return fmt.Sprintf("%s-%d", prefix, n.Add(1)), nil }
 }
 
-// countingStore counts calls, to show which checks need no store.
-type countingStore struct {
+// CountingStore counts the calls that reach the Store it wraps, to show
+// which checks need no store (forged tokens, handles of another
+// principal). It hides the wrapped store's optional capabilities.
+type CountingStore struct {
 	sessions.Store
 	calls atomic.Int64
 }
 
-func (c *countingStore) Get(ctx context.Context, id string) (sessions.Session, bool, error) {
+// Calls is how many Store calls have reached the wrapped store.
+func (c *CountingStore) Calls() int64 { return c.calls.Load() }
+
+// Get, Delete, DeleteExpired and Insert count the call and pass it on.
+func (c *CountingStore) Get(ctx context.Context, id string) (sessions.Session, bool, error) {
 	c.calls.Add(1)
 	return c.Store.Get(ctx, id)
 }
-func (c *countingStore) Delete(ctx context.Context, id string) (bool, error) {
+func (c *CountingStore) Delete(ctx context.Context, id string) (bool, error) {
 	c.calls.Add(1)
 	return c.Store.Delete(ctx, id)
 }
-func (c *countingStore) DeleteExpired(ctx context.Context, id, digest string, now time.Time) error {
+func (c *CountingStore) DeleteExpired(ctx context.Context, id, digest string, now time.Time) error {
 	c.calls.Add(1)
 	return c.Store.DeleteExpired(ctx, id, digest, now)
 }
-func (c *countingStore) Insert(ctx context.Context, s sessions.Session, req sessions.InsertRequest) (sessions.InsertResult, error) {
+func (c *CountingStore) Insert(ctx context.Context, s sessions.Session, req sessions.InsertRequest) (sessions.InsertResult, error) {
 	c.calls.Add(1)
 	return c.Store.Insert(ctx, s, req)
 }
@@ -289,13 +295,13 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 	})
 
 	t.Run("AgentMismatch", func(t *testing.T) {
-		cs := &countingStore{Store: newStore(t)}
+		cs := &CountingStore{Store: newStore(t)}
 		e := NewEnv(t, cs, 1)
 		iss := MustIssue(t, e.Manager, agent)
-		before := cs.calls.Load()
+		before := cs.Calls()
 		_, err := e.Manager.Authenticate(ctx, iss.Token, other)
 		WantDenied(t, err, sessions.ReasonAgentMismatch)
-		if cs.calls.Load() != before {
+		if cs.Calls() != before {
 			t.Fatal("agent mismatch reached the store")
 		}
 	})
@@ -327,7 +333,7 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 	})
 
 	t.Run("ForgedTokenNeverReachesStore", func(t *testing.T) {
-		cs := &countingStore{Store: newStore(t)}
+		cs := &CountingStore{Store: newStore(t)}
 		e := NewEnv(t, cs, 1)
 		iss := MustIssue(t, e.Manager, agent)
 		forger, _ := sessions.New(sessions.NewMemoryStore(), sessions.Config{
@@ -335,20 +341,20 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 			NewID: func() (string, error) { return iss.Session.ID, nil },
 		})
 		forged := MustIssue(t, forger, agent)
-		before := cs.calls.Load()
+		before := cs.Calls()
 		if _, err := e.Manager.Authenticate(ctx, forged.Token, agent); !errors.Is(err, sessions.ErrInvalidSignature) {
 			t.Fatalf("forged token: %v", err)
 		}
-		if cs.calls.Load() != before {
+		if cs.Calls() != before {
 			t.Fatal("forged token reached the store")
 		}
 	})
 
 	t.Run("InvalidAgentIDs", func(t *testing.T) {
-		cs := &countingStore{Store: newStore(t)}
+		cs := &CountingStore{Store: newStore(t)}
 		e := NewEnv(t, cs, 1)
 		iss := MustIssue(t, e.Manager, agent)
-		before := cs.calls.Load()
+		before := cs.Calls()
 		for name, id := range map[string]string{
 			"empty": "", "too long": strings.Repeat("a", sessions.MaxAgentIDLength+1),
 			"invalid utf-8": "did:\xff", "NUL": "did:a\x00b", "newline": "did:a\nb",
@@ -360,7 +366,7 @@ func runContract(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 				t.Errorf("authenticate %s: %v", name, err)
 			}
 		}
-		if cs.calls.Load() != before {
+		if cs.Calls() != before {
 			t.Fatal("invalid agent ids reached the store")
 		}
 		maxID := fmt.Sprintf("%0*d", sessions.MaxAgentIDLength, 7)
