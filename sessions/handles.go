@@ -12,6 +12,7 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -418,14 +419,11 @@ func (h *Handles) refresh(ctx context.Context, principal, kind, handle string) (
 		return h.resolveLive(ctx, principal, kind, handle) // deletes it and says expired
 	}
 	k := h.kinds[kind]
-	cur := uint64(s.ExpiresAt.Unix())
-	issued := uint64(max(s.IssuedAt.Unix(), 0))
-	limit := min(issued+min(uint64(k.MaxLifetime/time.Second), maxExpiry-issued), maxExpiry)
-	if cur >= limit {
+	exp, slid := slidExpiry(s, now, uint64(k.TTL/time.Second), uint64(k.MaxLifetime/time.Second))
+	if !slid {
 		return Handle{}, fmt.Errorf("%w: the %s handle expires at the end of its %s lifetime", ErrLifetimeExceeded, kind, k.MaxLifetime)
 	}
-	exp := max(cur, min(now+min(uint64(k.TTL/time.Second), maxExpiry-now), limit))
-	if exp == cur {
+	if exp == uint64(s.ExpiresAt.Unix()) {
 		return handleOf(s, handle), nil
 	}
 	ok, err := h.m.store.(RefreshStore).Extend(ctx, s.ID, s.TokenDigest, unixTime(exp), s.TokenDigest, unixTime(now))
@@ -487,8 +485,8 @@ func (h *Handles) DeleteLimit(ctx context.Context, principal, kind string) (bool
 // ListLimits returns every per-principal override of kind, ordered by
 // principal.
 func (h *Handles) ListLimits(ctx context.Context, kind string) ([]AgentLimitOverride, error) {
-	if _, ok := h.kinds[kind]; !ok {
-		return nil, &ConfigError{Field: "kind", Reason: fmt.Sprintf("%q is not a kind these Handles were given", kind)}
+	if _, err := h.configured(kind); err != nil {
+		return nil, err
 	}
 	out, err := h.m.store.(LimitStore).AgentLimits(ctx, kind)
 	if err != nil {
@@ -500,15 +498,7 @@ func (h *Handles) ListLimits(ctx context.Context, kind string) ([]AgentLimitOver
 // Kinds returns the configured kinds, by name.
 func (h *Handles) Kinds() []HandleKind {
 	out := slices.Collect(maps.Values(h.kinds))
-	slices.SortFunc(out, func(a, b HandleKind) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b HandleKind) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -522,10 +512,17 @@ func (h *Handles) start(ctx context.Context, name, principal, kind string) (cont
 	return h.m.obs.start(ctx, name, kind, principal)
 }
 
+// kind checks principal and returns kind's configuration.
 func (h *Handles) kind(principal, kind string) (HandleKind, error) {
 	if err := ValidateAgentID(principal); err != nil {
 		return HandleKind{}, err
 	}
+	return h.configured(kind)
+}
+
+// configured returns kind's configuration, or an error matching
+// ErrInvalidConfig when these Handles were not given it.
+func (h *Handles) configured(kind string) (HandleKind, error) {
 	k, ok := h.kinds[kind]
 	if !ok {
 		return HandleKind{}, &ConfigError{Field: "kind", Reason: fmt.Sprintf("%q is not a kind these Handles were given", kind)}

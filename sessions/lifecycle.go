@@ -159,13 +159,25 @@ func (m *Manager) refresh(ctx context.Context, token, agentID string) (Issued, e
 // refreshedExpiry returns min(now+TTL, IssuedAt+MaxLifetime), never less
 // than the current expiry.
 func (m *Manager) refreshedExpiry(s Session, now uint64) (uint64, error) {
-	cur := uint64(s.ExpiresAt.Unix())
-	issued := uint64(max(s.IssuedAt.Unix(), 0))
-	limit := min(issued+min(m.maxLifetime, maxExpiry-issued), maxExpiry)
-	if cur >= limit {
+	exp, ok := slidExpiry(s, now, m.ttl, m.maxLifetime)
+	if !ok {
 		return 0, fmt.Errorf("%w: session %s expires at the end of its %s lifetime", ErrLifetimeExceeded, s.ID, m.cfg.MaxLifetime)
 	}
-	return max(cur, min(now+min(m.ttl, maxExpiry-now), limit)), nil
+	return exp, nil
+}
+
+// slidExpiry is the expiry a refresh at now gives s: min(now+ttl,
+// IssuedAt+maxLifetime) in whole seconds, never before its current
+// expiry nor past maxExpiry. ok is false when s already expires at the
+// end of its lifetime.
+func slidExpiry(s Session, now, ttl, maxLifetime uint64) (exp uint64, ok bool) {
+	cur := uint64(s.ExpiresAt.Unix())
+	issued := uint64(max(s.IssuedAt.Unix(), 0))
+	limit := min(issued+min(maxLifetime, maxExpiry-issued), maxExpiry)
+	if cur >= limit {
+		return 0, false
+	}
+	return max(cur, min(now+min(ttl, maxExpiry-now), limit)), true
 }
 
 // AgentLimit is an agent's effective session limit.
