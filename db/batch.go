@@ -17,7 +17,7 @@ var (
 )
 
 const getSessionBatch = `-- name: GetSessionBatch :batchone
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind, last_used_at
 FROM agent_sessions
 WHERE id = $1
 `
@@ -61,6 +61,7 @@ func (b *GetSessionBatchBatchResults) QueryRow(f func(int, AgentSession, error))
 			&i.TokenDigest,
 			&i.Metadata,
 			&i.Kind,
+			&i.LastUsedAt,
 		)
 		if f != nil {
 			f(t, i, err)

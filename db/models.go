@@ -6,6 +6,8 @@ package db
 
 import (
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 type AgentLimit struct {
@@ -23,6 +25,7 @@ type AgentSession struct {
 	TokenDigest string
 	Metadata    []byte
 	Kind        string
+	LastUsedAt  pgtype.Timestamptz
 }
 
 type AgentSessionCount struct {

@@ -72,6 +72,49 @@ func (q *Queries) DeleteExpiredBatch(ctx context.Context, arg DeleteExpiredBatch
 	return count, err
 }
 
+const deleteIdleBatch = `-- name: DeleteIdleBatch :one
+WITH gone AS (
+    DELETE FROM agent_sessions AS target
+    WHERE target.kind = 'session'
+      AND coalesce(target.last_used_at, target.issued_at) <= $1::timestamptz
+      AND target.id IN (
+        SELECT idle.id FROM agent_sessions AS idle
+        WHERE idle.kind = 'session' AND coalesce(idle.last_used_at, idle.issued_at) <= $1::timestamptz
+        LIMIT $2
+    )
+    RETURNING target.agent_id, target.kind
+),
+per_agent AS (
+    SELECT agent_id, kind, count(*) AS n FROM gone GROUP BY agent_id, kind
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - per_agent.n, 0)::integer,
+        oldest_expiry = CASE WHEN c.stored <= per_agent.n THEN 'infinity'::timestamptz ELSE c.oldest_expiry END
+    FROM per_agent
+    WHERE c.agent_id = per_agent.agent_id AND c.kind = per_agent.kind
+)
+SELECT count(*) FROM gone
+`
+
+type DeleteIdleBatchParams struct {
+	Cutoff    time.Time
+	BatchSize int32
+}
+
+// The pruner's pass over idle agent sessions (PruneConfig.IdleTimeout): at
+// most batch_size rows whose last use is at or before cutoff. Last use is
+// not indexed (so that writing it is a HOT update), so each batch scans
+// the table until it has found its rows. As in DeleteExpiredBatch, the
+// outer DELETE repeats the predicate: a row touched while the batch
+// waited for it is re-checked against its new last use and survives.
+func (q *Queries) DeleteIdleBatch(ctx context.Context, arg DeleteIdleBatchParams) (int64, error) {
+	row := q.db.QueryRow(ctx, deleteIdleBatch, arg.Cutoff, arg.BatchSize)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
+}
+
 const tryAdvisoryLock = `-- name: TryAdvisoryLock :one
 SELECT pg_try_advisory_lock($1::bigint)
 `

@@ -187,7 +187,7 @@ func (q *Queries) ExtendSession(ctx context.Context, arg ExtendSessionParams) (i
 }
 
 const getSession = `-- name: GetSession :one
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind, last_used_at
 FROM agent_sessions
 WHERE id = $1
 `
@@ -203,6 +203,7 @@ func (q *Queries) GetSession(ctx context.Context, id string) (AgentSession, erro
 		&i.TokenDigest,
 		&i.Metadata,
 		&i.Kind,
+		&i.LastUsedAt,
 	)
 	return i, err
 }
@@ -224,12 +225,14 @@ mode AS (
 pruned AS (
     DELETE FROM agent_sessions p
     WHERE (SELECT known AND NOT fast FROM mode)
-      AND p.agent_id = $1::text AND p.kind = $2::text AND p.expires_at <= $4::timestamptz
+      AND p.agent_id = $1::text AND p.kind = $2::text
+      AND (p.expires_at <= $4::timestamptz OR coalesce(p.last_used_at, p.issued_at) <= $5::timestamptz)
 ),
 scanned AS (
     SELECT count(*) AS n, min(l.expires_at) AS oldest FROM agent_sessions l
     WHERE (SELECT known AND NOT fast FROM mode)
       AND l.agent_id = $1::text AND l.kind = $2::text AND l.expires_at > $4::timestamptz
+      AND coalesce(l.last_used_at, l.issued_at) > $5::timestamptz
 ),
 live AS (
     SELECT CASE WHEN (SELECT fast FROM mode) THEN (SELECT stored FROM cnt) ELSE (SELECT n FROM scanned) END AS n
@@ -240,21 +243,24 @@ evicted AS (
     -- concurrent transaction fails the statement with 40001 (and a
     -- rerun) instead of being re-checked against the new version.
     DELETE FROM agent_sessions e
-    WHERE $5::boolean AND (SELECT known AND NOT fast FROM mode)
+    WHERE $6::boolean AND (SELECT known AND NOT fast FROM mode)
       AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
         SELECT s.id FROM agent_sessions s
         WHERE s.agent_id = $1::text AND s.kind = $2::text AND s.expires_at > $4::timestamptz
-        ORDER BY s.issued_at, s.id
+          AND coalesce(s.last_used_at, s.issued_at) > $5::timestamptz
+        -- evict-oldest: by issue time; evict-least-recently-used: by
+        -- last use first. The ID breaks ties (whole seconds) for both.
+        ORDER BY CASE WHEN $7::boolean THEN coalesce(s.last_used_at, s.issued_at) END, s.issued_at, s.id
         LIMIT greatest(0, (SELECT n FROM live) - (SELECT n FROM lim) + 1)
     )
     RETURNING e.id
 ),
 inserted AS (
     INSERT INTO agent_sessions (id, agent_id, kind, issued_at, expires_at, token_digest, metadata)
-    SELECT $6::text, $1::text, $2::text, $7::timestamptz, $8::timestamptz,
-           $9::text, $10::jsonb
+    SELECT $8::text, $1::text, $2::text, $9::timestamptz, $10::timestamptz,
+           $11::text, $12::jsonb
     WHERE (SELECT known FROM mode)
-      AND ($5::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
+      AND ($6::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
       AND current_setting('transaction_isolation') = 'serializable'
     RETURNING agent_sessions.expires_at
 ),
@@ -290,7 +296,9 @@ type IssueSessionParams struct {
 	Kind         string
 	DefaultLimit int32
 	Now          time.Time
+	IdleCutoff   time.Time
 	Evict        bool
+	Lru          bool
 	ID           string
 	IssuedAt     time.Time
 	ExpiresAt    time.Time
@@ -314,9 +322,16 @@ type IssueSessionRow struct {
 //     agent's session rows are not read at all; the only predicate lock is
 //     on the count row. Insert the session and bump the count.
 //   - otherwise (at the limit, or rows may have expired): prune the agent's
-//     expired rows, count its live ones, evict the oldest (evict-oldest
-//     policy only) and insert if there is room; then rewrite the count row
-//     from what was found, so a count that drifted high heals.
+//     expired and idle rows, count its live ones, evict the oldest or the
+//     least recently used (evict policies only) and insert if there is
+//     room; then rewrite the count row from what was found, so a count
+//     that drifted high heals.
+//
+// A row is idle when its last use (last_used_at, else issued_at) is at or
+// before idle_cutoff: now minus the idle timeout, '-infinity' when there
+// is none. The fast path ignores idleness, and need not look: it inserts
+// only below the limit, and idle rows only make the true live count
+// smaller still.
 //
 // The (SELECT ... FROM mode) conditions become one-time filters: when
 // false, PostgreSQL never starts the scan under them. With no count row
@@ -331,7 +346,9 @@ func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (Iss
 		arg.Kind,
 		arg.DefaultLimit,
 		arg.Now,
+		arg.IdleCutoff,
 		arg.Evict,
+		arg.Lru,
 		arg.ID,
 		arg.IssuedAt,
 		arg.ExpiresAt,
@@ -350,7 +367,7 @@ func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (Iss
 }
 
 const listAgentSessions = `-- name: ListAgentSessions :many
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind, last_used_at
 FROM agent_sessions
 WHERE agent_id = $1 AND kind = $2 AND expires_at > $3
 ORDER BY issued_at, id
@@ -379,6 +396,7 @@ func (q *Queries) ListAgentSessions(ctx context.Context, arg ListAgentSessionsPa
 			&i.TokenDigest,
 			&i.Metadata,
 			&i.Kind,
+			&i.LastUsedAt,
 		); err != nil {
 			return nil, err
 		}

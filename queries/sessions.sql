@@ -1,12 +1,12 @@
 -- name: GetSession :one
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind, last_used_at
 FROM agent_sessions
 WHERE id = $1;
 
 -- name: GetSessionBatch :batchone
 -- GetSession for lookups that arrived together (sessions/lookups.go): one
 -- pipelined round trip for all of them, each its own primary-key lookup.
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind, last_used_at
 FROM agent_sessions
 WHERE id = $1;
 
@@ -47,7 +47,7 @@ counted AS (
 SELECT count(*) FROM gone;
 
 -- name: ListAgentSessions :many
-SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind
+SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind, last_used_at
 FROM agent_sessions
 WHERE agent_id = @agent_id AND kind = @kind AND expires_at > @now
 ORDER BY issued_at, id;
@@ -118,9 +118,16 @@ ON CONFLICT (agent_id, kind) DO NOTHING;
 --     agent's session rows are not read at all; the only predicate lock is
 --     on the count row. Insert the session and bump the count.
 --   - otherwise (at the limit, or rows may have expired): prune the agent's
---     expired rows, count its live ones, evict the oldest (evict-oldest
---     policy only) and insert if there is room; then rewrite the count row
---     from what was found, so a count that drifted high heals.
+--     expired and idle rows, count its live ones, evict the oldest or the
+--     least recently used (evict policies only) and insert if there is
+--     room; then rewrite the count row from what was found, so a count
+--     that drifted high heals.
+--
+-- A row is idle when its last use (last_used_at, else issued_at) is at or
+-- before idle_cutoff: now minus the idle timeout, '-infinity' when there
+-- is none. The fast path ignores idleness, and need not look: it inserts
+-- only below the limit, and idle rows only make the true live count
+-- smaller still.
 --
 -- The (SELECT ... FROM mode) conditions become one-time filters: when
 -- false, PostgreSQL never starts the scan under them. With no count row
@@ -145,12 +152,14 @@ mode AS (
 pruned AS (
     DELETE FROM agent_sessions p
     WHERE (SELECT known AND NOT fast FROM mode)
-      AND p.agent_id = @agent_id::text AND p.kind = @kind::text AND p.expires_at <= @now::timestamptz
+      AND p.agent_id = @agent_id::text AND p.kind = @kind::text
+      AND (p.expires_at <= @now::timestamptz OR coalesce(p.last_used_at, p.issued_at) <= @idle_cutoff::timestamptz)
 ),
 scanned AS (
     SELECT count(*) AS n, min(l.expires_at) AS oldest FROM agent_sessions l
     WHERE (SELECT known AND NOT fast FROM mode)
       AND l.agent_id = @agent_id::text AND l.kind = @kind::text AND l.expires_at > @now::timestamptz
+      AND coalesce(l.last_used_at, l.issued_at) > @idle_cutoff::timestamptz
 ),
 live AS (
     SELECT CASE WHEN (SELECT fast FROM mode) THEN (SELECT stored FROM cnt) ELSE (SELECT n FROM scanned) END AS n
@@ -165,7 +174,10 @@ evicted AS (
       AND current_setting('transaction_isolation') = 'serializable' AND e.id IN (
         SELECT s.id FROM agent_sessions s
         WHERE s.agent_id = @agent_id::text AND s.kind = @kind::text AND s.expires_at > @now::timestamptz
-        ORDER BY s.issued_at, s.id
+          AND coalesce(s.last_used_at, s.issued_at) > @idle_cutoff::timestamptz
+        -- evict-oldest: by issue time; evict-least-recently-used: by
+        -- last use first. The ID breaks ties (whole seconds) for both.
+        ORDER BY CASE WHEN @lru::boolean THEN coalesce(s.last_used_at, s.issued_at) END, s.issued_at, s.id
         LIMIT greatest(0, (SELECT n FROM live) - (SELECT n FROM lim) + 1)
     )
     RETURNING e.id

@@ -40,6 +40,12 @@ const (
 	// Issue times are whole seconds (as in the token), so among sessions
 	// issued in the same second the one with the smallest ID goes first.
 	PolicyEvictOldest
+	// PolicyEvictLeastRecentlyUsed is PolicyEvictOldest ordered by last
+	// use instead of issue time: it revokes the session(s) unused for the
+	// longest (Keycloak's "terminate oldest" by last access). Last use is
+	// known to within [Config.LastUseInterval]; ties go to the earlier
+	// issued, then the smaller ID. It needs a [TouchStore].
+	PolicyEvictLeastRecentlyUsed
 )
 
 // String returns the policy's name as [ParseLimitPolicy] accepts it.
@@ -49,20 +55,28 @@ func (p LimitPolicy) String() string {
 		return "reject"
 	case PolicyEvictOldest:
 		return "evict-oldest"
+	case PolicyEvictLeastRecentlyUsed:
+		return "evict-least-recently-used"
 	}
 	return fmt.Sprintf("LimitPolicy(%d)", int(p))
 }
 
-// ParseLimitPolicy returns the policy named "reject" or "evict-oldest".
+// ParseLimitPolicy returns the policy named "reject", "evict-oldest" or
+// "evict-least-recently-used".
 func ParseLimitPolicy(name string) (LimitPolicy, error) {
-	switch name {
-	case "reject":
-		return PolicyReject, nil
-	case "evict-oldest":
-		return PolicyEvictOldest, nil
+	for _, p := range []LimitPolicy{PolicyReject, PolicyEvictOldest, PolicyEvictLeastRecentlyUsed} {
+		if name == p.String() {
+			return p, nil
+		}
 	}
-	return 0, &ConfigError{Field: "Policy", Reason: fmt.Sprintf("%q is not one of reject, evict-oldest", name)}
+	return 0, &ConfigError{Field: "Policy", Reason: fmt.Sprintf("%q is not one of reject, evict-oldest, evict-least-recently-used", name)}
 }
+
+// valid reports whether p is one of the policies above.
+func (p LimitPolicy) valid() bool { return p >= PolicyReject && p <= PolicyEvictLeastRecentlyUsed }
+
+// evicts reports whether p makes room by revoking sessions.
+func (p LimitPolicy) evicts() bool { return p == PolicyEvictOldest || p == PolicyEvictLeastRecentlyUsed }
 
 // maxExpiry is the latest expiry a session may have: 9999-12-31T23:59:59Z.
 // Both stores can represent it, and a clock or TTL that goes beyond it is a
@@ -137,6 +151,29 @@ type Config struct {
 	// PolicyReject, the reference's behaviour.
 	Policy LimitPolicy
 
+	// IdleTimeout, when set, expires a session that was not used
+	// (Authenticate, Verify, Refresh, RevokeOtherSessions) for that long,
+	// however far its token's expiry is: Authenticate refuses it with
+	// [ErrSessionIdle], which matches [ErrSessionExpired], and the limit
+	// check counts it as gone. Whole seconds, at least one. It needs a
+	// [TouchStore]. Default: 0, no idle timeout (the reference's
+	// behaviour).
+	//
+	// Uses are not written one by one: each manager collects them and
+	// writes them every LastUseInterval, so a session's last use is known
+	// to every instance to within LastUseInterval (plus the clock skew
+	// between instances, whose clocks time the uses). A session used only
+	// through one instance stays alive on all of them. Use the same value
+	// on every instance, and give pgxstore's pruner the same.
+	IdleTimeout time.Duration
+
+	// LastUseInterval is how often the manager writes the uses it has
+	// collected, when IdleTimeout or PolicyEvictLeastRecentlyUsed needs
+	// them. Default: IdleTimeout/10 (at least one second), or 10 seconds
+	// without an idle timeout. Call [Manager.Close] on shutdown so the
+	// last uses are written.
+	LastUseInterval time.Duration
+
 	// MaxLifetime bounds how long a session can live from issue, however
 	// often it is refreshed: Refresh never sets an expiry past IssuedAt +
 	// MaxLifetime. Must not be below TTL. Default: 24 hours, or TTL if
@@ -168,8 +205,16 @@ func (c *Config) validate() error {
 		return &ConfigError{Field: "Limit", Reason: "must be > 0"}
 	case c.MaxLifetime != 0 && c.MaxLifetime < c.TTL:
 		return &ConfigError{Field: "MaxLifetime", Reason: "must not be below TTL"}
-	case c.Policy != PolicyReject && c.Policy != PolicyEvictOldest:
+	case !c.Policy.valid():
 		return &ConfigError{Field: "Policy", Reason: fmt.Sprintf("unknown policy %d", c.Policy)}
+	case c.IdleTimeout < 0:
+		return &ConfigError{Field: "IdleTimeout", Reason: "must not be negative (0: no idle timeout)"}
+	case c.IdleTimeout > 0 && c.IdleTimeout < time.Second:
+		return &ConfigError{Field: "IdleTimeout", Reason: "must be at least 1s (uses are timed in whole seconds)"}
+	case c.LastUseInterval < 0:
+		return &ConfigError{Field: "LastUseInterval", Reason: "must not be negative"}
+	case c.IdleTimeout > 0 && c.LastUseInterval >= c.IdleTimeout:
+		return &ConfigError{Field: "LastUseInterval", Reason: "must be below IdleTimeout, or other instances would see sessions in use as idle"}
 	}
 	for i, v := range c.VerifySecrets {
 		if len(v) == 0 {
@@ -193,6 +238,16 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now
+	}
+	c.IdleTimeout = c.IdleTimeout.Truncate(time.Second)
+	if c.LastUseInterval == 0 {
+		c.LastUseInterval = 10 * time.Second
+		if c.IdleTimeout > 0 {
+			c.LastUseInterval = max(c.IdleTimeout/10, time.Second)
+			if c.LastUseInterval >= c.IdleTimeout {
+				c.LastUseInterval = c.IdleTimeout / 2 // a 1s idle timeout
+			}
+		}
 	}
 	if c.NewID == nil {
 		c.NewID = randomID

@@ -51,6 +51,11 @@ var (
 	ErrLifetimeExceeded = errors.New("sessions: session lifetime exceeded")
 )
 
+// ErrSessionIdle: the session was not used for [Config.IdleTimeout]. It
+// matches [ErrSessionExpired] (the agent needs a new session, as after
+// any expiry) and says why in its text.
+var ErrSessionIdle = fmt.Errorf("%w: not used for its idle timeout", ErrSessionExpired)
+
 // ConfigError describes a rejected configuration field.
 type ConfigError struct {
 	Field  string

@@ -68,7 +68,11 @@ type HandleKind struct {
 
 	// Policy is what Create does at the limit: PolicyReject (the
 	// default) refuses with a [LimitError]; PolicyEvictOldest destroys
-	// the principal's oldest handles of the kind to make room.
+	// the principal's oldest handles of the kind to make room, and
+	// PolicyEvictLeastRecentlyUsed the least recently resolved ones (the
+	// manager's store must be a [TouchStore]; uses are written every
+	// Config.LastUseInterval). Handles have no idle timeout: they end
+	// at their expiry or when destroyed.
 	Policy LimitPolicy
 
 	// MaxLifetime bounds how long a handle can live from creation however
@@ -86,7 +90,7 @@ func (k HandleKind) validate() error {
 		return &ConfigError{Field: field("TTL"), Reason: "must be at least 1s"}
 	case k.Limit < 1:
 		return &ConfigError{Field: field("Limit"), Reason: "must be > 0"}
-	case k.Policy != PolicyReject && k.Policy != PolicyEvictOldest:
+	case !k.Policy.valid():
 		return &ConfigError{Field: field("Policy"), Reason: fmt.Sprintf("unknown policy %d", k.Policy)}
 	case k.MaxLifetime != 0 && k.MaxLifetime < k.TTL:
 		return &ConfigError{Field: field("MaxLifetime"), Reason: "must not be below TTL"}
@@ -145,6 +149,10 @@ func NewHandles(m *Manager, kinds ...HandleKind) (*Handles, error) {
 		}
 		if _, dup := h.kinds[k.Name]; dup {
 			return nil, &ConfigError{Field: "kinds", Reason: fmt.Sprintf("kind %q is named twice", k.Name)}
+		}
+		if k.Policy == PolicyEvictLeastRecentlyUsed && m.uses == nil {
+			return nil, &ConfigError{Field: "HandleKind(" + k.Name + ").Policy", Reason: "evict-least-recently-used needs a store " +
+				"that implements sessions.TouchStore (MemoryStore and pgxstore.Store do)"}
 		}
 		if k.MaxLifetime == 0 {
 			k.MaxLifetime = max(DefaultMaxLifetime, k.TTL)
@@ -232,7 +240,7 @@ func (h *Handles) create(ctx context.Context, principal, kind string, opts []Iss
 	}
 	id := kind + "_" + b64.EncodeToString(rid[:])
 	handle := id + h.mac(h.keys[0], kind, principal, id)
-	s := Session{ID: id, AgentID: principal, Kind: kind, IssuedAt: unixTime(now), ExpiresAt: unixTime(now + ttl),
+	s := Session{ID: id, AgentID: principal, Kind: kind, IssuedAt: unixTime(now), LastUsedAt: unixTime(now), ExpiresAt: unixTime(now + ttl),
 		TokenDigest: tokenDigest(handle), Metadata: maps.Clone(o.metadata)}
 	res, err := h.m.store.Insert(ctx, s, InsertRequest{Limit: k.Limit, Policy: k.Policy, Now: unixTime(now)})
 	if err != nil {
@@ -274,6 +282,9 @@ func (h *Handles) resolveLive(ctx context.Context, principal, kind, handle strin
 			h.m.cfg.Logger.WarnContext(ctx, "sessions: deleting an expired handle failed; the pruner will", slog.Any("error", err))
 		}
 		return Handle{}, fmt.Errorf("%w: the %s handle expired at %s", ErrSessionExpired, kind, s.ExpiresAt.Format(time.RFC3339))
+	}
+	if h.kinds[kind].Policy == PolicyEvictLeastRecentlyUsed {
+		h.m.uses.use(s.ID, lastUse(s), now, 0)
 	}
 	return handleOf(s, handle), nil
 }

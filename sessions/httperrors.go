@@ -30,7 +30,8 @@ const (
 	// CodeInvalidToken (401): [ErrInvalidTokenFormat] or
 	// [ErrInvalidSignature], deliberately not told apart.
 	CodeInvalidToken = "invalid_token"
-	// CodeExpired (401): [ErrSessionExpired].
+	// CodeExpired (401): [ErrSessionExpired], [ErrSessionIdle] included
+	// (its message says idle).
 	CodeExpired = "expired"
 	// CodeLifetimeExceeded (401): [ErrLifetimeExceeded] (refresh only).
 	CodeLifetimeExceeded = "lifetime_exceeded"
@@ -150,6 +151,7 @@ func (e *RequestError) Error() string { return e.Message }
 const (
 	msgInvalidToken     = "the token is malformed or its signature is invalid"
 	msgExpired          = "the session has expired; issue a new one"
+	msgIdle             = "the session expired after its idle timeout without use; issue a new one"
 	msgLifetimeExceeded = "the session has reached its maximum lifetime and cannot be refreshed; issue a new one"
 	msgUnauthorized     = "the session is unknown, revoked, or the token was superseded by a refresh"
 	msgUnknownHandle    = "no such handle: create one first, or use a handle this caller created"
@@ -219,6 +221,8 @@ func classify(err error) (code, msg string) {
 		return CodeMissingAgentID, userMessage(err)
 	case errors.Is(err, ErrInvalidTokenFormat), errors.Is(err, ErrInvalidSignature):
 		return CodeInvalidToken, msgInvalidToken
+	case errors.Is(err, ErrSessionIdle):
+		return CodeExpired, msgIdle
 	case errors.Is(err, ErrSessionExpired):
 		return CodeExpired, msgExpired
 	case errors.Is(err, ErrLifetimeExceeded):
@@ -255,7 +259,8 @@ func userMessage(err error) string {
 // from a small fixed set, so a metric never grows a label per message:
 // agent_mismatch, unknown_session, metadata_mismatch, digest_mismatch,
 // clock_before_epoch, access_denied, invalid_signature, invalid_token,
-// expired, lifetime_exceeded, invalid_agent_id, store_error, other.
+// expired, idle_timeout, lifetime_exceeded, invalid_agent_id, store_error,
+// other.
 func FailureReason(err error) string {
 	var denied *AccessDeniedError
 	switch {
@@ -275,6 +280,8 @@ func FailureReason(err error) string {
 		return "access_denied"
 	case errors.Is(err, ErrInvalidSignature):
 		return "invalid_signature"
+	case errors.Is(err, ErrSessionIdle):
+		return "idle_timeout"
 	}
 	switch code := HTTPError(err).Code; code {
 	case CodeInvalidToken, CodeExpired, CodeLifetimeExceeded, CodeInvalidAgentID:

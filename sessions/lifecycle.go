@@ -13,8 +13,8 @@ func unsupported(iface string) error {
 	return fmt.Errorf("%w: the store does not implement sessions.%s: %w", ErrInvalidConfig, iface, errors.ErrUnsupported)
 }
 
-// List returns the agent's live sessions (not its state handles), oldest
-// first: by issue time, which has whole-second resolution, then by ID. It
+// List returns the agent's live sessions (not its state handles; not
+// those an idle timeout ended), oldest first: by issue time, which has whole-second resolution, then by ID. It
 // needs an [AgentStore].
 func (m *Manager) List(ctx context.Context, agentID string) ([]Session, error) {
 	as, ok := m.store.(AgentStore)
@@ -32,7 +32,7 @@ func (m *Manager) List(ctx context.Context, agentID string) ([]Session, error) {
 	if err != nil {
 		return nil, storeErr("list", err)
 	}
-	return out, nil
+	return m.liveByUse(out, now), nil
 }
 
 // RevokeAgent revokes every session of the agent ("log out everywhere")

@@ -20,6 +20,10 @@ type Manager struct {
 	ttl         uint64   // whole seconds
 	maxLifetime uint64   // whole seconds
 	obs         observer
+
+	uses      *useLog // set when the store is a TouchStore
+	trackUses bool    // sessions' uses are recorded: IdleTimeout or PolicyEvictLeastRecentlyUsed
+	idle      uint64  // IdleTimeout in whole seconds, 0 for none
 }
 
 // Issued is a freshly issued (or refreshed) session and the token to hand
@@ -47,14 +51,23 @@ func New(store Store, cfg Config) (*Manager, error) {
 	}
 	cfg = cfg.withDefaults()
 	warnShortSecrets(cfg)
-	return &Manager{
+	m := &Manager{
 		store:       store,
 		cfg:         cfg,
 		verify:      cfg.verifySecrets(),
 		ttl:         uint64(cfg.TTL / time.Second),
 		maxLifetime: uint64(cfg.MaxLifetime / time.Second),
 		obs:         newObserver(cfg.Observer),
-	}, nil
+		trackUses:   cfg.IdleTimeout > 0 || cfg.Policy == PolicyEvictLeastRecentlyUsed,
+		idle:        uint64(cfg.IdleTimeout / time.Second),
+	}
+	if ts, ok := store.(TouchStore); ok {
+		m.uses = newUseLog(ts, cfg.LastUseInterval, cfg.Logger)
+	} else if m.trackUses {
+		return nil, &ConfigError{Field: "store", Reason: "does not implement sessions.TouchStore, which IdleTimeout and " +
+			"PolicyEvictLeastRecentlyUsed need to record last uses (MemoryStore and pgxstore.Store do)"}
+	}
+	return m, nil
 }
 
 // warnShortSecrets logs a warning for each secret shorter than
@@ -83,7 +96,8 @@ func warnShortSecrets(cfg Config) {
 // Issue creates a session for agentID and returns it with its token. At
 // the agent's limit (its override, else Config.Limit) it fails with a
 // [LimitError] under PolicyReject, and revokes the oldest sessions to make
-// room under PolicyEvictOldest. It fails with [ErrInvalidAgentID] for a
+// room under PolicyEvictOldest (PolicyEvictLeastRecentlyUsed: the least
+// recently used). It fails with [ErrInvalidAgentID] for a
 // malformed agent ID, [ErrInvalidMetadata] for bad [WithMetadata] input,
 // and a [StoreError] when the store fails. After a StoreError the session
 // is normally not stored; only if the connection broke while COMMIT was in
@@ -129,8 +143,8 @@ func (m *Manager) issue(ctx context.Context, agentID string, opts []IssueOption)
 	if m.ttl > maxExpiry-now {
 		return Issued{}, &ConfigError{Field: "TTL", Reason: "overflows the latest representable expiry (9999-12-31T23:59:59Z) at the current time"}
 	}
-	token, s := m.sign(Session{ID: sid, AgentID: agentID, Kind: KindSession, IssuedAt: unixTime(now), Metadata: maps.Clone(o.metadata)}, now+m.ttl)
-	res, err := m.store.Insert(ctx, s, InsertRequest{Limit: m.cfg.Limit, Policy: m.cfg.Policy, Now: unixTime(now)})
+	token, s := m.sign(Session{ID: sid, AgentID: agentID, Kind: KindSession, IssuedAt: unixTime(now), LastUsedAt: unixTime(now), Metadata: maps.Clone(o.metadata)}, now+m.ttl)
+	res, err := m.store.Insert(ctx, s, InsertRequest{Limit: m.cfg.Limit, Policy: m.cfg.Policy, Now: unixTime(now), IdleCutoff: m.idleCutoff(now)})
 	if err != nil {
 		m.cfg.Logger.WarnContext(ctx, "sessions: issue failed", slog.String("agent_id", agentID), slog.Any("error", err))
 		return Issued{}, storeErr("insert", err)
@@ -166,7 +180,9 @@ func (m *Manager) sign(s Session, exp uint64) (string, Session) {
 //     current one, so a stale token of a refreshed session deletes nothing);
 //  4. the session is in the store ([ReasonUnknownSession]) with the
 //     token's agent and expiry ([ReasonMetadataMismatch]) and the token's
-//     digest ([ReasonDigestMismatch], compared in constant time).
+//     digest ([ReasonDigestMismatch], compared in constant time);
+//  5. under Config.IdleTimeout, it was used within the timeout
+//     ([ErrSessionIdle]). The use is recorded (see Config.IdleTimeout).
 //
 // When the store fails the result is a [StoreError], never a session: it
 // fails closed.
@@ -243,6 +259,11 @@ func (m *Manager) authenticate(ctx context.Context, token string, agentID *strin
 	}
 	if subtle.ConstantTimeCompare([]byte(s.TokenDigest), []byte(tokenDigest(token))) != 1 {
 		return Session{}, 0, m.deny(ctx, ReasonDigestMismatch)
+	}
+	if m.trackUses {
+		if s, err = m.noteUse(ctx, s, now); err != nil {
+			return Session{}, 0, err
+		}
 	}
 	return s, now, nil
 }

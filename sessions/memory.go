@@ -12,7 +12,8 @@ import (
 // MemoryStore is a [Store] held in process memory, with the reference
 // implementation's semantics. It suits tests and single-instance services:
 // sessions are lost on restart and the limit holds only within the process.
-// It implements [AgentStore], [RefreshStore] and [LimitStore].
+// It implements [AgentStore], [RefreshStore], [LimitStore] and
+// [TouchStore].
 // The zero value is not usable; call [NewMemoryStore].
 type MemoryStore struct {
 	mu      sync.Mutex
@@ -30,6 +31,7 @@ var (
 	_ AgentStore   = (*MemoryStore)(nil)
 	_ RefreshStore = (*MemoryStore)(nil)
 	_ LimitStore   = (*MemoryStore)(nil)
+	_ TouchStore   = (*MemoryStore)(nil)
 )
 
 // NewMemoryStore returns an empty in-memory store.
@@ -88,9 +90,10 @@ func (m *MemoryStore) Insert(ctx context.Context, s Session, req InsertRequest) 
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	s.LastUsedAt = lastUsedAt(s)
 	key := keyOf(s)
 	for id := range m.byAgent[key] {
-		if !m.byID[id].ExpiresAt.After(req.Now) {
+		if old := m.byID[id]; !old.ExpiresAt.After(req.Now) || idleBy(old, req.IdleCutoff) {
 			m.deleteLocked(id)
 		}
 	}
@@ -102,10 +105,14 @@ func (m *MemoryStore) Insert(ctx context.Context, s Session, req InsertRequest) 
 		return InsertResult{}, &StoreError{Op: "insert", Err: ErrDuplicateSessionID}
 	}
 	if excess := len(m.byAgent[key]) - res.Limit + 1; excess > 0 {
-		if req.Policy != PolicyEvictOldest {
+		if !req.Policy.evicts() {
 			return res, nil
 		}
-		for _, old := range m.agentLocked(key, time.Time{})[:excess] {
+		victims := m.agentLocked(key, time.Time{})
+		if req.Policy == PolicyEvictLeastRecentlyUsed {
+			slices.SortStableFunc(victims, func(a, b Session) int { return a.LastUsedAt.Compare(b.LastUsedAt) })
+		}
+		for _, old := range victims[:excess] {
 			m.deleteLocked(old.ID)
 			res.Evicted = append(res.Evicted, old.ID)
 		}
@@ -212,6 +219,56 @@ func (m *MemoryStore) AgentLimits(ctx context.Context, kind string) ([]AgentLimi
 	}
 	slices.SortFunc(out, func(a, b AgentLimitOverride) int { return cmp.Compare(a.AgentID, b.AgentID) })
 	return out, nil
+}
+
+// Touch implements [TouchStore].
+func (m *MemoryStore) Touch(ctx context.Context, uses []Use) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, u := range uses {
+		if s, ok := m.byID[u.ID]; ok && u.At.After(s.LastUsedAt) {
+			s.LastUsedAt = u.At.UTC()
+			m.byID[u.ID] = s
+		}
+	}
+	return nil
+}
+
+// GetLatest implements [TouchStore]: this store has no cache, so it is Get.
+func (m *MemoryStore) GetLatest(ctx context.Context, id string) (Session, bool, error) {
+	return m.Get(ctx, id)
+}
+
+// PruneIdle deletes every agent session (kind [KindSession]) last used at
+// or before cutoff (now minus the idle timeout) and returns how many.
+// Insert prunes only the issuing agent's, like PruneExpired.
+func (m *MemoryStore) PruneIdle(cutoff time.Time) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for id, s := range m.byID {
+		if s.Kind == KindSession && idleBy(s, cutoff) {
+			m.deleteLocked(id)
+			n++
+		}
+	}
+	return n
+}
+
+// lastUsedAt is s.LastUsedAt, never before IssuedAt, as stores report it.
+func lastUsedAt(s Session) time.Time {
+	if s.LastUsedAt.Before(s.IssuedAt) {
+		return s.IssuedAt
+	}
+	return s.LastUsedAt
+}
+
+// idleBy: s was last used at or before cutoff; never when cutoff is zero.
+func idleBy(s Session, cutoff time.Time) bool {
+	return !cutoff.IsZero() && !lastUsedAt(s).After(cutoff)
 }
 
 // PruneExpired deletes every session that expired at or before now and

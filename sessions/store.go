@@ -20,6 +20,14 @@ type Session struct {
 	ExpiresAt   time.Time // whole seconds, UTC; the token's exp
 	TokenDigest string
 
+	// LastUsedAt is when the session was last used, as far as the store
+	// knows: IssuedAt until a use is recorded ([TouchStore]). Uses are
+	// recorded only while an idle timeout ([Config.IdleTimeout]) or
+	// least-recently-used eviction needs them, and in batches, so it may
+	// lag the latest use by up to [Config.LastUseInterval]. Whole
+	// seconds, UTC.
+	LastUsedAt time.Time
+
 	// Metadata is what the issuer attached with [WithMetadata]; nil when
 	// nothing was. It is descriptive only: nothing here is checked.
 	Metadata map[string]string
@@ -55,12 +63,17 @@ type Store interface {
 
 	// Insert, as one atomic step (a session whose ID is already stored is
 	// refused with an error matching [ErrDuplicateSessionID]): deletes the
-	// sessions of s.AgentID and s.Kind that expired at or before req.Now;
-	// finds the limit of that (agent, kind) (its override in a LimitStore,
-	// else req.Limit); if the agent holds that many sessions of the kind
-	// or more, either gives up (PolicyReject) or deletes the oldest (by
-	// IssuedAt, then ID) until one slot is free (PolicyEvictOldest); then
-	// inserts s. Sessions of other kinds are neither counted nor touched.
+	// sessions of s.AgentID and s.Kind that expired at or before req.Now,
+	// or went idle (last used at or before req.IdleCutoff); finds the
+	// limit of that (agent, kind) (its override in a LimitStore, else
+	// req.Limit); if the agent holds that many sessions of the kind or
+	// more, either gives up (PolicyReject) or deletes the oldest (by
+	// IssuedAt, then ID; PolicyEvictOldest) or the least recently used
+	// (by LastUsedAt, then IssuedAt, then ID;
+	// PolicyEvictLeastRecentlyUsed) until one slot is free; then inserts
+	// s. Sessions of other kinds are neither counted nor touched. A store
+	// that does not know a policy must treat it as PolicyReject, which
+	// never breaks the limit.
 	Insert(ctx context.Context, s Session, req InsertRequest) (InsertResult, error)
 }
 
@@ -69,6 +82,10 @@ type InsertRequest struct {
 	Limit  int         // the default limit, used when the agent has no override
 	Policy LimitPolicy // what to do at the limit
 	Now    time.Time   // the caller's clock: sessions expiring at or before it are dead
+
+	// IdleCutoff, when not zero, is Now minus the idle timeout: sessions
+	// last used at or before it are dead too.
+	IdleCutoff time.Time
 }
 
 // InsertResult reports what [Store.Insert] did.
@@ -122,4 +139,28 @@ type LimitStore interface {
 type AgentLimitOverride struct {
 	AgentID string
 	Limit   int
+}
+
+// TouchStore is a [Store] that records when sessions were last used, which
+// [Config.IdleTimeout] and [PolicyEvictLeastRecentlyUsed] need. The manager
+// collects uses in memory and hands them over in batches, so a store
+// writes once per batch, not once per Authenticate.
+type TouchStore interface {
+	// Touch raises each session's LastUsedAt to its use's time; a use
+	// older than what is stored changes nothing (batches of several
+	// instances may arrive in any order), and IDs not stored are skipped.
+	// It must be safe to repeat.
+	Touch(ctx context.Context, uses []Use) error
+
+	// GetLatest is Get without any cache in between, so the session's
+	// LastUsedAt includes every use written so far, by any instance. The
+	// manager calls it only for a session that looks idle by what it knows
+	// itself.
+	GetLatest(ctx context.Context, id string) (s Session, found bool, err error)
+}
+
+// Use is one recorded use of a session, for [TouchStore.Touch].
+type Use struct {
+	ID string
+	At time.Time // whole seconds, UTC
 }

@@ -240,6 +240,14 @@ func (c *sessionCache) get(id string) (sessions.Session, bool, fillTicket) {
 	return sessions.Session{}, false, t
 }
 
+// ticket is a fillTicket for a database read of id that bypasses get.
+func (c *sessionCache) ticket(id string) fillTicket {
+	sh := c.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return fillTicket{seq: sh.seq}
+}
+
 func (c *sessionCache) fill(s sessions.Session, t fillTicket) {
 	sh := c.shard(s.ID)
 	sh.mu.Lock()

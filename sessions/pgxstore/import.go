@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -17,7 +18,7 @@ import (
 // It checks no limit and evicts nothing, so the caller must not import
 // more sessions for an agent than its limit; and it is refused (a
 // StoreError) if any session's ID is already stored. Metadata is not
-// imported. It returns how many rows it stored.
+// imported; LastUsedAt is. It returns how many rows it stored.
 func (p *Store) Import(ctx context.Context, ss []sessions.Session) (n int64, err error) {
 	agents := make([]string, 0, len(ss))
 	for _, s := range ss {
@@ -33,11 +34,15 @@ func (p *Store) Import(ctx context.Context, ss []sessions.Session) (n int64, err
 				if kind == "" {
 					kind = sessions.KindSession
 				}
-				return []any{s.ID, s.AgentID, kind, s.IssuedAt, s.ExpiresAt, s.TokenDigest}, nil
+				var lastUsed *time.Time // NULL: last used when issued
+				if s.LastUsedAt.After(s.IssuedAt) {
+					lastUsed = &s.LastUsedAt
+				}
+				return []any{s.ID, s.AgentID, kind, s.IssuedAt, s.ExpiresAt, s.TokenDigest, lastUsed}, nil
 			})
 			var err error
 			n, err = tx.CopyFrom(ctx, pgx.Identifier{"agent_sessions"},
-				[]string{"id", "agent_id", "kind", "issued_at", "expires_at", "token_digest"}, src)
+				[]string{"id", "agent_id", "kind", "issued_at", "expires_at", "token_digest", "last_used_at"}, src)
 			if err != nil {
 				return fmt.Errorf("copy: %w", err)
 			}

@@ -33,6 +33,13 @@ type PruneConfig struct {
 	// should use different keys.
 	LockID int64
 
+	// IdleTimeout, when set, also deletes the agent sessions last used at
+	// or before Clock() minus it. Use the managers' Config.IdleTimeout.
+	// Last use is not indexed (writing it is then a HOT update), so each
+	// batch of idle rows scans the table until it has found them: a pass
+	// reads the whole table once when nothing is idle. Default: 0, none.
+	IdleTimeout time.Duration
+
 	// OnPrune, if set, is called by RunPruner after every pass.
 	OnPrune func(PruneResult, error)
 
@@ -43,7 +50,8 @@ type PruneConfig struct {
 
 // PruneResult reports one prune pass.
 type PruneResult struct {
-	Deleted int64 // expired rows removed
+	Deleted int64 // expired and idle rows removed
+	Idle    int64 // of Deleted, rows removed for being idle (IdleTimeout)
 	Batches int   // DELETE statements run
 	Skipped bool  // another session held the prune lock; nothing was done
 }
@@ -54,6 +62,8 @@ func (c PruneConfig) withDefaults() (PruneConfig, error) {
 		return c, &sessions.ConfigError{Field: "PruneConfig.BatchSize", Reason: "must be between 0 (default) and 1048576"}
 	case c.Interval < 0:
 		return c, &sessions.ConfigError{Field: "PruneConfig.Interval", Reason: "must not be negative"}
+	case c.IdleTimeout < 0:
+		return c, &sessions.ConfigError{Field: "PruneConfig.IdleTimeout", Reason: "must not be negative (0: none)"}
 	}
 	if c.BatchSize == 0 {
 		c.BatchSize = 1000
@@ -121,6 +131,22 @@ func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, er
 			return res, p.wrap(ctx, "prune", err)
 		}
 		res.Deleted += n
+		res.Batches++
+		if n < int64(cfg.BatchSize) {
+			break
+		}
+	}
+	if cfg.IdleTimeout <= 0 {
+		return res, nil
+	}
+	cutoff := now.Add(-cfg.IdleTimeout.Truncate(time.Second))
+	for {
+		n, err := q.DeleteIdleBatch(ctx, db.DeleteIdleBatchParams{Cutoff: cutoff, BatchSize: int32(cfg.BatchSize)})
+		if err != nil {
+			return res, p.wrap(ctx, "prune", err)
+		}
+		res.Deleted += n
+		res.Idle += n
 		res.Batches++
 		if n < int64(cfg.BatchSize) {
 			return res, nil

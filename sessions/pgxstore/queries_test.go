@@ -19,6 +19,9 @@ func TestQueriesKeepCountsInStep(t *testing.T) {
 		t.Fatalf("no queries found: %v", err)
 	}
 	writes := regexp.MustCompile(`(?i)\b(insert\s+into|update|delete\s+from)\s+agent_sessions\b`)
+	// The one exception: a statement whose only write sets last_used_at
+	// alone (migration 00006) adds and removes no row, so no count moves.
+	lastUseOnly := regexp.MustCompile(`(?is)^\s*update\s+agent_sessions\s+\w+\s+set\s+last_used_at\s*=\s*[\w.]+\s+from\b`)
 	comment := regexp.MustCompile(`--[^\n]*`)
 	writers := 0
 	for _, f := range files {
@@ -33,6 +36,9 @@ func TestQueriesKeepCountsInStep(t *testing.T) {
 				continue
 			}
 			writers++
+			if body := sql[strings.Index(sql, "\n"):]; lastUseOnly.MatchString(body) && len(writes.FindAllString(body, -1)) == 1 {
+				continue
+			}
 			if !strings.Contains(sql, "agent_session_counts") {
 				t.Errorf("%s: query %s writes agent_sessions but not agent_session_counts; "+
 					"update the agent's count row in the same statement", filepath.Base(f), name)

@@ -239,15 +239,20 @@ func sessionFromRow(row db.AgentSession) (sessions.Session, error) {
 	if err != nil {
 		return sessions.Session{}, err
 	}
-	return sessions.Session{
+	s := sessions.Session{
 		ID:          row.ID,
 		AgentID:     row.AgentID,
 		Kind:        row.Kind,
 		IssuedAt:    row.IssuedAt.UTC(),
 		ExpiresAt:   row.ExpiresAt.UTC(),
 		TokenDigest: row.TokenDigest,
+		LastUsedAt:  row.IssuedAt.UTC(), // NULL: never recorded
 		Metadata:    md,
-	}, nil
+	}
+	if row.LastUsedAt.Valid && row.LastUsedAt.Time.After(row.IssuedAt) {
+		s.LastUsedAt = row.LastUsedAt.Time.UTC()
+	}
+	return s, nil
 }
 
 // commitError marks a failure of COMMIT itself. A serialization failure

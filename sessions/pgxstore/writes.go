@@ -178,7 +178,9 @@ func (p *Store) insertStmt(ctx context.Context, s sessions.Session, md []byte, r
 		Kind:         s.Kind,
 		Now:          req.Now,
 		DefaultLimit: int32(min(req.Limit, math.MaxInt32)),
-		Evict:        req.Policy == sessions.PolicyEvictOldest,
+		Evict:        req.Policy == sessions.PolicyEvictOldest || req.Policy == sessions.PolicyEvictLeastRecentlyUsed,
+		Lru:          req.Policy == sessions.PolicyEvictLeastRecentlyUsed,
+		IdleCutoff:   req.IdleCutoff, // zero (year 1): nothing is idle
 		ID:           s.ID,
 		IssuedAt:     s.IssuedAt,
 		ExpiresAt:    s.ExpiresAt,
