@@ -76,7 +76,9 @@ func ParseLimitPolicy(name string) (LimitPolicy, error) {
 func (p LimitPolicy) valid() bool { return p >= PolicyReject && p <= PolicyEvictLeastRecentlyUsed }
 
 // evicts reports whether p makes room by revoking sessions.
-func (p LimitPolicy) evicts() bool { return p == PolicyEvictOldest || p == PolicyEvictLeastRecentlyUsed }
+func (p LimitPolicy) evicts() bool {
+	return p == PolicyEvictOldest || p == PolicyEvictLeastRecentlyUsed
+}
 
 // maxExpiry is the latest expiry a session may have: 9999-12-31T23:59:59Z.
 // Both stores can represent it, and a clock or TTL that goes beyond it is a
