@@ -10,7 +10,8 @@
 // Every check goes through a [sessions.Manager] with a fake clock, so it
 // tests what callers see: the limit, expiry, revocation, refresh,
 // metadata, the optional capabilities ([sessions.AgentStore],
-// [sessions.RefreshStore], [sessions.LimitStore]), and that no check that
+// [sessions.RefreshStore], [sessions.LimitStore], [sessions.TouchStore]
+// for idle timeouts and least-recently-used eviction), and that no check that
 // needs no store reaches it. It does not test concurrency across
 // processes: a store shared by several instances needs its own tests of
 // that (see package pgxstore's invariant tests for the shape).
@@ -71,6 +72,12 @@ func Run(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 		}
 		runLifecycleContract(t, newStore)
 		runHandles(t, newStore)
+	})
+	t.Run("LastUse", func(t *testing.T) {
+		if _, ok := newStore(t).(sessions.TouchStore); !ok {
+			t.Skip("the store does not implement TouchStore: idle timeouts and least-recently-used eviction need it")
+		}
+		runLastUse(t, newStore)
 	})
 }
 
