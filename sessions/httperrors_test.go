@@ -189,6 +189,7 @@ func TestFailureReason(t *testing.T) {
 		{sessions.ErrInvalidSignature, "invalid_signature"},
 		{sessions.ErrInvalidTokenFormat, "invalid_token"},
 		{sessions.ErrSessionExpired, "expired"},
+		{sessions.ErrSessionIdle, "idle_timeout"},
 		{sessions.ErrLifetimeExceeded, "lifetime_exceeded"},
 		{sessions.ErrInvalidAgentID, "invalid_agent_id"},
 		{&sessions.StoreError{Op: "get", Err: errors.New("down")}, "store_error"},

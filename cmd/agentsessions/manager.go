@@ -33,7 +33,15 @@ type managerOpts struct {
 	limit       int
 	policy      string
 	maxLifetime time.Duration
+	idleTimeout time.Duration
 	cmd         *cobra.Command // the command the flags were added to
+}
+
+func (o *managerOpts) addIdleTimeout(cmd *cobra.Command) {
+	o.cmd = cmd
+	cmd.Flags().DurationVar(&o.idleTimeout, "idle-timeout", 0,
+		"expire a session not used for this long, whatever its token's expiry (whole seconds, >= 1s; "+
+			"each instance writes last uses every tenth of it); 0 disables it")
 }
 
 func (o *managerOpts) addTTL(cmd *cobra.Command) {
@@ -48,7 +56,7 @@ func (o *managerOpts) addLimit(cmd *cobra.Command) {
 
 func (o *managerOpts) addPolicy(cmd *cobra.Command) {
 	o.cmd = cmd
-	cmd.Flags().StringVar(&o.policy, "policy", defaultPolicy, "what issue does for an agent at its limit: reject or evict-oldest")
+	cmd.Flags().StringVar(&o.policy, "policy", defaultPolicy, "what issue does for an agent at its limit: reject, evict-oldest or evict-least-recently-used")
 }
 
 func (o *managerOpts) addMaxLifetime(cmd *cobra.Command) {
@@ -79,9 +87,18 @@ func (o *managerOpts) config() (sessions.Config, error) {
 	if o.policy != "" {
 		p, err := sessions.ParseLimitPolicy(o.policy)
 		if err != nil {
-			return cfg, usageError{fmt.Errorf("--policy must be reject or evict-oldest, got %q", o.policy)}
+			return cfg, usageError{fmt.Errorf("--policy must be reject, evict-oldest or evict-least-recently-used, got %q", o.policy)}
 		}
 		cfg.Policy = p
+	}
+	if o.has("idle-timeout") && o.idleTimeout != 0 {
+		switch {
+		case o.idleTimeout < time.Second:
+			return cfg, usageError{fmt.Errorf("--idle-timeout must be 0 (off) or at least 1s, got %s", o.idleTimeout)}
+		case o.idleTimeout%time.Second != 0:
+			return cfg, usageError{fmt.Errorf("--idle-timeout must be whole seconds, got %s", o.idleTimeout)}
+		}
+		cfg.IdleTimeout = o.idleTimeout
 	}
 	if o.has("max-lifetime") && o.cmd.Flags().Changed("max-lifetime") {
 		if o.maxLifetime < cfg.TTL {

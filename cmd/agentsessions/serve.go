@@ -78,6 +78,7 @@ func newServeCmd(g *globalOpts) *cobra.Command {
 	o.mo.addLimit(cmd)
 	o.mo.addPolicy(cmd)
 	o.mo.addMaxLifetime(cmd)
+	o.mo.addIdleTimeout(cmd)
 	return cmd
 }
 
@@ -189,7 +190,7 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		opts.StoreStats = pg.Stats
 		opts.LiveSessions = func(ctx context.Context) (int64, error) { return pg.LiveSessions(ctx, time.Now()) }
 		runPruner = func(ctx context.Context) {
-			_ = pg.RunPruner(ctx, pgxstore.PruneConfig{Interval: o.pruneInterval, Logger: log, OnPrune: onPrune})
+			_ = pg.RunPruner(ctx, pgxstore.PruneConfig{Interval: o.pruneInterval, IdleTimeout: cfg.IdleTimeout, Logger: log, OnPrune: onPrune})
 		}
 		if o.cacheStaleness > 0 {
 			opts.CacheStats = pg.CacheStats
@@ -214,7 +215,11 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 				case <-ctx.Done():
 					return
 				case now := <-t.C:
-					if n := mem.PruneExpired(now); n > 0 {
+					n := mem.PruneExpired(now)
+					if cfg.IdleTimeout > 0 {
+						n += mem.PruneIdle(now.Add(-cfg.IdleTimeout))
+					}
+					if n > 0 {
 						onPrune(pgxstore.PruneResult{Deleted: int64(n), Batches: 1}, nil)
 					}
 				}
@@ -246,6 +251,15 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	if err != nil {
 		return usageError{fmt.Errorf("session manager: %s", clean(err))}
 	}
+	// After the drain: the last uses of this instance reach the store, so
+	// other instances do not take the sessions it served for idle.
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := m.Close(cctx); err != nil {
+			log.Warn("writing the last uses of sessions failed", slog.Any("error", err))
+		}
+	}()
 	srv, err = server.New(m, opts)
 	if err != nil {
 		return err
@@ -256,7 +270,7 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 		storeName = "postgres"
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "store", storeName, "ttl", cfg.TTL, "limit", cfg.Limit,
-		"policy", cfg.Policy.String(), "admin_routes", adminKey != nil, "verify_secrets", len(cfg.VerifySecrets))
+		"policy", cfg.Policy.String(), "idle_timeout", cfg.IdleTimeout, "admin_routes", adminKey != nil, "verify_secrets", len(cfg.VerifySecrets))
 	var handler http.Handler = srv
 	if tel != nil {
 		handler = tel.handler(srv)

@@ -513,3 +513,50 @@ func TestServeBadAddrFailsBeforeAdminKey(t *testing.T) {
 		t.Errorf("$%s=nonsense: exit %d, %q", envAddr, code, errOut)
 	}
 }
+
+// --idle-timeout: a session used every 300ms outlives a 2s idle timeout;
+// one left alone is refused with 401 expired, saying idle; the instance's
+// writes of last use show on /metrics.
+func TestServeIdleTimeout(t *testing.T) {
+	const key = "env-admin-key-0123456789abcdef-0123456789"
+	t.Setenv("DATABASE_URL", "")
+	t.Setenv(envSecret, testSecret)
+	t.Setenv(envAdminKey, key)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := startServe(t, ctx, "--idle-timeout", "2s")
+	var used, unused server.IssuedResponse
+	for _, out := range []*server.IssuedResponse{&used, &unused} {
+		if code := s.call("POST", "/v1/sessions", key, `{"agent_id":"a"}`, out); code != 201 {
+			t.Fatalf("issue: %d", code)
+		}
+	}
+	auth := func(tok string, out any) int {
+		return s.call("POST", "/v1/sessions/authenticate", "", `{"agent_id":"a","token":"`+tok+`"}`, out)
+	}
+	for start := time.Now(); time.Since(start) < 3*time.Second; time.Sleep(300 * time.Millisecond) {
+		if code := auth(used.Token, nil); code != 200 {
+			t.Fatalf("a session used every 300ms, %s after issue: %d", time.Since(start), code)
+		}
+	}
+	var refused struct{ Error struct{ Code, Message string } }
+	if code := auth(unused.Token, &refused); code != 401 || refused.Error.Code != "expired" || !strings.Contains(refused.Error.Message, "idle") {
+		t.Fatalf("a session unused for 3s under --idle-timeout 2s: %d %v, want 401 expired saying idle", code, refused)
+	}
+	res, err := http.Get("http://" + s.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if m := regexp.MustCompile(`(?m)^agentsessions_last_use_writes_total (\d+)`).FindSubmatch(metrics); m == nil || string(m[1]) == "0" {
+		t.Errorf("after 3s of uses with 1s batches, /metrics has no last-use writes: %q", m)
+	}
+	cancel()
+	if code := s.wait(); code != exitOK {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.Contains(s.stderr.String(), "idle_timeout=2s") {
+		t.Errorf("idle timeout not logged:\n%s", s.stderr.String())
+	}
+}

@@ -376,7 +376,7 @@ func TestSessionUsageErrors(t *testing.T) {
 		{[]string{"issue", "--agent", "a", "--ttl", "1500ms"}, "", "--ttl must be whole seconds"},
 		{[]string{"issue", "--agent", "a", "--ttl", "0s"}, "", "--ttl must be at least 1s"},
 		{[]string{"issue", "--agent", "a", "--limit", "0"}, "", "--limit must be >= 1"},
-		{[]string{"issue", "--agent", "a", "--policy", "lru"}, "", "--policy must be reject or evict-oldest"},
+		{[]string{"issue", "--agent", "a", "--policy", "lru"}, "", "--policy must be reject, evict-oldest or evict-least-recently-used"},
 		{[]string{"issue", "--agent", "a", "--ttl", "2h", "--max-lifetime", "1h"}, "", "--max-lifetime (1h0m0s) must not be below --ttl (2h0m0s)"},
 		{[]string{"issue", "--agent", "a"}, "", "no database: pass --database-url or set DATABASE_URL"},
 		{[]string{"issue", "--agent", "a", "extra"}, "", "accepts 0 arg(s)"},
@@ -400,7 +400,7 @@ func TestSessionUsageErrors(t *testing.T) {
 		{[]string{"serve", "--shutdown-timeout", "0s"}, "", "--shutdown-timeout must be > 0"},
 		{[]string{"serve", "--log-format", "xml"}, "", "--log-format must be text or json"},
 		{[]string{"serve", "--log-level", "loud"}, "", "--log-level must be debug, info, warn or error"},
-		{[]string{"serve", "--policy", "random"}, "", "--policy must be reject or evict-oldest"},
+		{[]string{"serve", "--policy", "random"}, "", "--policy must be reject, evict-oldest or evict-least-recently-used"},
 		{[]string{"bogus"}, "", "unknown command"},
 	} {
 		code, out, errOut := cliIn(t, c.stdin, c.args...)

@@ -9,13 +9,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/agentsessions/agentsessions/sessions"
 	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
 // AuthFailureReasons are the values of the reason label of
 // agentsessions_authentication_failures_total; each starts at 0.
 var AuthFailureReasons = []string{
-	"invalid_token", "invalid_signature", "expired", "lifetime_exceeded",
+	"invalid_token", "invalid_signature", "expired", "idle_timeout", "lifetime_exceeded",
 	"agent_mismatch", "unknown_session", "metadata_mismatch", "digest_mismatch",
 	"clock_before_epoch", "access_denied", "invalid_agent_id", "store_error", "other",
 }
@@ -38,7 +39,7 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-func newMetrics(reg prometheus.Registerer, stats func() pgxstore.Stats,
+func newMetrics(reg prometheus.Registerer, stats func() pgxstore.Stats, lastUse func() sessions.LastUseStats,
 	live func(context.Context) (int64, error), liveTTL time.Duration, log *slog.Logger) (*metrics, error) {
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "agentsessions", Name: name, Help: help})
@@ -47,7 +48,7 @@ func newMetrics(reg prometheus.Registerer, stats func() pgxstore.Stats,
 		issued:       counter("sessions_issued_total", "Sessions issued (POST /v1/sessions)."),
 		refreshed:    counter("sessions_refreshed_total", "Sessions refreshed with a new token."),
 		revoked:      counter("sessions_revoked_total", "Sessions revoked through the admin routes (idempotent revokes of unknown IDs included)."),
-		evicted:      counter("sessions_evicted_total", "Sessions revoked by the evict-oldest policy to make room."),
+		evicted:      counter("sessions_evicted_total", "Sessions revoked by the evict-oldest or evict-least-recently-used policy to make room."),
 		limitDenials: counter("limit_denials_total", "Issues refused because the agent was at its session limit."),
 		authOK:       counter("authentications_total", "Successful token authentications."),
 		adminDenials: counter("admin_auth_failures_total", "Admin requests refused for a missing or wrong admin key."),
@@ -91,6 +92,18 @@ func newMetrics(reg prometheus.Registerer, stats func() pgxstore.Stats,
 				func(s pgxstore.Stats) uint64 { return s.Reconnects }),
 		)
 	}
+	useCounter := func(name, help string, field func(sessions.LastUseStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "agentsessions", Name: name, Help: help},
+			func() float64 { return float64(field(lastUse())) })
+	}
+	cs = append(cs,
+		useCounter("last_use_flushes_total", "Batches of session last uses written by this instance (--idle-timeout, evict-least-recently-used).",
+			func(s sessions.LastUseStats) uint64 { return s.Flushes }),
+		useCounter("last_use_writes_total", "Session last uses written by this instance, in those batches.",
+			func(s sessions.LastUseStats) uint64 { return s.Uses }),
+		useCounter("last_use_flush_errors_total", "Batches of last uses that failed; they are kept and written with the next.",
+			func(s sessions.LastUseStats) uint64 { return s.Failures }),
+	)
 	if live != nil {
 		cs = append(cs, &liveCollector{
 			desc: prometheus.NewDesc("agentsessions_live_sessions",

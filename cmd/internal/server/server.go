@@ -209,7 +209,7 @@ func New(m *sessions.Manager, opts Options) (*Server, error) {
 	if ttl == 0 {
 		ttl = DefaultLiveSessionsCacheTTL
 	}
-	met, err := newMetrics(s.reg, opts.StoreStats, opts.LiveSessions, ttl, s.log)
+	met, err := newMetrics(s.reg, opts.StoreStats, s.m.LastUseStats, opts.LiveSessions, ttl, s.log)
 	if err == nil && opts.CacheStats != nil {
 		err = registerCacheMetrics(s.reg, opts.CacheStats)
 	}
