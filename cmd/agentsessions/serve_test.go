@@ -539,7 +539,9 @@ func TestServeIdleTimeout(t *testing.T) {
 			t.Fatalf("a session used every 300ms, %s after issue: %d", time.Since(start), code)
 		}
 	}
-	var refused struct{ Error struct{ Code, Message string } }
+	var refused struct {
+		Error struct{ Code, Message string }
+	}
 	if code := auth(unused.Token, &refused); code != 401 || refused.Error.Code != "expired" || !strings.Contains(refused.Error.Message, "idle") {
 		t.Fatalf("a session unused for 3s under --idle-timeout 2s: %d %v, want 401 expired saying idle", code, refused)
 	}
