@@ -61,6 +61,7 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.IntVar(&o.cfg.Sessions, "sessions", 10000, "sessions stored before each workload but issue-hot (authenticate and mixed pick from them)")
 	f.IntVar(&o.cfg.Limit, "limit", 5, "sessions per agent")
 	f.DurationVar(&o.cfg.TTL, "ttl", time.Hour, "session lifetime")
+	f.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", time.Minute, "the idle variants' idle timeout (--variants idle,cached-idle; whole seconds)")
 	f.IntVar(&o.cfg.MaxAttempts, "max-attempts", 20, "tries per call on serialization failure (store and pgbench --max-tries)")
 	f.BoolVar(&o.cfg.Compare, "compare", false, "also run pgbench and the Redis peer")
 	f.StringVar(&o.variants, "variants", bench.VariantLibrary, "comma-separated store variants: "+strings.Join(bench.VariantNames, ", ")+

@@ -55,8 +55,10 @@ const (
 	EngineOurs       = "agentsessions"        // the library
 	EngineCTE        = "agentsessions-cte"    // the library on pools that default to SERIALIZABLE (no BEGIN/COMMIT around its statement)
 	EngineCached     = "agentsessions-cached" // the library with its verified-session cache (RunCache) on
-	EnginePgbench    = "pgbench"              // pgbench replaying the library's statements
-	EnginePgbenchCTE = "pgbench-cte"          // pgbench replaying what the cte variant sends
+	EngineIdle       = "agentsessions-idle"   // the library with an idle timeout (Config.IdleTimeout)
+	EngineCachedIdle = "agentsessions-cached-idle"
+	EnginePgbench    = "pgbench"     // pgbench replaying the library's statements
+	EnginePgbenchCTE = "pgbench-cte" // pgbench replaying what the cte variant sends
 	EngineRedis      = "redis"
 )
 
@@ -65,17 +67,23 @@ const (
 	VariantLibrary = "library" // the library's pgxstore.Store
 	VariantCTE     = "cte"     // the library on pools that default to SERIALIZABLE
 	VariantCached  = "cached"  // the library with pgxstore.Store.RunCache running on every instance
+	// The library and the cached variant with Config.IdleTimeout set
+	// (Config.IdleTimeout here, --idle-timeout): what recording last uses
+	// costs, measured beside the variants without it.
+	VariantIdle       = "idle"
+	VariantCachedIdle = "cached-idle"
 )
 
 // VariantNames lists the variants in the order they run.
-var VariantNames = []string{VariantLibrary, VariantCTE, VariantCached}
+var VariantNames = []string{VariantLibrary, VariantCTE, VariantCached, VariantIdle, VariantCachedIdle}
 
 // reference names the engine each engine's Ratio is computed against:
 // each PostgreSQL engine against pgbench running its own statements, and
 // Redis against pgbench running the library's.
 var reference = map[string]string{
 	EngineOurs: EnginePgbench, EngineCTE: EnginePgbenchCTE, EngineRedis: EnginePgbench,
-	EngineCached:  EnginePgbench, // it sends the library's SQL, when the cache misses
+	EngineCached: EnginePgbench,                                  // it sends the library's SQL, when the cache misses
+	EngineIdle:   EnginePgbench, EngineCachedIdle: EnginePgbench, // and so do the idle variants (plus batches of last uses)
 	EnginePgbench: EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE,
 }
 
@@ -112,6 +120,10 @@ type Config struct {
 	Sessions  int           // sessions every workload but issue-hot starts from (default 10000)
 	Limit     int           // sessions per agent (default 5)
 	TTL       time.Duration // session lifetime (default 1h: nothing expires during a run)
+	// IdleTimeout is the idle variants' Config.IdleTimeout (default 1m:
+	// nothing goes idle during a run, so every authenticate takes the
+	// common path of recording a use).
+	IdleTimeout time.Duration
 
 	Compare bool // also run pgbench and Redis references
 	// Variants of the store to run (default: library only; see
@@ -157,6 +169,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.TTL == 0 {
 		c.TTL = time.Hour
 	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = time.Minute
+	}
 	if c.OpTimeout == 0 {
 		c.OpTimeout = 10 * time.Second
 	}
@@ -189,6 +204,9 @@ func (c Config) withDefaults() (Config, error) {
 		if _, ok := variants[v]; !ok {
 			bad("unknown variant %q (want %s)", v, strings.Join(VariantNames, ", "))
 		}
+	}
+	if c.IdleTimeout < time.Second || c.IdleTimeout%time.Second != 0 {
+		bad("idle timeout %s: want whole seconds, at least 1s", c.IdleTimeout)
 	}
 	if c.Rounds < 1 || c.Rounds > 99 {
 		bad("rounds must be between 1 and 99")
@@ -311,6 +329,18 @@ type Result struct {
 	RoundsOpsPerSec []float64 `json:"rounds_ops_per_sec,omitempty"`
 	// Cache counts the verified-session cache's answers (cached variant).
 	Cache *CacheResult `json:"cache,omitempty"`
+	// LastUse counts the batches of last uses the instances wrote (idle
+	// variants), the final Close of each instance included.
+	LastUse *LastUseResult `json:"last_use,omitempty"`
+}
+
+// LastUseResult is what the managers wrote of last uses during a run.
+type LastUseResult struct {
+	Flushes      uint64  `json:"flushes"`        // batches (one UPDATE per 5,000 uses each)
+	Uses         uint64  `json:"uses"`           // rows written in them
+	UsesPerSec   float64 `json:"uses_per_sec"`   // Uses over the run's elapsed time
+	IdleTimeoutS float64 `json:"idle_timeout_s"` // Config.IdleTimeout
+	IntervalS    float64 `json:"interval_s"`     // how often each instance writes (IdleTimeout/10)
 }
 
 // CacheResult is what the verified-session caches did during a run.

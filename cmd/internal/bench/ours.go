@@ -46,6 +46,7 @@ type variant struct {
 	pgEngine     string // the pgbench engine replaying its statements ("": none)
 	serializable bool   // its pools set default_transaction_isolation=serializable
 	cache        bool   // run the library's verified-session cache on each instance
+	idle         bool   // managers with Config.IdleTimeout (cfg.IdleTimeout)
 	newStore     func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error)
 }
 
@@ -66,7 +67,13 @@ var (
 	// sends the library's statements, and a hit sends none.
 	variantCached = variant{engine: EngineCached, cache: true, newStore: variantLibrary.newStore}
 
-	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantCached: variantCached}
+	// The idle variants: the same with an idle timeout, so that the cost
+	// of recording uses shows beside the same workload without it.
+	variantIdle       = variant{engine: EngineIdle, idle: true, newStore: variantLibrary.newStore}
+	variantCachedIdle = variant{engine: EngineCachedIdle, cache: true, idle: true, newStore: variantLibrary.newStore}
+
+	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantCached: variantCached,
+		VariantIdle: variantIdle, VariantCachedIdle: variantCachedIdle}
 )
 
 // poolConfig returns a copy of base set up for the variant.
@@ -172,7 +179,23 @@ func (o *ours) cacheCounts() CacheResult {
 }
 
 func (o *ours) manager(st sessions.Store, newID func() (string, error)) (*sessions.Manager, error) {
-	return sessions.New(st, sessions.Config{Secret: o.secret, TTL: o.cfg.TTL, Limit: o.cfg.Limit, NewID: newID})
+	cfg := sessions.Config{Secret: o.secret, TTL: o.cfg.TTL, Limit: o.cfg.Limit, NewID: newID}
+	if o.v.idle {
+		cfg.IdleTimeout = o.cfg.IdleTimeout
+	}
+	return sessions.New(st, cfg)
+}
+
+// lastUses adds up the instances' writes of last uses (idle variants).
+func (o *ours) lastUses() sessions.LastUseStats {
+	var sum sessions.LastUseStats
+	for _, m := range o.mgrs {
+		st := m.LastUseStats()
+		sum.Flushes += st.Flushes
+		sum.Uses += st.Uses
+		sum.Failures += st.Failures
+	}
+	return sum
 }
 
 func (o *ours) close() {
@@ -399,10 +422,26 @@ func (o *ours) run(ctx context.Context, workload string) (Result, error) {
 		}
 		defer func() { o.stopCache(); o.stopCache = nil }()
 	}
-	before, cacheBefore := o.retries(), o.cacheCounts()
+	before, cacheBefore, usesBefore := o.retries(), o.cacheCounts(), o.lastUses()
 	ws, elapsed := drive(ctx, cfg, workload+" · "+o.v.engine, clients, setup, step)
 	res := result(o.v.engine, workload, ws, elapsed)
 	res.setRetries(o.retries() - before)
+	if o.v.idle {
+		// What is still pending is written now, outside the timed run,
+		// and counted: the run's uses all reach the database.
+		for _, m := range o.mgrs {
+			if err := m.Close(ctx); err != nil {
+				return res, fmt.Errorf("bench: writing last uses: %w", err)
+			}
+		}
+		after := o.lastUses()
+		lu := &LastUseResult{Flushes: after.Flushes - usesBefore.Flushes, Uses: after.Uses - usesBefore.Uses,
+			IdleTimeoutS: o.cfg.IdleTimeout.Seconds(), IntervalS: max(o.cfg.IdleTimeout/10, time.Second).Seconds()}
+		if elapsed > 0 {
+			lu.UsesPerSec = float64(lu.Uses) / elapsed.Seconds()
+		}
+		res.LastUse = lu
+	}
 	if o.v.cache {
 		after := o.cacheCounts()
 		res.Cache = &CacheResult{Hits: after.Hits - cacheBefore.Hits, Misses: after.Misses - cacheBefore.Misses}

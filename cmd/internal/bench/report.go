@@ -162,6 +162,12 @@ func (r Report) ratioLines() []string {
 			if v := byEngine[EngineRedis]; v > 0 {
 				parts = append(parts, fmt.Sprintf("%.2fx %s", res.OpsPerSec/v, EngineRedis))
 			}
+			if v := byEngine[EngineCached]; res.Engine == EngineCachedIdle && v > 0 {
+				parts = append(parts, fmt.Sprintf("%.2fx %s", res.OpsPerSec/v, EngineCached))
+			}
+			if lu := res.LastUse; lu != nil {
+				parts = append(parts, fmt.Sprintf("last uses written %.0f/s in %d batches", lu.UsesPerSec, lu.Flushes))
+			}
 			if res.Cache != nil && res.Cache.Hits+res.Cache.Misses > 0 {
 				parts = append(parts, fmt.Sprintf("cache hits %.1f%%", 100*float64(res.Cache.Hits)/float64(res.Cache.Hits+res.Cache.Misses)))
 			}

@@ -29,7 +29,7 @@ func TestRunEveryWorkloadAndEngine(t *testing.T) {
 	if !rep.Pgbench.Ran {
 		t.Logf("pgbench skipped: %s", rep.Pgbench.Skipped)
 	}
-	wantEngines := []string{EngineOurs, EngineCTE, EngineCached}
+	wantEngines := []string{EngineOurs, EngineCTE, EngineCached, EngineIdle, EngineCachedIdle}
 	if rep.Pgbench.Ran {
 		wantEngines = append(wantEngines, EnginePgbench, EnginePgbenchCTE)
 	}
@@ -76,6 +76,18 @@ func TestRunEveryWorkloadAndEngine(t *testing.T) {
 		}
 		if c := w.Results[slices.Index(engines, EngineCached)].Cache; c == nil || w.Name == WorkloadAuthenticate && (c.Hits == 0 || c.Misses == 0) {
 			t.Errorf("%s: cached engine's cache counts %+v: want hits (repeats) and misses (first looks)", w.Name, c)
+		}
+		for _, e := range []string{EngineIdle, EngineCachedIdle} {
+			// Every authenticate records a use; each session used is
+			// written once per batch, so never more rows than uses.
+			r := w.Results[slices.Index(engines, e)]
+			lu := r.LastUse
+			if lu == nil || (w.Name == WorkloadAuthenticate || w.Name == WorkloadMixed) && (lu.Uses == 0 || lu.Flushes == 0 || lu.Uses > uint64(r.Ops)) {
+				t.Errorf("%s/%s: last uses %+v, want between 1 and %d (the ops) written", w.Name, e, lu, r.Ops)
+			}
+		}
+		if w.Results[0].LastUse != nil {
+			t.Errorf("%s: the library without an idle timeout wrote last uses %+v", w.Name, w.Results[0].LastUse)
 		}
 		if w.Name == WorkloadIssueHot && w.Results[0].ByOp[OpRevoke].Ops == 0 {
 			t.Errorf("issue-hot revoked nothing: %v", w.Results[0].ByOp)
