@@ -35,6 +35,7 @@ func idleInstances(t *testing.T, d *testdb.DB, n int, clock *fakeClock, cached b
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { _ = m.Close(context.Background()) })
 		out[i] = instance{store: store, mgr: m}
 		if cached {
 			wg.Go(func() {

@@ -191,6 +191,9 @@ func NewManager(t testing.TB, store sessions.Store, clock *Clock, mutate func(*s
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Before the store's own cleanup (cleanups run last-registered first):
+	// no batch of last uses is left for a timer to write to a closed store.
+	t.Cleanup(func() { _ = m.Close(context.Background()) })
 	return m
 }
 
