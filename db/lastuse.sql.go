@@ -14,7 +14,8 @@ const touchSessions = `-- name: TouchSessions :exec
 
 UPDATE agent_sessions s
 SET last_used_at = u.at
-FROM (SELECT unnest($1::text[]) AS id, unnest($2::timestamptz[]) AS at) AS u
+FROM (SELECT v.id, least(v.at, statement_timestamp() + interval '1 minute') AS at
+      FROM (SELECT unnest($1::text[]) AS id, unnest($2::timestamptz[]) AS at) AS v) AS u
 WHERE s.id = u.id AND u.at > coalesce(s.last_used_at, s.issued_at)
 `
 
@@ -30,6 +31,11 @@ type TouchSessionsParams struct {
 // clocks may differ) and reruns of one batch may land in any order. It
 // writes nothing but last_used_at: no count changes, and the
 // invalidation trigger (UPDATE OF every other column) stays quiet.
+//
+// A use timed more than a minute past the database's clock is written as
+// that: since last uses never move back, an instance whose clock ran far
+// ahead (an NTP step) could otherwise keep the sessions it served from
+// going idle for as long as it was ahead.
 func (q *Queries) TouchSessions(ctx context.Context, arg TouchSessionsParams) error {
 	_, err := q.db.Exec(ctx, touchSessions, arg.Ids, arg.Ats)
 	return err

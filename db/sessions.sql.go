@@ -249,16 +249,21 @@ evicted AS (
         WHERE s.agent_id = $1::text AND s.kind = $2::text AND s.expires_at > $4::timestamptz
           AND coalesce(s.last_used_at, s.issued_at) > $5::timestamptz
         -- evict-oldest: by issue time; evict-least-recently-used: by
-        -- last use first. The ID breaks ties (whole seconds) for both.
-        ORDER BY CASE WHEN $7::boolean THEN coalesce(s.last_used_at, s.issued_at) END, s.issued_at, s.id
+        -- last use first, the later of the stored one and the issuing
+        -- instance's own not yet written (recent_ids, recent_ats). The
+        -- ID breaks ties (whole seconds) for both.
+        ORDER BY CASE WHEN $7::boolean THEN greatest(coalesce(s.last_used_at, s.issued_at), (
+                     SELECT max(r.at) FROM (SELECT unnest($8::text[]) AS id, unnest($9::timestamptz[]) AS at) r
+                     WHERE r.id = s.id)) END,
+                 s.issued_at, s.id
         LIMIT greatest(0, (SELECT n FROM live) - (SELECT n FROM lim) + 1)
     )
     RETURNING e.id
 ),
 inserted AS (
     INSERT INTO agent_sessions (id, agent_id, kind, issued_at, expires_at, token_digest, metadata)
-    SELECT $8::text, $1::text, $2::text, $9::timestamptz, $10::timestamptz,
-           $11::text, $12::jsonb
+    SELECT $10::text, $1::text, $2::text, $11::timestamptz, $12::timestamptz,
+           $13::text, $14::jsonb
     WHERE (SELECT known FROM mode)
       AND ($6::boolean OR (SELECT n FROM live) < (SELECT n FROM lim))
       AND current_setting('transaction_isolation') = 'serializable'
@@ -299,6 +304,8 @@ type IssueSessionParams struct {
 	IdleCutoff   time.Time
 	Evict        bool
 	Lru          bool
+	RecentIds    []string
+	RecentAts    []time.Time
 	ID           string
 	IssuedAt     time.Time
 	ExpiresAt    time.Time
@@ -328,8 +335,9 @@ type IssueSessionRow struct {
 //     that drifted high heals.
 //
 // A row is idle when its last use (last_used_at, else issued_at) is at or
-// before idle_cutoff: now minus the idle timeout, '-infinity' when there
-// is none. The fast path ignores idleness, and need not look: it inserts
+// before idle_cutoff: now minus the idle timeout and a margin for uses
+// not yet written (sessions.IdleDeleteCutoff), the year 1 when there is
+// no idle timeout. The fast path ignores idleness, and need not look: it inserts
 // only below the limit, and idle rows only make the true live count
 // smaller still.
 //
@@ -349,6 +357,8 @@ func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (Iss
 		arg.IdleCutoff,
 		arg.Evict,
 		arg.Lru,
+		arg.RecentIds,
+		arg.RecentAts,
 		arg.ID,
 		arg.IssuedAt,
 		arg.ExpiresAt,

@@ -124,8 +124,9 @@ ON CONFLICT (agent_id, kind) DO NOTHING;
 --     that drifted high heals.
 --
 -- A row is idle when its last use (last_used_at, else issued_at) is at or
--- before idle_cutoff: now minus the idle timeout, '-infinity' when there
--- is none. The fast path ignores idleness, and need not look: it inserts
+-- before idle_cutoff: now minus the idle timeout and a margin for uses
+-- not yet written (sessions.IdleDeleteCutoff), the year 1 when there is
+-- no idle timeout. The fast path ignores idleness, and need not look: it inserts
 -- only below the limit, and idle rows only make the true live count
 -- smaller still.
 --
@@ -176,8 +177,13 @@ evicted AS (
         WHERE s.agent_id = @agent_id::text AND s.kind = @kind::text AND s.expires_at > @now::timestamptz
           AND coalesce(s.last_used_at, s.issued_at) > @idle_cutoff::timestamptz
         -- evict-oldest: by issue time; evict-least-recently-used: by
-        -- last use first. The ID breaks ties (whole seconds) for both.
-        ORDER BY CASE WHEN @lru::boolean THEN coalesce(s.last_used_at, s.issued_at) END, s.issued_at, s.id
+        -- last use first, the later of the stored one and the issuing
+        -- instance's own not yet written (recent_ids, recent_ats). The
+        -- ID breaks ties (whole seconds) for both.
+        ORDER BY CASE WHEN @lru::boolean THEN greatest(coalesce(s.last_used_at, s.issued_at), (
+                     SELECT max(r.at) FROM (SELECT unnest(@recent_ids::text[]) AS id, unnest(@recent_ats::timestamptz[]) AS at) r
+                     WHERE r.id = s.id)) END,
+                 s.issued_at, s.id
         LIMIT greatest(0, (SELECT n FROM live) - (SELECT n FROM lim) + 1)
     )
     RETURNING e.id

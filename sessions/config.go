@@ -80,6 +80,37 @@ func (p LimitPolicy) evicts() bool {
 	return p == PolicyEvictOldest || p == PolicyEvictLeastRecentlyUsed
 }
 
+// MinLastUseInterval is the shortest [Config.LastUseInterval].
+const MinLastUseInterval = 100 * time.Millisecond
+
+// DefaultLastUseInterval is [Config.LastUseInterval]'s default for an
+// idle timeout (0 for none): a tenth of it, at least one second and below
+// it, or 10 seconds without one.
+func DefaultLastUseInterval(idleTimeout time.Duration) time.Duration {
+	idleTimeout = idleTimeout.Truncate(time.Second)
+	switch {
+	case idleTimeout <= 0:
+		return 10 * time.Second
+	case idleTimeout < 2*time.Second:
+		return idleTimeout / 2
+	}
+	return max(idleTimeout/10, time.Second)
+}
+
+// IdleDeleteCutoff is the cutoff a store deletes idle sessions by (and
+// stops counting them against the limit): those last used, as stored, at
+// or before now - idleTimeout - 2*lastUseInterval (0: the default for
+// idleTimeout). The margin covers the uses instances have seen but not
+// yet written: a session an instance has just seen used is not deleted
+// behind its back. Manager.Issue passes it in [InsertRequest.IdleCutoff];
+// pgxstore's pruner and [MemoryStore.PruneIdle] take the same.
+func IdleDeleteCutoff(now time.Time, idleTimeout, lastUseInterval time.Duration) time.Time {
+	if lastUseInterval <= 0 {
+		lastUseInterval = DefaultLastUseInterval(idleTimeout)
+	}
+	return now.Add(-idleTimeout.Truncate(time.Second) - 2*lastUseInterval)
+}
+
 // maxExpiry is the latest expiry a session may have: 9999-12-31T23:59:59Z.
 // Both stores can represent it, and a clock or TTL that goes beyond it is a
 // configuration error rather than a store failure at issue time.
@@ -162,18 +193,27 @@ type Config struct {
 	// behaviour).
 	//
 	// Uses are not written one by one: each manager collects them and
-	// writes them every LastUseInterval, so a session's last use is known
-	// to every instance to within LastUseInterval (plus the clock skew
-	// between instances, whose clocks time the uses). A session used only
-	// through one instance stays alive on all of them. Use the same value
-	// on every instance, and give pgxstore's pruner the same.
+	// writes them every LastUseInterval, so a use is known to its own
+	// instance at once and to every other within LastUseInterval (while
+	// the store takes the writes). A session used at least every
+	// IdleTimeout - LastUseInterval, through any instances, is never
+	// refused; one unused for IdleTimeout is refused by all of them; in
+	// between, an instance that has not yet seen the last use may refuse
+	// it. Clock skew between instances, whose clocks time the uses, adds
+	// to that window. Stores delete an idle session (the limit check, the
+	// pruner) only 2*LastUseInterval after it went idle
+	// ([IdleDeleteCutoff]), so no use an instance has yet to write is
+	// lost; after that its token is refused as unknown, like a revoked
+	// one's. Use the same values on every instance, and give pgxstore's
+	// pruner the same.
 	IdleTimeout time.Duration
 
 	// LastUseInterval is how often the manager writes the uses it has
 	// collected, when IdleTimeout or PolicyEvictLeastRecentlyUsed needs
-	// them. Default: IdleTimeout/10 (at least one second), or 10 seconds
-	// without an idle timeout. Call [Manager.Close] on shutdown so the
-	// last uses are written.
+	// them; at least [MinLastUseInterval]. Default:
+	// [DefaultLastUseInterval]: IdleTimeout/10 (at least one second), or
+	// 10 seconds without an idle timeout. Call [Manager.Close] on
+	// shutdown so the last uses are written.
 	LastUseInterval time.Duration
 
 	// MaxLifetime bounds how long a session can live from issue, however
@@ -215,8 +255,10 @@ func (c *Config) validate() error {
 		return &ConfigError{Field: "IdleTimeout", Reason: "must be at least 1s (uses are timed in whole seconds)"}
 	case c.LastUseInterval < 0:
 		return &ConfigError{Field: "LastUseInterval", Reason: "must not be negative"}
-	case c.IdleTimeout > 0 && c.LastUseInterval >= c.IdleTimeout:
-		return &ConfigError{Field: "LastUseInterval", Reason: "must be below IdleTimeout, or other instances would see sessions in use as idle"}
+	case c.LastUseInterval != 0 && c.LastUseInterval < MinLastUseInterval:
+		return &ConfigError{Field: "LastUseInterval", Reason: fmt.Sprintf("must be at least %s: uses are written in batches, not one by one", MinLastUseInterval)}
+	case c.IdleTimeout > 0 && c.LastUseInterval >= c.IdleTimeout.Truncate(time.Second):
+		return &ConfigError{Field: "LastUseInterval", Reason: "must be below IdleTimeout (whole seconds), or other instances would see sessions in use as idle"}
 	}
 	for i, v := range c.VerifySecrets {
 		if len(v) == 0 {
@@ -243,13 +285,7 @@ func (c Config) withDefaults() Config {
 	}
 	c.IdleTimeout = c.IdleTimeout.Truncate(time.Second)
 	if c.LastUseInterval == 0 {
-		c.LastUseInterval = 10 * time.Second
-		if c.IdleTimeout > 0 {
-			c.LastUseInterval = max(c.IdleTimeout/10, time.Second)
-			if c.LastUseInterval >= c.IdleTimeout {
-				c.LastUseInterval = c.IdleTimeout / 2 // a 1s idle timeout
-			}
-		}
+		c.LastUseInterval = DefaultLastUseInterval(c.IdleTimeout)
 	}
 	if c.NewID == nil {
 		c.NewID = randomID

@@ -242,7 +242,11 @@ func (h *Handles) create(ctx context.Context, principal, kind string, opts []Iss
 	handle := id + h.mac(h.keys[0], kind, principal, id)
 	s := Session{ID: id, AgentID: principal, Kind: kind, IssuedAt: unixTime(now), LastUsedAt: unixTime(now), ExpiresAt: unixTime(now + ttl),
 		TokenDigest: tokenDigest(handle), Metadata: maps.Clone(o.metadata)}
-	res, err := h.m.store.Insert(ctx, s, InsertRequest{Limit: k.Limit, Policy: k.Policy, Now: unixTime(now)})
+	req := InsertRequest{Limit: k.Limit, Policy: k.Policy, Now: unixTime(now)}
+	if k.Policy == PolicyEvictLeastRecentlyUsed {
+		req.RecentUses = h.m.uses.recent(limitKey{principal, kind})
+	}
+	res, err := h.m.store.Insert(ctx, s, req)
 	if err != nil {
 		return Handle{}, storeErr("insert", err)
 	}
@@ -284,7 +288,7 @@ func (h *Handles) resolveLive(ctx context.Context, principal, kind, handle strin
 		return Handle{}, fmt.Errorf("%w: the %s handle expired at %s", ErrSessionExpired, kind, s.ExpiresAt.Format(time.RFC3339))
 	}
 	if h.kinds[kind].Policy == PolicyEvictLeastRecentlyUsed {
-		h.m.uses.use(s.ID, lastUse(s), now, 0)
+		h.m.uses.use(s.ID, limitKey{principal, kind}, lastUse(s), now, 0)
 	}
 	return handleOf(s, handle), nil
 }

@@ -28,10 +28,10 @@ type useLog struct {
 	logger   *slog.Logger
 
 	mu      sync.Mutex
-	pending map[string]uint64 // id -> latest use (Unix seconds), not yet written
-	writing map[string]uint64 // the batch being written
-	written map[string]uint64 // the last batch written
-	timer   *time.Timer       // armed while pending is not empty
+	pending useGen      // not yet written
+	writing useGen      // the batch being written
+	written useGen      // the last batch written
+	timer   *time.Timer // armed while pending is not empty
 
 	flushMu sync.Mutex // one flush at a time, so batches land in order
 
@@ -40,13 +40,35 @@ type useLog struct {
 	failures atomic.Uint64
 }
 
+// useGen is one generation of uses: the latest use of each session
+// (Unix seconds), and the sessions of each (agent, kind), for
+// least-recently-used eviction's InsertRequest.RecentUses.
+type useGen struct {
+	at    map[string]uint64
+	byKey map[limitKey][]string
+}
+
+func newUseGen() useGen {
+	return useGen{at: make(map[string]uint64), byKey: make(map[limitKey][]string)}
+}
+
+func (g *useGen) add(id string, key limitKey, at uint64) {
+	cur, seen := g.at[id]
+	if !seen {
+		g.byKey[key] = append(g.byKey[key], id)
+	}
+	if !seen || at > cur {
+		g.at[id] = at
+	}
+}
+
 func newUseLog(store TouchStore, interval time.Duration, logger *slog.Logger) *useLog {
-	return &useLog{store: store, interval: interval, logger: logger, pending: make(map[string]uint64)}
+	return &useLog{store: store, interval: interval, logger: logger, pending: newUseGen()}
 }
 
 // knownLocked is the latest use of id this log knows of, 0 if none.
 func (l *useLog) knownLocked(id string) uint64 {
-	return max(l.pending[id], l.writing[id], l.written[id])
+	return max(l.pending.at[id], l.writing.at[id], l.written.at[id])
 }
 
 // known is knownLocked for callers without l.mu.
@@ -56,18 +78,34 @@ func (l *useLog) known(id string) uint64 {
 	return l.knownLocked(id)
 }
 
-// use records a use of id at now, unless idle > 0 and the session's latest
-// use (stored, as its store last reported it, or known here) is idle or
-// more seconds before now: then it records nothing and returns false.
-func (l *useLog) use(id string, stored, now, idle uint64) bool {
+// recent returns the uses this log knows of for key's sessions.
+func (l *useLog) recent(key limitKey) []Use {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Use
+	seen := map[string]bool{}
+	for _, g := range []*useGen{&l.pending, &l.writing, &l.written} {
+		for _, id := range g.byKey[key] {
+			if !seen[id] {
+				seen[id] = true
+				out = append(out, Use{ID: id, At: unixTime(l.knownLocked(id))})
+			}
+		}
+	}
+	return out
+}
+
+// use records a use of id (a session of key) at now, unless idle > 0 and
+// the session's latest use (stored, as its store last reported it, or
+// known here) is idle or more seconds before now: then it records
+// nothing and returns false.
+func (l *useLog) use(id string, key limitKey, stored, now, idle uint64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if idle > 0 && isIdle(max(stored, l.knownLocked(id)), now, idle) {
 		return false
 	}
-	if now > l.pending[id] {
-		l.pending[id] = now
-	}
+	l.pending.add(id, key, now)
 	if l.timer == nil {
 		l.timer = time.AfterFunc(l.interval, l.flushOnTimer)
 	}
@@ -85,32 +123,33 @@ func (l *useLog) flushOnTimer() {
 	// back to pending and the next timer tries again.
 	ctx, cancel := context.WithTimeout(context.Background(), max(l.interval, 10*time.Second))
 	defer cancel()
-	if err := l.flush(ctx); err != nil {
+	if err := l.flush(ctx, true); err != nil {
 		l.logger.Warn("sessions: writing last uses failed; they are kept and written with the next batch", slog.Any("error", err))
 	}
 }
 
 // flush writes every pending use now. A failed batch is kept (merged back
-// into pending) for the next flush: a use is never dropped.
-func (l *useLog) flush(ctx context.Context) error {
+// into pending) for the next flush, which a timer then schedules unless
+// rearm is false (Close): a use is never dropped.
+func (l *useLog) flush(ctx context.Context, rearm bool) error {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
 	l.mu.Lock()
 	batch := l.pending
-	l.pending = make(map[string]uint64)
+	l.pending = newUseGen()
 	if l.timer != nil {
 		l.timer.Stop()
 		l.timer = nil
 	}
-	if len(batch) == 0 {
+	if len(batch.at) == 0 {
 		l.mu.Unlock()
 		return nil
 	}
 	l.writing = batch
 	l.mu.Unlock()
 
-	uses := make([]Use, 0, len(batch))
-	for id, at := range batch {
+	uses := make([]Use, 0, len(batch.at))
+	for id, at := range batch.at {
 		uses = append(uses, Use{ID: id, At: unixTime(at)})
 	}
 	// In ID order, so two instances' batches lock shared rows in the same
@@ -120,15 +159,15 @@ func (l *useLog) flush(ctx context.Context) error {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.writing = nil
+	l.writing = useGen{}
 	if err != nil {
 		l.failures.Add(1)
-		for id, at := range batch {
-			if at > l.pending[id] {
-				l.pending[id] = at
+		for key, ids := range batch.byKey {
+			for _, id := range ids {
+				l.pending.add(id, key, batch.at[id])
 			}
 		}
-		if l.timer == nil {
+		if rearm && l.timer == nil {
 			l.timer = time.AfterFunc(l.interval, l.flushOnTimer)
 		}
 		return storeErr("touch", err)
@@ -161,14 +200,15 @@ func (m *Manager) LastUseStats() LastUseStats {
 // other instances see them (see Config.IdleTimeout), and stops the timer
 // that writes them. Call it on shutdown, after the last request. The
 // manager stays usable: a later use arms the timer again. It returns a
-// [StoreError] when the write fails; the uses are then kept, and written
-// by the next Close or timer. Without an idle timeout or
-// least-recently-used eviction there is nothing to write.
+// [StoreError] when the write fails; the uses are then kept (no timer is
+// armed for them) and written by the next Close, or by the timer a later
+// use arms. Without an idle timeout or least-recently-used eviction there
+// is nothing to write.
 func (m *Manager) Close(ctx context.Context) error {
 	if m.uses == nil {
 		return nil
 	}
-	return m.uses.flush(ctx)
+	return m.uses.flush(ctx, false)
 }
 
 // lastUse is s's last use in Unix seconds: LastUsedAt, but never before
@@ -183,7 +223,8 @@ func lastUse(s Session) uint64 {
 // instance may have used it since, and its uses reach the store, not a
 // cache in front of it.
 func (m *Manager) noteUse(ctx context.Context, s Session, now uint64) (Session, error) {
-	if m.uses.use(s.ID, lastUse(s), now, m.idle) {
+	key := limitKey{s.AgentID, KindSession}
+	if m.uses.use(s.ID, key, lastUse(s), now, m.idle) {
 		s.LastUsedAt = unixTime(now)
 		return s, nil
 	}
@@ -198,7 +239,7 @@ func (m *Manager) noteUse(ctx context.Context, s Session, now uint64) (Session, 
 	if subtle.ConstantTimeCompare([]byte(fresh.TokenDigest), []byte(s.TokenDigest)) != 1 {
 		return Session{}, m.deny(ctx, ReasonDigestMismatch)
 	}
-	if !m.uses.use(s.ID, lastUse(fresh), now, m.idle) {
+	if !m.uses.use(s.ID, key, lastUse(fresh), now, m.idle) {
 		m.cfg.Logger.DebugContext(ctx, "sessions: session idle", slog.Duration("idle_timeout", m.cfg.IdleTimeout))
 		return Session{}, ErrSessionIdle
 	}
@@ -216,11 +257,16 @@ func (m *Manager) liveByUse(ss []Session, now uint64) []Session {
 	})
 }
 
-// idleCutoff is InsertRequest.IdleCutoff at now: zero without an idle
-// timeout.
-func (m *Manager) idleCutoff(now uint64) time.Time {
-	if m.idle == 0 || now < m.idle {
-		return time.Time{}
+// insertRequest is what Issue asks of Store.Insert at now.
+func (m *Manager) insertRequest(agentID string, now uint64) InsertRequest {
+	req := InsertRequest{Limit: m.cfg.Limit, Policy: m.cfg.Policy, Now: unixTime(now)}
+	if m.idle > 0 {
+		if cut := IdleDeleteCutoff(unixTime(now), m.cfg.IdleTimeout, m.cfg.LastUseInterval); cut.Unix() > 0 {
+			req.IdleCutoff = cut // before 1970 nothing can be idle: no session is older
+		}
 	}
-	return unixTime(now - m.idle)
+	if m.cfg.Policy == PolicyEvictLeastRecentlyUsed {
+		req.RecentUses = m.uses.recent(limitKey{agentID, KindSession})
+	}
+	return req
 }

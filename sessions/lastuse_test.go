@@ -86,7 +86,7 @@ func TestLastUseTimerWrites(t *testing.T) {
 	ctx := context.Background()
 	store := &flakyTouchStore{MemoryStore: sessions.NewMemoryStore()}
 	m := newManager(t, store, newClock(1_700_000_000), func(c *sessions.Config) {
-		c.Policy, c.LastUseInterval = sessions.PolicyEvictLeastRecentlyUsed, 20*time.Millisecond
+		c.Policy, c.LastUseInterval = sessions.PolicyEvictLeastRecentlyUsed, sessions.MinLastUseInterval
 	})
 	iss := mustIssue(t, m, agent)
 	if _, err := m.Authenticate(ctx, iss.Token, agent); err != nil {
@@ -95,7 +95,7 @@ func TestLastUseTimerWrites(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for store.batchCount() == 0 {
 		if time.Now().After(deadline) {
-			t.Fatal("no batch written 10s after a use with a 20ms interval")
+			t.Fatal("no batch written 10s after a use with a 100ms interval")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -136,6 +136,12 @@ func TestIdleConfig(t *testing.T) {
 		{"sub-second", sessions.NewMemoryStore(), func(c *sessions.Config) { c.IdleTimeout = 500 * time.Millisecond }, "IdleTimeout"},
 		{"interval not below timeout", sessions.NewMemoryStore(), func(c *sessions.Config) {
 			c.IdleTimeout, c.LastUseInterval = time.Minute, time.Minute
+		}, "LastUseInterval"},
+		{"interval too short", sessions.NewMemoryStore(), func(c *sessions.Config) {
+			c.IdleTimeout, c.LastUseInterval = time.Minute, time.Nanosecond
+		}, "LastUseInterval"},
+		{"interval not below the truncated timeout", sessions.NewMemoryStore(), func(c *sessions.Config) {
+			c.IdleTimeout, c.LastUseInterval = 1500*time.Millisecond, 1200*time.Millisecond
 		}, "LastUseInterval"},
 		{"idle without TouchStore", plainStore{sessions.NewMemoryStore()}, func(c *sessions.Config) { c.IdleTimeout = time.Minute }, "store"},
 		{"lru without TouchStore", plainStore{sessions.NewMemoryStore()}, func(c *sessions.Config) {

@@ -144,7 +144,7 @@ func (m *Manager) issue(ctx context.Context, agentID string, opts []IssueOption)
 		return Issued{}, &ConfigError{Field: "TTL", Reason: "overflows the latest representable expiry (9999-12-31T23:59:59Z) at the current time"}
 	}
 	token, s := m.sign(Session{ID: sid, AgentID: agentID, Kind: KindSession, IssuedAt: unixTime(now), LastUsedAt: unixTime(now), Metadata: maps.Clone(o.metadata)}, now+m.ttl)
-	res, err := m.store.Insert(ctx, s, InsertRequest{Limit: m.cfg.Limit, Policy: m.cfg.Policy, Now: unixTime(now), IdleCutoff: m.idleCutoff(now)})
+	res, err := m.store.Insert(ctx, s, m.insertRequest(agentID, now))
 	if err != nil {
 		m.cfg.Logger.WarnContext(ctx, "sessions: issue failed", slog.String("agent_id", agentID), slog.Any("error", err))
 		return Issued{}, storeErr("insert", err)

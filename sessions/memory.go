@@ -110,6 +110,13 @@ func (m *MemoryStore) Insert(ctx context.Context, s Session, req InsertRequest) 
 		}
 		victims := m.agentLocked(key, time.Time{})
 		if req.Policy == PolicyEvictLeastRecentlyUsed {
+			for i, v := range victims {
+				for _, u := range req.RecentUses {
+					if u.ID == v.ID && u.At.After(v.LastUsedAt) {
+						victims[i].LastUsedAt = u.At
+					}
+				}
+			}
 			slices.SortStableFunc(victims, func(a, b Session) int { return a.LastUsedAt.Compare(b.LastUsedAt) })
 		}
 		for _, old := range victims[:excess] {
@@ -228,9 +235,17 @@ func (m *MemoryStore) Touch(ctx context.Context, uses []Use) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// As pgxstore does: a use timed more than a minute ahead of this
+	// host's clock counts as a minute ahead, so a clock that ran ahead
+	// cannot keep sessions from going idle for longer.
+	latest := time.Now().Add(time.Minute)
 	for _, u := range uses {
-		if s, ok := m.byID[u.ID]; ok && u.At.After(s.LastUsedAt) {
-			s.LastUsedAt = u.At.UTC()
+		at := u.At
+		if at.After(latest) {
+			at = latest.Truncate(time.Second)
+		}
+		if s, ok := m.byID[u.ID]; ok && at.After(s.LastUsedAt) {
+			s.LastUsedAt = at.UTC()
 			m.byID[u.ID] = s
 		}
 	}
@@ -243,8 +258,9 @@ func (m *MemoryStore) GetLatest(ctx context.Context, id string) (Session, bool, 
 }
 
 // PruneIdle deletes every agent session (kind [KindSession]) last used at
-// or before cutoff (now minus the idle timeout) and returns how many.
-// Insert prunes only the issuing agent's, like PruneExpired.
+// or before cutoff and returns how many: pass [IdleDeleteCutoff] with the
+// managers' idle timeout. Insert prunes only the issuing agent's, like
+// PruneExpired.
 func (m *MemoryStore) PruneIdle(cutoff time.Time) int {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -83,9 +83,15 @@ type InsertRequest struct {
 	Policy LimitPolicy // what to do at the limit
 	Now    time.Time   // the caller's clock: sessions expiring at or before it are dead
 
-	// IdleCutoff, when not zero, is Now minus the idle timeout: sessions
+	// IdleCutoff, when not zero, is [IdleDeleteCutoff] at Now: sessions
 	// last used at or before it are dead too.
 	IdleCutoff time.Time
+
+	// RecentUses, under PolicyEvictLeastRecentlyUsed, are the uses of the
+	// agent's sessions of the kind that the caller has seen but perhaps
+	// not yet written (see [TouchStore]): eviction orders by the later of
+	// these and LastUsedAt.
+	RecentUses []Use
 }
 
 // InsertResult reports what [Store.Insert] did.

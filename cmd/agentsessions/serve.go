@@ -217,7 +217,7 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 				case now := <-t.C:
 					n := mem.PruneExpired(now)
 					if cfg.IdleTimeout > 0 {
-						n += mem.PruneIdle(now.Add(-cfg.IdleTimeout))
+						n += mem.PruneIdle(sessions.IdleDeleteCutoff(now, cfg.IdleTimeout, cfg.LastUseInterval))
 					}
 					if n > 0 {
 						onPrune(pgxstore.PruneResult{Deleted: int64(n), Batches: 1}, nil)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/agentsessions/agentsessions/db"
 	"github.com/agentsessions/agentsessions/sessions"
 )
@@ -14,8 +16,9 @@ var _ sessions.TouchStore = (*Store)(nil)
 // busy interval is written as several statements of this many uses.
 const touchChunk = 5000
 
-// Touch implements [sessions.TouchStore]: one UPDATE per 5,000 uses, which
-// sets last_used_at alone (a HOT update; no count row, no invalidation).
+// Touch implements [sessions.TouchStore]: one READ COMMITTED UPDATE per
+// 5,000 uses, which sets last_used_at alone (a HOT update; no count row,
+// no invalidation).
 // It only moves last uses forward, so it is rerun after any failure.
 func (p *Store) Touch(ctx context.Context, uses []sessions.Use) error {
 	for len(uses) > 0 {
@@ -25,8 +28,13 @@ func (p *Store) Touch(ctx context.Context, uses []sessions.Use) error {
 		for i, u := range chunk {
 			args.Ids[i], args.Ats[i] = u.ID, u.At
 		}
+		// READ COMMITTED whatever the pool's default: at SERIALIZABLE
+		// (a pool set up for the limit statement alone) the batch would
+		// join conflict detection and make issues retry.
 		if err := p.write(ctx, "touch", idempotent, func() (touched, error) {
-			return touched{}, p.q.TouchSessions(ctx, args)
+			return touched{}, pgx.BeginTxFunc(ctx, p.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+				return db.New(tx).TouchSessions(ctx, args)
+			})
 		}); err != nil {
 			return err
 		}

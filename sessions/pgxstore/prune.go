@@ -34,11 +34,18 @@ type PruneConfig struct {
 	LockID int64
 
 	// IdleTimeout, when set, also deletes the agent sessions last used at
-	// or before Clock() minus it. Use the managers' Config.IdleTimeout.
+	// or before sessions.IdleDeleteCutoff(Clock(), IdleTimeout,
+	// LastUseInterval): idle, with a margin of 2*LastUseInterval for the
+	// uses instances have yet to write. Use the managers'
+	// Config.IdleTimeout and Config.LastUseInterval.
 	// Last use is not indexed (writing it is then a HOT update), so each
 	// batch of idle rows scans the table until it has found them: a pass
 	// reads the whole table once when nothing is idle. Default: 0, none.
 	IdleTimeout time.Duration
+
+	// LastUseInterval is the managers' Config.LastUseInterval. Default:
+	// sessions.DefaultLastUseInterval(IdleTimeout), the managers' default.
+	LastUseInterval time.Duration
 
 	// OnPrune, if set, is called by RunPruner after every pass.
 	OnPrune func(PruneResult, error)
@@ -62,8 +69,8 @@ func (c PruneConfig) withDefaults() (PruneConfig, error) {
 		return c, &sessions.ConfigError{Field: "PruneConfig.BatchSize", Reason: "must be between 0 (default) and 1048576"}
 	case c.Interval < 0:
 		return c, &sessions.ConfigError{Field: "PruneConfig.Interval", Reason: "must not be negative"}
-	case c.IdleTimeout < 0:
-		return c, &sessions.ConfigError{Field: "PruneConfig.IdleTimeout", Reason: "must not be negative (0: none)"}
+	case c.IdleTimeout < 0 || c.LastUseInterval < 0:
+		return c, &sessions.ConfigError{Field: "PruneConfig.IdleTimeout", Reason: "IdleTimeout and LastUseInterval must not be negative (0: none, default)"}
 	}
 	if c.BatchSize == 0 {
 		c.BatchSize = 1000
@@ -139,7 +146,7 @@ func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, er
 	if cfg.IdleTimeout <= 0 {
 		return res, nil
 	}
-	cutoff := now.Add(-cfg.IdleTimeout.Truncate(time.Second))
+	cutoff := sessions.IdleDeleteCutoff(now, cfg.IdleTimeout, cfg.LastUseInterval)
 	for {
 		n, err := q.DeleteIdleBatch(ctx, db.DeleteIdleBatchParams{Cutoff: cutoff, BatchSize: int32(cfg.BatchSize)})
 		if err != nil {

@@ -181,11 +181,16 @@ func (p *Store) insertStmt(ctx context.Context, s sessions.Session, md []byte, r
 		Evict:        req.Policy == sessions.PolicyEvictOldest || req.Policy == sessions.PolicyEvictLeastRecentlyUsed,
 		Lru:          req.Policy == sessions.PolicyEvictLeastRecentlyUsed,
 		IdleCutoff:   req.IdleCutoff, // zero (year 1): nothing is idle
+		RecentIds:    make([]string, len(req.RecentUses)),
+		RecentAts:    make([]time.Time, len(req.RecentUses)),
 		ID:           s.ID,
 		IssuedAt:     s.IssuedAt,
 		ExpiresAt:    s.ExpiresAt,
 		TokenDigest:  s.TokenDigest,
 		Metadata:     md,
+	}
+	for i, u := range req.RecentUses {
+		args.RecentIds[i], args.RecentAts[i] = u.ID, u.At
 	}
 	row, err := p.one.IssueSession(ctx, args)
 	if err == nil && !row.Known && row.Serializable {

@@ -202,7 +202,14 @@ func runLastUse(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 		clock.Advance(30 * time.Second)
 		mustAuth(t, m, second.Token)
 		mustClose(t, m)
-		clock.Advance(30 * time.Second) // first idle, second used 30s ago
+		clock.Advance(30 * time.Second) // first idle, but within the margin for unwritten uses
+		_, err := m.Authenticate(ctx, first.Token, agent)
+		wantIdle(t, err)
+		if _, err := m.Issue(ctx, agent); !errors.Is(err, sessions.ErrLimitExceeded) {
+			t.Fatalf("issue 60s after first's issue: %v; want ErrLimitExceeded (stores delete idle sessions only "+
+				"2*LastUseInterval = 20s after they went idle)", err)
+		}
+		clock.Advance(21 * time.Second) // 81s: first idle for 21s, second used 51s ago
 		third := MustIssue(t, m, agent)
 		if len(third.Evicted) != 0 {
 			t.Errorf("reject policy evicted %v", third.Evicted)
@@ -244,6 +251,43 @@ func runLastUse(t *testing.T, newStore func(t *testing.T) sessions.Store) {
 			}
 		})
 	}
+
+	t.Run("Evict/least-recently-used-unwritten-uses", func(t *testing.T) {
+		// The issuing manager's own uses count before they are written.
+		clock := NewClock(1_700_000_000)
+		m := NewManager(t, newStore(t), clock, func(c *sessions.Config) {
+			c.Limit, c.Policy, c.NewID = 2, sessions.PolicyEvictLeastRecentlyUsed, SeqIDs("s")
+		})
+		first := MustIssue(t, m, agent)
+		clock.Advance(time.Second)
+		second := MustIssue(t, m, agent)
+		clock.Advance(5 * time.Second)
+		mustAuth(t, m, first.Token) // not written: no Close
+		clock.Advance(time.Second)
+		third := MustIssue(t, m, agent)
+		if !slices.Equal(third.Evicted, []string{second.Session.ID}) {
+			t.Errorf("evicted %v, want the never-used %s (first was used a second ago here)", third.Evicted, second.Session.ID)
+		}
+	})
+
+	t.Run("TouchFarAheadIsCapped", func(t *testing.T) {
+		// A use timed an hour ahead of the store's clock (a clock that
+		// jumped) is kept as at most a minute ahead.
+		store := newStore(t)
+		ts := store.(sessions.TouchStore)
+		m := NewManager(t, store, NewClock(time.Now().Unix()), nil)
+		iss := MustIssue(t, m, agent)
+		if err := ts.Touch(ctx, []sessions.Use{{ID: iss.Session.ID, At: time.Now().Add(time.Hour).Truncate(time.Second)}}); err != nil {
+			t.Fatal(err)
+		}
+		s, _, err := ts.GetLatest(ctx, iss.Session.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if limit := time.Now().Add(time.Minute + 5*time.Second); s.LastUsedAt.After(limit) {
+			t.Errorf("LastUsedAt %v after a use an hour ahead: want at most a minute past now (%v)", s.LastUsedAt, limit)
+		}
+	})
 
 	t.Run("Evict/least-recently-used-ties", func(t *testing.T) {
 		// Never used: last use is issue time, then the ID decides.
