@@ -213,3 +213,14 @@ func TestReadPgbenchLog(t *testing.T) {
 		t.Error("accepted a script number that was not run")
 	}
 }
+
+// Array arguments (the limit statement's recent uses) reach pgbench as
+// array literals PostgreSQL reads back element for element.
+func TestArrayLiteral(t *testing.T) {
+	if got, want := arrayLiteral([]string{`a"b`, `c\d`, ""}, func(s string) string { return s }), `{"a\"b","c\\d",""}`; got != want {
+		t.Errorf("arrayLiteral = %s, want %s", got, want)
+	}
+	if got := arrayLiteral([]string{}, func(s string) string { return s }); got != "{}" {
+		t.Errorf("empty: %s", got)
+	}
+}

@@ -400,6 +400,10 @@ func (t *Trace) variable(arg any, consts map[string]string) (string, error) {
 		text = fmt.Sprint(v)
 	case bool, float32, float64:
 		text = fmt.Sprint(v)
+	case []string:
+		text = arrayLiteral(v, func(s string) string { return s })
+	case []time.Time:
+		text = arrayLiteral(v, func(tm time.Time) string { return tm.UTC().Format(time.RFC3339Nano) })
 	default:
 		return "", fmt.Errorf("bench: cannot pass a %T argument to pgbench", arg)
 	}
@@ -470,4 +474,21 @@ func (s *ScriptSet) constNames() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// arrayLiteral is vs as PostgreSQL's text form of an array: {"a","b"},
+// each element quoted, with " and \ escaped.
+func arrayLiteral[T any](vs []T, text func(T) string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, v := range vs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		b.WriteString(strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(text(v)))
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
 }
