@@ -309,7 +309,44 @@ func newHAPair(t *testing.T, sync bool) *haPair {
 	}
 	h := &haPair{primary: p, standby: s, sync: sync}
 	h.waitReplication(ctx)
+	if sync {
+		h.proveSync(ctx)
+	}
 	return h
+}
+
+// proveSync waits until a commit on the primary really waits for the
+// standby: pg_stat_replication can say "sync" before every process of the
+// primary has applied the reloaded setting. With the standby's WAL
+// receiver paused, a commit must block; it is then cancelled (the server
+// warns that it committed locally only; it is no session of a test).
+func (h *haPair) proveSync(ctx context.Context) {
+	t := h.primary.t
+	t.Helper()
+	resume := h.standby.pauseWALReceiver()
+	defer resume()
+	conn, err := pgx.Connect(ctx, h.primary.url("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for {
+		done := make(chan error, 1)
+		go func() { _, err := conn.Exec(ctx, "SELECT txid_current()"); done <- err }()
+		select {
+		case err := <-done:
+			if err != nil || ctx.Err() != nil {
+				t.Fatalf("synchronous replication never took effect: a commit did not wait for the paused standby (%v)", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		case <-time.After(300 * time.Millisecond):
+			if err := conn.PgConn().CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			<-done
+			return
+		}
+	}
 }
 
 // waitReplication waits until the primary reports the standby streaming,

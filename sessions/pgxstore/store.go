@@ -60,6 +60,19 @@ type Config struct {
 	// and broken connections, prune passes and cache resyncs: see
 	// [Observer]. Default: none.
 	Observer Observer
+
+	// ListenDatabaseURL, if set, is the connection string of the LISTEN
+	// connections that the cache ([Store.RunCache]) and handle events
+	// ([Store.RunHandleEvents]) open next to the pool; by default they
+	// use the pool's connection settings. Set it when the pool goes
+	// through a connection pooler in transaction mode (PgBouncer
+	// pool_mode = transaction), which cannot carry LISTEN: it must reach
+	// PostgreSQL directly (a multi-host URL with
+	// target_session_attrs=read-write is fine). A listener that turns out
+	// to be behind such a pooler makes RunCache and RunHandleEvents
+	// refuse to start, saying so. See "High availability and scale" in
+	// docs/operations.md.
+	ListenDatabaseURL string
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -138,6 +151,9 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	}
 	c, err := c.withDefaults()
 	if err != nil {
+		return nil, err
+	}
+	if err := c.checkListenURL(); err != nil {
 		return nil, err
 	}
 	p := &Store{pool: pool, q: db.New(pool), cfg: c}
