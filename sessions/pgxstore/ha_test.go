@@ -65,8 +65,8 @@ type haSession struct {
 	revoked          bool // an acknowledged revocation
 	// uncertain: a write on it failed, so it may or may not have
 	// committed; the checker cannot vouch for it either way.
-	uncertain bool
-	deniedLive bool // Authenticate refused it while it should be live
+	uncertain  bool
+	deniedLive bool     // Authenticate refused it while it should be live
 	history    []string // what was done to it, with times relative to the switch, for a failure message
 }
 

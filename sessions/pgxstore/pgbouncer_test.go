@@ -368,7 +368,9 @@ func TestPgBouncerCacheListenURL(t *testing.T) {
 	_, m2 := bouncedStore(t, b.url(pooledMode), nil, 5)
 	cacheCtx, stopCache := context.WithCancel(ctx)
 	cacheDone := make(chan error, 1)
-	go func() { cacheDone <- direct.RunCache(cacheCtx, pgxstore.CacheConfig{MaxStaleness: 200 * time.Millisecond}) }()
+	go func() {
+		cacheDone <- direct.RunCache(cacheCtx, pgxstore.CacheConfig{MaxStaleness: 200 * time.Millisecond})
+	}()
 	waitFor(t, 10*time.Second, "the cache on the direct listen URL fresh", func() bool { return direct.CacheStats().Fresh })
 	iss := mustIssue(t, m2, agent)
 	for range 2 { // the second one is a hit
