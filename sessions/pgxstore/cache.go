@@ -116,7 +116,7 @@ type CacheStats struct {
 // Run one RunCache per store; a second one returns an error. It fails at
 // once if the invalidation triggers are missing or disabled, or if its
 // listener connection goes through a pooler that cannot carry LISTEN
-// (then set [Config].ListenDatabaseURL). Every
+// (then set [Config].DirectDatabaseURL). Every
 // heartbeat reads the triggers' state as it passes through the database:
 // one that finds them disabled (as pg_restore --disable-triggers leaves
 // them while it runs) makes the cache bypassed at once, and one that finds

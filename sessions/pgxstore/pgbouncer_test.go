@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -342,7 +343,7 @@ func TestFaultPgBouncerRestart(t *testing.T) {
 }
 
 // The cache through the pooler: its LISTEN connection on the pooled URL is
-// refused at once, saying what to set; on a direct ListenDatabaseURL it
+// refused at once, saying what to set; on a direct DirectDatabaseURL it
 // runs, and a revocation on another pooled instance reaches it.
 func TestPgBouncerCacheListenURL(t *testing.T) {
 	t.Parallel()
@@ -355,16 +356,16 @@ func TestPgBouncerCacheListenURL(t *testing.T) {
 	start := time.Now()
 	err := pooled.RunCache(ctx, pgxstore.CacheConfig{})
 	var ce *sessions.ConfigError
-	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "ListenDatabaseURL") || !strings.Contains(err.Error(), "pooler") {
-		t.Fatalf("RunCache on a pooled listen connection: %v; want a ConfigError naming the pooler and ListenDatabaseURL", err)
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "DirectDatabaseURL") || !strings.Contains(err.Error(), "pooler") {
+		t.Fatalf("RunCache on a pooled listen connection: %v; want a ConfigError naming the pooler and DirectDatabaseURL", err)
 	}
 	t.Logf("refused after %s: %v", time.Since(start).Round(time.Millisecond), err)
 	err = pooled.RunHandleEvents(ctx, pgxstore.HandleEventsConfig{OnEvent: func(pgxstore.HandleEvent) {}})
-	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "ListenDatabaseURL") {
-		t.Fatalf("RunHandleEvents on a pooled listen connection: %v; want a ConfigError naming ListenDatabaseURL", err)
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "DirectDatabaseURL") {
+		t.Fatalf("RunHandleEvents on a pooled listen connection: %v; want a ConfigError naming DirectDatabaseURL", err)
 	}
 
-	direct, m1 := bouncedStore(t, b.url(pooledMode), &pgxstore.Config{ListenDatabaseURL: d.URL}, 5)
+	direct, m1 := bouncedStore(t, b.url(pooledMode), &pgxstore.Config{DirectDatabaseURL: d.URL}, 5)
 	_, m2 := bouncedStore(t, b.url(pooledMode), nil, 5)
 	cacheCtx, stopCache := context.WithCancel(ctx)
 	cacheDone := make(chan error, 1)
@@ -394,13 +395,104 @@ func TestPgBouncerCacheListenURL(t *testing.T) {
 	}
 }
 
-// Config.ListenDatabaseURL must parse.
-func TestListenDatabaseURLRejected(t *testing.T) {
+// Config.DirectDatabaseURL must parse.
+func TestDirectDatabaseURLRejected(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t).Pool(t)
-	_, err := pgxstore.New(pool, &pgxstore.Config{ListenDatabaseURL: "postgres://%zz"})
+	_, err := pgxstore.New(pool, &pgxstore.Config{DirectDatabaseURL: "postgres://%zz"})
 	var ce *sessions.ConfigError
-	if !errors.As(err, &ce) || ce.Field != "Config.ListenDatabaseURL" || strings.Contains(err.Error(), "%zz") {
-		t.Fatalf("got %v; want a ConfigError for Config.ListenDatabaseURL that does not repeat the URL", err)
+	if !errors.As(err, &ce) || ce.Field != "Config.DirectDatabaseURL" || strings.Contains(err.Error(), "%zz") {
+		t.Fatalf("got %v; want a ConfigError for Config.DirectDatabaseURL that does not repeat the URL", err)
 	}
+}
+
+// The pruner through the pooler. On the pooled connection alone a pass
+// would leave its session-level advisory lock on one of PgBouncer's server
+// connections, and every later pass everywhere would skip (seen before
+// this was handled); so it fails, naming DirectDatabaseURL, and takes no
+// lock. With DirectDatabaseURL, 4 instances prune concurrently under load:
+// passes run, expired sessions go, and no lock is left behind.
+func TestPgBouncerPruner(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	b := newBouncer(t, d)
+	ctx := context.Background()
+	lockID := rand.Int64N(1<<62) + 1 // its own key: other tests prune the same database
+	locks := func() int {
+		var n int
+		if err := d.Pool(t).QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+			AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid AND objsubid = 1`, lockID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	pooled, _ := bouncedStore(t, b.url(pooledMode), nil, 5)
+	_, err := pooled.Prune(ctx, pgxstore.PruneConfig{LockID: lockID})
+	var ce *sessions.ConfigError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "DirectDatabaseURL") {
+		t.Fatalf("Prune through the pooler without DirectDatabaseURL: %v; want a ConfigError naming DirectDatabaseURL", err)
+	}
+	if n := locks(); n != 0 {
+		t.Fatalf("%d prune locks held after the refused pass", n)
+	}
+
+	const limit = 3
+	var stores []*pgxstore.Store
+	var mgrs []*sessions.Manager
+	for range 4 {
+		s, m := bouncedStore(t, b.url(pooledMode), &pgxstore.Config{DirectDatabaseURL: d.URL}, limit)
+		stores, mgrs = append(stores, s), append(mgrs, m)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	stats := &loadStats{}
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		(&load{mgrs: mgrs, agents: agentNames(20), limit: limit, workers: 8, stats: stats}).run(lctx)
+	}()
+	later := func() time.Time { return time.Now().Add(2 * time.Hour) } // every session has expired by then
+	type tally struct{ ran, skipped, failed int }
+	results := make(chan tally, len(stores))
+	for _, s := range stores {
+		go func() {
+			var tl tally
+			for lctx.Err() == nil {
+				r, err := s.Prune(lctx, pgxstore.PruneConfig{LockID: lockID, Clock: later})
+				switch {
+				case err != nil && lctx.Err() == nil:
+					tl.failed++
+					t.Errorf("prune pass: %v", err)
+				case err != nil:
+				case r.Skipped:
+					tl.skipped++
+				default:
+					tl.ran++
+				}
+			}
+			results <- tl
+		}()
+	}
+	var total tally
+	for range stores {
+		tl := <-results
+		total.ran, total.skipped, total.failed = total.ran+tl.ran, total.skipped+tl.skipped, total.failed+tl.failed
+	}
+	<-loaded
+	t.Logf("passes through PgBouncer with DirectDatabaseURL: %+v, next to %d calls of load", total, stats.ops())
+	if total.ran == 0 {
+		t.Fatal("no prune pass ran")
+	}
+	if n := locks(); n != 0 {
+		t.Fatalf("%d prune locks left behind", n)
+	}
+	r, err := stores[0].Prune(ctx, pgxstore.PruneConfig{LockID: lockID, Clock: later})
+	if err != nil || r.Skipped {
+		t.Fatalf("a pass after the others: %+v, %v; want it to run", r, err)
+	}
+	if rows := sum(rowsPerAgent(t, d.Pool(t))); rows != 0 {
+		t.Fatalf("%d expired sessions left after the last pass", rows)
+	}
+	checkCounts(t, d.Pool(t))
 }

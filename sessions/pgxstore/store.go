@@ -61,18 +61,20 @@ type Config struct {
 	// [Observer]. Default: none.
 	Observer Observer
 
-	// ListenDatabaseURL, if set, is the connection string of the LISTEN
-	// connections that the cache ([Store.RunCache]) and handle events
-	// ([Store.RunHandleEvents]) open next to the pool; by default they
-	// use the pool's connection settings. Set it when the pool goes
-	// through a connection pooler in transaction mode (PgBouncer
-	// pool_mode = transaction), which cannot carry LISTEN: it must reach
-	// PostgreSQL directly (a multi-host URL with
-	// target_session_attrs=read-write is fine). A listener that turns out
-	// to be behind such a pooler makes RunCache and RunHandleEvents
-	// refuse to start, saying so. See "High availability and scale" in
+	// DirectDatabaseURL, if set, is the connection string for what needs
+	// a database session of its own: the LISTEN connections of the cache
+	// ([Store.RunCache]) and handle events ([Store.RunHandleEvents]), and
+	// the connection each prune pass holds its advisory lock on
+	// ([Store.RunPruner]). By default they use the pool's settings (the
+	// pruner, a connection of the pool). Set it when the pool goes through
+	// a connection pooler in transaction mode (PgBouncer pool_mode =
+	// transaction), which cannot carry LISTEN nor a session lock: it must
+	// reach PostgreSQL directly (a multi-host URL with
+	// target_session_attrs=read-write is fine). Without it, behind such a
+	// pooler, RunCache and RunHandleEvents refuse to start and every prune
+	// pass fails, saying so. See "High availability and scale" in
 	// docs/operations.md.
-	ListenDatabaseURL string
+	DirectDatabaseURL string
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -108,6 +110,7 @@ type Store struct {
 	one       *db.Queries                  // runs the limit statement as its own SERIALIZABLE transaction
 	lookups   *lookups                     // Get's queries, batched when they arrive together
 	eventsPID atomic.Uint32                // backend of the handle events listener, for tests
+	pruneOK   atomic.Bool                  // the pool's connections keep a session (checkPrunerSession passed)
 }
 
 type pgStats struct {
@@ -153,7 +156,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.checkListenURL(); err != nil {
+	if err := c.checkDirectURL(); err != nil {
 		return nil, err
 	}
 	p := &Store{pool: pool, q: db.New(pool), cfg: c}
