@@ -440,9 +440,12 @@ func haWorker(ctx context.Context, in *haInstance, agents []string, switched *at
 			var found bool
 			found, err = in.mgr.Revoke(opCtx, s.id)
 			s.note(switched, began, fmt.Sprintf("revoke found=%v", found), err)
-			if err == nil && !found {
-				s.deniedLive = true // gone before its revocation
-			} else if err == nil {
+			// found=false is no loss: Delete is rerun after a broken
+			// connection, and the first attempt may have deleted the row
+			// (here: committed and replicated, but the old primary died
+			// before acknowledging). Either way the row must be gone.
+			_ = found
+			if err == nil {
 				s.revoked = true
 				revoked.Add(1)
 				wrote(began)
@@ -506,10 +509,14 @@ func checkFailover(t *testing.T, pool *pgxpool.Pool, insts []*haInstance, all []
 			}
 		case !ok:
 			res.lostSessions++
-			t.Logf("lost session %s: %q", s.id, s.history)
+			if res.lostSessions <= 3 {
+				t.Logf("lost session %s: %q", s.id, s.history)
+			}
 		case d != digest(s.token):
 			res.lostRefreshes++ // the row holds an older token's digest
-			t.Logf("lost refresh of session %s: %q", s.id, s.history)
+			if res.lostRefreshes <= 3 {
+				t.Logf("lost refresh of session %s: %q", s.id, s.history)
+			}
 		}
 	}
 	if over := overLimit(t, pool, limit); over != "" {

@@ -167,6 +167,7 @@ func (n *pgNode) initdb() {
 		"hot_standby = on",
 		"synchronous_commit = on",
 		"wal_receiver_status_interval = 1s",
+		"wal_retrieve_retry_interval = 200ms", // a promotion after a lost primary waits for one such retry
 		"",
 	}, "\n")
 	f, err := os.OpenFile(filepath.Join(n.pgdata, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
@@ -323,16 +324,21 @@ func newHAPair(t *testing.T, sync bool) *haPair {
 func (h *haPair) proveSync(ctx context.Context) {
 	t := h.primary.t
 	t.Helper()
-	resume := h.standby.pauseWALReceiver()
-	defer resume()
 	conn, err := pgx.Connect(ctx, h.primary.url("postgres"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
+	// A commit waits only if its transaction wrote WAL: an INSERT, not
+	// just an xid. The table is created before the pause.
+	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS harness_sync_probe (at timestamptz)"); err != nil {
+		t.Fatal(err)
+	}
+	resume := h.standby.pauseWALReceiver()
+	defer resume()
 	for {
 		done := make(chan error, 1)
-		go func() { _, err := conn.Exec(ctx, "SELECT txid_current()"); done <- err }()
+		go func() { _, err := conn.Exec(ctx, "INSERT INTO harness_sync_probe VALUES (now())"); done <- err }()
 		select {
 		case err := <-done:
 			if err != nil || ctx.Err() != nil {
@@ -343,7 +349,7 @@ func (h *haPair) proveSync(ctx context.Context) {
 			if err := conn.PgConn().CancelRequest(ctx); err != nil {
 				t.Fatal(err)
 			}
-			<-done
+			<-done // committed locally only, with a WARNING: not a session
 			return
 		}
 	}
