@@ -437,14 +437,14 @@ func haWorker(ctx context.Context, in *haInstance, agents []string, switched *at
 		default:
 			i := rand.IntN(len(mine))
 			s := mine[i]
+			// A revoke that finds nothing is no lost session: Delete is
+			// rerun after a broken connection, and the first attempt may
+			// have deleted the row (committed and replicated, but the old
+			// primary died before acknowledging). Either way the row must
+			// be gone now.
 			var found bool
 			found, err = in.mgr.Revoke(opCtx, s.id)
 			s.note(switched, began, fmt.Sprintf("revoke found=%v", found), err)
-			// found=false is no loss: Delete is rerun after a broken
-			// connection, and the first attempt may have deleted the row
-			// (here: committed and replicated, but the old primary died
-			// before acknowledging). Either way the row must be gone.
-			_ = found
 			if err == nil {
 				s.revoked = true
 				revoked.Add(1)
