@@ -200,8 +200,8 @@ func (c *haClock) Now() time.Time { return c.base.Add(time.Duration(c.n.Add(1)) 
 
 // runFailover runs the load, fails over after 2s, runs until every
 // instance has written again (at most 20s), then checks. mode is how the
-// primary goes: pg_ctl stop -m fast or -m immediate, or "lagging": -m
-// immediate while the standby's WAL receiver is paused.
+// primary goes: pg_ctl stop -m fast or -m immediate, or "lagging": an
+// immediate shutdown after its WAL sender was paused for 700ms.
 func runFailover(t *testing.T, synchronous bool, mode string) *failoverResult {
 	h := newHAPair(t, synchronous)
 	const (
@@ -302,15 +302,12 @@ func runFailover(t *testing.T, synchronous bool, mode string) *failoverResult {
 	}
 	stopMode := mode
 	if mode == "lagging" {
-		// The standby falls behind: its WAL receiver is paused for 700ms
-		// (as a slow or partitioned network would), then the primary
-		// crashes. What the primary acknowledged meanwhile exists only
-		// on it, unless commits waited for the standby.
+		// The standby falls behind (the primary's WAL sender paused for
+		// 700ms, as a slow or cut network would do), then the primary
+		// crashes. What it acknowledged meanwhile exists only on it,
+		// unless commits waited for the standby.
 		stopMode = "immediate"
-		resume := h.standby.pauseWALReceiver()
-		time.Sleep(700 * time.Millisecond)
-		h.primary.stop(stopMode)
-		resume()
+		h.crashWhileBehind(700 * time.Millisecond)
 	} else {
 		h.primary.stop(stopMode)
 	}

@@ -2,6 +2,7 @@ package pgxstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -260,6 +261,56 @@ func (n *pgNode) pauseWALReceiver() (resume func()) {
 	}
 	n.t.Cleanup(resume)
 	return resume
+}
+
+// crashWhileBehind pauses (SIGSTOP) the primary's WAL sender, lets the
+// primary go on acknowledging commits for behind, then crashes it: an
+// immediate shutdown (SIGQUIT to the postmaster, as pg_ctl stop -m
+// immediate sends) and SIGKILL for the paused sender, which cannot take
+// the signal. What the primary committed meanwhile never left it; with
+// synchronous replication those commits were never acknowledged either.
+// (Pausing the standby's WAL receiver instead would not do: what the
+// sender had sent waits in the standby's socket buffer and arrives after
+// all.)
+func (h *haPair) crashWhileBehind(behind time.Duration) {
+	t := h.primary.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, h.primary.url("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sender int
+	err = conn.QueryRow(ctx, "SELECT pid FROM pg_stat_replication WHERE application_name = $1", h.standby.name).Scan(&sender)
+	conn.Close(ctx)
+	if err != nil {
+		t.Fatalf("no WAL sender for %s: %v", h.standby.name, err)
+	}
+	pidFile, err := os.ReadFile(filepath.Join(h.primary.pgdata, "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	postmaster, err := strconv.Atoi(strings.SplitN(string(pidFile), "\n", 2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(sender, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(behind)
+	if err := syscall.Kill(postmaster, syscall.SIGQUIT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the postmaster is shutting down: a killed child is no crash to restart from
+	if err := syscall.Kill(sender, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(postmaster, 0) == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the primary's postmaster did not exit within 30s of an immediate shutdown")
+		}
+	}
 }
 
 // basebackup makes a standby of primary named name (pg_basebackup -R:

@@ -144,6 +144,20 @@ type Stats struct {
 // BenchmarkIssuePostgres and `agentsessions bench`); every other query on
 // that pool then runs at SERIALIZABLE too, so give the store a pool of its
 // own.
+//
+// Through a connection pooler in transaction mode (PgBouncer 1.18,
+// pool_mode = transaction), open the pool with
+// default_query_exec_mode=cache_describe in its connection string (or
+// ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe), and
+// set Config.DirectDatabaseURL. pgx's default mode prepares named
+// statements, which such a pooler does not carry from one transaction to
+// the next; exec and simple_protocol send jsonb metadata as bytea, which
+// fails; describe_exec splits each query over two round trips, which the
+// pooler may send to two server connections. In cache_describe the
+// pipelined BEGIN, statement and COMMIT stay one round trip and one
+// transaction on one server connection. It costs server CPU (every
+// statement is planned again): see "High availability and scale" in
+// docs/operations.md for the measurements.
 func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	if pool == nil {
 		return nil, &sessions.ConfigError{Field: "pool", Reason: "must not be nil"}
