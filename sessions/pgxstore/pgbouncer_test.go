@@ -61,7 +61,7 @@ type bouncer struct {
 
 // bouncerPoolSize is the server connections per database and user: fewer
 // than the tests' clients, so that server connections really are shared.
-const bouncerPoolSize = 6
+const bouncerPoolSize = 4
 
 // newBouncer starts pgbouncer in transaction mode in front of d's
 // database. Every server connection it opens first runs SET search_path
@@ -286,7 +286,7 @@ func TestPgBouncerStoreContract(t *testing.T) {
 }
 
 // The invariant test through the pooler: 24 agents, 12 issues each
-// released at once over 4 instances whose pools share 6 server
+// released at once over 4 instances whose pools share 4 server
 // connections; each agent ends with exactly its limit of 5.
 func TestInvariantPgBouncerFourInstances(t *testing.T) {
 	t.Parallel()
