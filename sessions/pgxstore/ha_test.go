@@ -284,7 +284,7 @@ func runFailover(t *testing.T, synchronous bool, mode string) *failoverResult {
 	loadCtx, stopLoad := context.WithCancel(context.Background())
 	defer stopLoad()
 	var wg sync.WaitGroup
-	for i, in := range insts {
+	for _, in := range insts {
 		for range perInst {
 			wg.Go(func() {
 				mine := haWorker(loadCtx, in, agents, &switched, res, &ops, &issued, &refreshed, &revoked)
@@ -293,7 +293,6 @@ func runFailover(t *testing.T, synchronous bool, mode string) *failoverResult {
 				mu.Unlock()
 			})
 		}
-		_ = i
 	}
 
 	time.Sleep(2 * time.Second)
