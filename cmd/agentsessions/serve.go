@@ -30,6 +30,10 @@ const (
 	memoryPruneTick = time.Minute
 )
 
+// envDirectDatabaseURL is the environment fallback of serve's
+// --direct-database-url.
+const envDirectDatabaseURL = "AGENTSESSIONS_DIRECT_DATABASE_URL"
+
 type serveOpts struct {
 	addr            string
 	adminKeyFile    string
@@ -39,6 +43,7 @@ type serveOpts struct {
 	migrate         bool
 	pruneInterval   time.Duration
 	cacheStaleness  time.Duration
+	directURL       string
 	sec             secretOpts
 	mo              managerOpts
 }
@@ -73,6 +78,10 @@ func newServeCmd(g *globalOpts) *cobra.Command {
 	f.DurationVar(&o.cacheStaleness, "cache-max-staleness", 0,
 		"with a database: cache verified sessions in this instance, accepting a revoked token for at most this long "+
 			"after the revocation (LISTEN/NOTIFY; e.g. 1s, at least 20ms); 0 disables the cache")
+	f.StringVar(&o.directURL, "direct-database-url", "",
+		"with a database: a connection string reaching PostgreSQL directly, for the cache's LISTEN connection and the "+
+			"pruner's advisory lock, when --database-url goes through a pooler in transaction mode (PgBouncer); "+
+			"default $"+envDirectDatabaseURL+", else the --database-url settings")
 	o.sec.addFlags(cmd)
 	o.mo.addTTL(cmd)
 	o.mo.addLimit(cmd)
@@ -171,7 +180,11 @@ func (o *serveOpts) run(cmd *cobra.Command, g *globalOpts) error {
 			}
 			log.Info("migrations applied")
 		}
-		pg, err := pgxstore.New(pool, &pgxstore.Config{Observer: storeObserver})
+		directURL := o.directURL
+		if directURL == "" {
+			directURL = os.Getenv(envDirectDatabaseURL)
+		}
+		pg, err := pgxstore.New(pool, &pgxstore.Config{Observer: storeObserver, DirectDatabaseURL: directURL})
 		if err != nil {
 			return err
 		}

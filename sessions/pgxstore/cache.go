@@ -114,7 +114,9 @@ type CacheStats struct {
 //     while it was away are lost) and refills from the database.
 //
 // Run one RunCache per store; a second one returns an error. It fails at
-// once if the invalidation triggers are missing or disabled. Every
+// once if the invalidation triggers are missing or disabled, or if its
+// listener connection goes through a pooler that cannot carry LISTEN
+// (then set [Config].DirectDatabaseURL). Every
 // heartbeat reads the triggers' state as it passes through the database:
 // one that finds them disabled (as pg_restore --disable-triggers leaves
 // them while it runs) makes the cache bypassed at once, and one that finds
@@ -140,6 +142,9 @@ func (p *Store) RunCache(ctx context.Context, cfg CacheConfig) error {
 	}
 	if state == triggersOff {
 		return &sessions.ConfigError{Field: "RunCache", Reason: errTriggersOff.Error()}
+	}
+	if err := p.checkListenable(ctx, "cache check"); err != nil {
+		return err
 	}
 	c, err := newSessionCache(cfg)
 	if err != nil {

@@ -80,6 +80,9 @@ func (p *Store) RunHandleEvents(ctx context.Context, cfg HandleEventsConfig) err
 	if !enabled {
 		return &sessions.ConfigError{Field: "RunHandleEvents", Reason: errEventsTriggerOff.Error()}
 	}
+	if err := p.checkListenable(ctx, "handle events check"); err != nil {
+		return err
+	}
 	keepListening(ctx, cfg.Logger, "sessions: handle events listener lost; reconnecting (a Resync event follows)", func() (bool, error) {
 		return p.listenHandleEvents(ctx, cfg)
 	})

@@ -12,10 +12,14 @@ import (
 // LISTEN connection of their own, outside the pool: a pooled connection
 // would be handed to other queries, and LISTEN is per connection.
 
-// listenerConn opens such a connection, named app in pg_stat_activity.
+// listenerConn opens such a connection, named app in pg_stat_activity:
+// to Config.DirectDatabaseURL if set, else with the pool's settings.
 // Close it with closeListener.
 func (p *Store) listenerConn(ctx context.Context, app string) (*pgx.Conn, error) {
-	cc := p.pool.Config().ConnConfig.Copy()
+	cc, err := p.directConfig()
+	if err != nil {
+		return nil, err
+	}
 	cc.RuntimeParams["application_name"] = app
 	cc.OnNotification = nil // pgx buffers notifications for WaitForNotification only without a callback
 	return pgx.ConnectConfig(ctx, cc)

@@ -109,12 +109,12 @@ func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, er
 	}
 	// A session-level lock lives on one connection: hold that connection
 	// for the whole pass.
-	conn, err := p.pool.Acquire(ctx)
+	conn, err := p.pruneSession(ctx)
 	if err != nil {
 		return res, p.wrap(ctx, "prune", err)
 	}
-	defer conn.Release()
-	q := db.New(conn)
+	defer conn.release(ctx)
+	q := db.New(conn.dbtx())
 	locked, err := q.TryAdvisoryLock(ctx, cfg.LockID)
 	if err != nil {
 		return res, p.wrap(ctx, "prune", err)
@@ -128,7 +128,7 @@ func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, er
 		if _, uerr := q.AdvisoryUnlock(uctx, cfg.LockID); uerr != nil {
 			// Never return a connection that may still hold the lock to
 			// the pool: closing it releases the lock server-side.
-			_ = conn.Conn().Close(uctx)
+			_ = conn.conn().Close(uctx)
 		}
 	}()
 	now := cfg.Clock()
@@ -165,6 +165,10 @@ func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, er
 // Run it in every instance: the lock makes one of them do each pass. Pass
 // failures (database down) are reported through OnPrune and the logger, and
 // the next pass runs on schedule.
+//
+// Behind a pooler in transaction mode, without [Config].DirectDatabaseURL,
+// every pass fails with a [sessions.ConfigError] saying so, rather than
+// leave the lock behind on one of the pooler's server connections.
 func (p *Store) RunPruner(ctx context.Context, cfg PruneConfig) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {

@@ -60,6 +60,21 @@ type Config struct {
 	// and broken connections, prune passes and cache resyncs: see
 	// [Observer]. Default: none.
 	Observer Observer
+
+	// DirectDatabaseURL, if set, is the connection string for what needs
+	// a database session of its own: the LISTEN connections of the cache
+	// ([Store.RunCache]) and handle events ([Store.RunHandleEvents]), and
+	// the connection each prune pass holds its advisory lock on
+	// ([Store.RunPruner]). By default they use the pool's settings (the
+	// pruner, a connection of the pool). Set it when the pool goes through
+	// a connection pooler in transaction mode (PgBouncer pool_mode =
+	// transaction), which cannot carry LISTEN nor a session lock: it must
+	// reach PostgreSQL directly (a multi-host URL with
+	// target_session_attrs=read-write is fine). Without it, behind such a
+	// pooler, RunCache and RunHandleEvents refuse to start and every prune
+	// pass fails, saying so. See "High availability and scale" in
+	// docs/operations.md.
+	DirectDatabaseURL string
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -95,6 +110,7 @@ type Store struct {
 	one       *db.Queries                  // runs the limit statement as its own SERIALIZABLE transaction
 	lookups   *lookups                     // Get's queries, batched when they arrive together
 	eventsPID atomic.Uint32                // backend of the handle events listener, for tests
+	pruneOK   atomic.Bool                  // the pool's connections keep a session (checkPrunerSession passed)
 }
 
 type pgStats struct {
@@ -128,6 +144,20 @@ type Stats struct {
 // BenchmarkIssuePostgres and `agentsessions bench`); every other query on
 // that pool then runs at SERIALIZABLE too, so give the store a pool of its
 // own.
+//
+// Through a connection pooler in transaction mode (PgBouncer 1.18,
+// pool_mode = transaction), open the pool with
+// default_query_exec_mode=cache_describe in its connection string (or
+// ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe), and
+// set Config.DirectDatabaseURL. pgx's default mode prepares named
+// statements, which such a pooler does not carry from one transaction to
+// the next; exec and simple_protocol send jsonb metadata as bytea, which
+// fails; describe_exec splits each query over two round trips, which the
+// pooler may send to two server connections. In cache_describe the
+// pipelined BEGIN, statement and COMMIT stay one round trip and one
+// transaction on one server connection. It costs server CPU (every
+// statement is planned again): see "High availability and scale" in
+// docs/operations.md for the measurements.
 func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	if pool == nil {
 		return nil, &sessions.ConfigError{Field: "pool", Reason: "must not be nil"}
@@ -138,6 +168,9 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	}
 	c, err := c.withDefaults()
 	if err != nil {
+		return nil, err
+	}
+	if err := c.checkDirectURL(); err != nil {
 		return nil, err
 	}
 	p := &Store{pool: pool, q: db.New(pool), cfg: c}
