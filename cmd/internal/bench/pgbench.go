@@ -352,8 +352,7 @@ func readPgbenchLog(path string, kinds []string, rec *recorder) error {
 			if fields[2] == "serialization" || fields[2] == "deadlock" {
 				class = ClassRetriesExhausted
 			}
-			rec.record(op, class, 0, fmt.Errorf("pgbench transaction failed: %s", fields[2]))
-			rec.samples[op] = rec.samples[op][:len(rec.samples[op])-1] // no latency for a failure
+			rec.count(op, class, fmt.Errorf("pgbench transaction failed: %s", fields[2])) // no latency for a failure
 			continue
 		}
 		rec.record(op, ClassOK, time.Duration(us)*time.Microsecond, nil)
