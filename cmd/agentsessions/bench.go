@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ type benchOpts struct {
 	cfg       bench.Config
 	workloads string
 	variants  string
+	openLoop  string
 	json      bool
 	plot      string
 	progress  string
@@ -67,6 +69,10 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 		" (cte: the library on SERIALIZABLE pools; cached: the library with its verified-session cache on)")
 	f.StringVar(&o.cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis for --compare")
 	f.StringVar(&o.cfg.PgbenchPath, "pgbench", "pgbench", "pgbench executable for --compare")
+	f.BoolVar(&o.cfg.DurableRedis, "durable-redis", true, "with --compare, also run the Redis peer on a redis-server the bench starts on a private port with appendonly yes and appendfsync always")
+	f.StringVar(&o.cfg.RedisServerPath, "redis-server", "redis-server", "redis-server executable for --durable-redis")
+	f.Float64Var(&o.cfg.Rate, "rate", 0, "open loop: arrivals per second over all clients on a fixed schedule, latency from each arrival's scheduled start (0: closed loop)")
+	f.StringVar(&o.openLoop, "open-loop", "", "comma-separated loads in percent (e.g. 50,80): after each workload's closed-loop rounds, run every engine open loop at that share of its own measured throughput")
 	f.BoolVar(&o.cfg.Keep, "keep", false, "keep the benchmark schema and Redis keys afterwards")
 	f.BoolVar(&o.json, "json", false, "print the results as JSON instead of the table")
 	f.StringVar(&o.plot, "plot", "", "also draw throughput and latency to this .png or .svg file")
@@ -107,6 +113,13 @@ func (o *benchOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	}
 	if cfg.Variants = splitList(o.variants); len(cfg.Variants) == 0 {
 		return usageError{errors.New("--variants is empty")}
+	}
+	for _, item := range splitList(o.openLoop) {
+		pct, err := strconv.ParseFloat(strings.TrimSuffix(item, "%"), 64)
+		if err != nil {
+			return usageError{fmt.Errorf("--open-loop: %q is not a percentage", item)}
+		}
+		cfg.OpenLoop = append(cfg.OpenLoop, pct)
 	}
 	stderr := cmd.ErrOrStderr()
 	switch o.progress {

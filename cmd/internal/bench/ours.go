@@ -340,7 +340,7 @@ func (c *collectStore) Insert(_ context.Context, s sessions.Session, req session
 }
 
 // run runs one workload on the library.
-func (o *ours) run(ctx context.Context, workload string) (Result, error) {
+func (o *ours) run(ctx context.Context, workload string, l load) (Result, error) {
 	pre, err := o.prefill(ctx, workload)
 	if err != nil {
 		return Result{}, err
@@ -400,8 +400,8 @@ func (o *ours) run(ctx context.Context, workload string) (Result, error) {
 		defer func() { o.stopCache(); o.stopCache = nil }()
 	}
 	before, cacheBefore := o.retries(), o.cacheCounts()
-	ws, elapsed := drive(ctx, cfg, workload+" · "+o.v.engine, clients, setup, step)
-	res := result(o.v.engine, workload, ws, elapsed)
+	d := drive(ctx, cfg, workload+" · "+o.v.engine, clients, l, setup, step)
+	res := resultOf(o.v.engine, workload, d, l)
 	res.setRetries(o.retries() - before)
 	if o.v.cache {
 		after := o.cacheCounts()

@@ -23,11 +23,14 @@ func sampleReport() Report {
 		Redis:   Reference{Skipped: "no Redis reachable at 127.0.0.1:6379"},
 		Workloads: []Workload{{Name: WorkloadIssue, Results: []Result{
 			{Engine: EngineOurs, OpsPerSec: 1234.4, Ratio: 0.9012, RatioTo: EnginePgbench, Latency: lat, Errors: 2,
-				Outcomes: map[string]int64{ClassOK: 12000, ClassRetriesExhausted: 2}, RetriesPer1k: 0.25, OverLimitAgents: 0,
+				Outcomes: map[string]int64{ClassOK: 12000, ClassRetriesExhausted: 2}, RetriesPer1k: 0.25, OverLimitAgents: 0, ClientCPUPerOpUS: 41.6, VsFloor: 0.5,
 				ErrorExamples: map[string]string{ClassRetriesExhausted: "sessions: store: insert: retries exhausted\nafter 20"},
 				ByOp:          map[string]OpResult{OpIssue: {Ops: 12002, Latency: lat, Outcomes: map[string]int64{ClassOK: 12000, ClassRetriesExhausted: 2}}}},
 			{Engine: EnginePgbench, OpsPerSec: 1369.8, Ratio: 1, RatioTo: EnginePgbench, Latency: lat,
 				Outcomes: map[string]int64{ClassOK: 13700}, RetriesPer1k: 12.5, OverLimitAgents: 0},
+		}, OpenLoop: []Result{
+			{Engine: EngineOurs, TargetRate: 617.2, LoadFraction: 0.5, OpsPerSec: 615, Latency: Latency{N: 10, P50: time.Millisecond,
+				P99: 8 * time.Millisecond, P999: 20 * time.Millisecond, Max: 31 * time.Millisecond}, ClientCPUPerOpUS: 55},
 		}}},
 	}
 	return r
@@ -42,11 +45,12 @@ func TestWriteTable(t *testing.T) {
 	for _, want := range []string{
 		"agentsessions bench · 2026-11-24 18:30 UTC · linux/amd64, 2 CPUs (AMD EPYC), go1.26 · PostgreSQL 15.20\n",
 		"4 instances x 8 workers = 32 clients · 10s per workload and engine · limit 5 · 10000 agents, 4 hot, 10000 pre-issued sessions\n",
-		"workload      engine                   ops/s vs pgbench      p50      p95      p99      max  errors  retries/1k over-limit\n",
-		"issue         agentsessions            1,234      0.90x   1.50ms   12.0ms   45.6ms    250ms       2         0.2          0\n",
-		"              pgbench                  1,370      1.00x   1.50ms   12.0ms   45.6ms    250ms       0        12.5          0\n",
+		"workload      engine                   ops/s vs pgbench      p50      p95      p99      max  errors  retries/1k over-limit   cpu us/op\n",
+		"issue         agentsessions            1,234      0.90x   1.50ms   12.0ms   45.6ms    250ms       2         0.2          0          42\n",
+		"              pgbench                  1,370      1.00x   1.50ms   12.0ms   45.6ms    250ms       0        12.5          0           -\n",
+		"  issue         agentsessions           50%       617       615   1.00ms   8.00ms   20.0ms   31.0ms       0          55\n",
 		"redis: skipped: no Redis reachable at 127.0.0.1:6379\n",
-		"\nRatios of ops/s in this run (reference: pgbench running the engine's own statements):\n  issue         agentsessions        0.90x pgbench\n\n",
+		"\nRatios of ops/s in this run (reference: pgbench running the engine's own statements):\n  issue         agentsessions        0.90x pgbench   0.50x floor\n\n",
 		"  issue         agentsessions        ok 12000, retries_exhausted 2\n",
 		"first retries_exhausted: sessions: store: insert: retries exhausted after 20\n", // newline flattened
 		"  issue         agentsessions        issue             12002   1.50ms   12.0ms   45.6ms    250ms  ok 12000, retries_exhausted 2\n",
