@@ -32,3 +32,13 @@ SELECT s.agent_id, s.kind, count(*), min(s.expires_at) FROM agent_sessions s
 WHERE s.agent_id = ANY(@agent_ids::text[])
 GROUP BY s.agent_id, s.kind
 ON CONFLICT (agent_id, kind) DO UPDATE SET stored = excluded.stored, oldest_expiry = excluded.oldest_expiry;
+
+-- name: SessionTableBytes :one
+-- The session table's size on disk with its indexes and TOAST, and its
+-- rows: the bench reports bytes per stored session.
+SELECT pg_total_relation_size('agent_sessions')::bigint AS bytes,
+       (SELECT count(*) FROM agent_sessions)::bigint AS rows;
+
+-- name: CountExpiredSessions :one
+-- Expired rows still stored (after a prune pass: none should be left).
+SELECT count(*)::bigint FROM agent_sessions WHERE expires_at <= now();

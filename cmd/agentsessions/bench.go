@@ -57,10 +57,12 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.DurationVar(&o.cfg.Duration, "duration", 10*time.Second, "how long each workload runs per engine (whole seconds)")
 	f.Int64Var(&o.cfg.Ops, "ops", 0, "operations per workload and engine instead of --duration")
 	f.IntVar(&o.cfg.Rounds, "rounds", 1, "run each workload this many times per engine, engines taking turns, and report the median round")
-	f.StringVar(&o.workloads, "workloads", strings.Join(bench.Workloads, ","), "comma-separated workloads to run")
+	f.StringVar(&o.workloads, "workloads", strings.Join(bench.Workloads, ","), "comma-separated workloads to run, of "+strings.Join(bench.AllWorkloads, ", ")+
+		" (issue-prune: issue while the pruner deletes --expired expired sessions; ours only)")
 	f.IntVar(&o.cfg.Agents, "agents", 100000, "agents for issue, authenticate and mixed")
 	f.IntVar(&o.cfg.HotAgents, "hot-agents", 4, "agents for issue-hot")
 	f.IntVar(&o.cfg.Sessions, "sessions", 10000, "sessions stored before each workload but issue-hot (authenticate and mixed pick from them)")
+	f.IntVar(&o.cfg.Expired, "expired", 100000, "expired sessions stored beside --sessions for issue-prune")
 	f.IntVar(&o.cfg.Limit, "limit", 5, "sessions per agent")
 	f.DurationVar(&o.cfg.TTL, "ttl", time.Hour, "session lifetime")
 	f.IntVar(&o.cfg.MaxAttempts, "max-attempts", 20, "tries per call on serialization failure (store and pgbench --max-tries)")
@@ -94,7 +96,7 @@ func (o *benchOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	}
 	// The library reads 0 as "the default"; here 0 was typed, so refuse it.
 	for name, v := range map[string]int{"--instances": cfg.Instances, "--workers": cfg.Workers, "--agents": cfg.Agents,
-		"--hot-agents": cfg.HotAgents, "--sessions": cfg.Sessions, "--limit": cfg.Limit, "--max-attempts": cfg.MaxAttempts,
+		"--hot-agents": cfg.HotAgents, "--sessions": cfg.Sessions, "--expired": cfg.Expired, "--limit": cfg.Limit, "--max-attempts": cfg.MaxAttempts,
 		"--rounds": cfg.Rounds} {
 		if v < 1 {
 			return usageError{fmt.Errorf("%s must be >= 1, got %d", name, v)}

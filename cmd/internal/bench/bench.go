@@ -48,6 +48,9 @@ const (
 	WorkloadIssueHot     = "issue-hot"
 	WorkloadAuthenticate = "authenticate"
 	WorkloadMixed        = "mixed"
+	// WorkloadIssuePrune is issue while the pruner deletes Config.Expired
+	// expired sessions (our engines only; not in the default set).
+	WorkloadIssuePrune = "issue-prune"
 )
 
 // Engines, as they appear in reports.
@@ -87,8 +90,11 @@ var reference = map[string]string{
 	EngineRedisDurable: EnginePgbench, EngineFloor: EnginePgbench,
 }
 
-// Workloads lists every workload in the order they run.
+// Workloads lists the default workloads in the order they run.
 var Workloads = []string{WorkloadIssue, WorkloadIssueHot, WorkloadAuthenticate, WorkloadMixed}
+
+// AllWorkloads adds the workloads that run only when asked for.
+var AllWorkloads = append(slices.Clone(Workloads), WorkloadIssuePrune)
 
 var workloadInfo = map[string]struct {
 	desc    string
@@ -98,6 +104,8 @@ var workloadInfo = map[string]struct {
 	WorkloadIssueHot:     {"Issue for --hot-agents agents held at limit-1; each success is revoked again (counted: issue attempts)", []string{OpIssue}},
 	WorkloadAuthenticate: {"Authenticate --sessions pre-issued sessions, random picks", []string{OpAuthenticate}},
 	WorkloadMixed:        {"90% authenticate, 8% issue, 2% revoke on --sessions pre-issued sessions over --agents agents", []string{OpAuthenticate, OpIssue, OpRevoke}},
+	WorkloadIssuePrune: {"issue as in issue while Store.Prune deletes --expired expired sessions stored beside the --sessions live ones; runs at least --duration and until the prune is done (our engines only)",
+		[]string{OpIssue}},
 }
 
 // Config configures a run. DatabaseURL is required; zero values of the
@@ -118,6 +126,7 @@ type Config struct {
 	Agents    int           // agent population for issue, authenticate and mixed (default 100000)
 	HotAgents int           // agents in issue-hot (default 4)
 	Sessions  int           // sessions every workload but issue-hot starts from (default 10000)
+	Expired   int           // expired sessions stored beside them for issue-prune (default 100000)
 	Limit     int           // sessions per agent (default 5)
 	TTL       time.Duration // session lifetime (default 1h: nothing expires during a run)
 
@@ -171,6 +180,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.Agents, 100000)
 	def(&c.HotAgents, 4)
 	def(&c.Sessions, 10000)
+	def(&c.Expired, 100000)
 	def(&c.Limit, 5)
 	def(&c.MaxAttempts, 20)
 	def(&c.Rounds, 1)
@@ -208,7 +218,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	for _, w := range c.Workloads {
 		if _, ok := workloadInfo[w]; !ok {
-			bad("unknown workload %q (want %s)", w, strings.Join(Workloads, ", "))
+			bad("unknown workload %q (want %s)", w, strings.Join(AllWorkloads, ", "))
 		}
 	}
 	for _, v := range c.Variants {
@@ -247,6 +257,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if int64(c.Sessions) > int64(c.Agents)*int64(c.Limit) {
 		bad("--sessions %d do not fit in --agents %d x --limit %d", c.Sessions, c.Agents, c.Limit)
+	}
+	if slices.Contains(c.Workloads, WorkloadIssuePrune) && int64(c.Sessions)+int64(c.Expired) > int64(c.Agents)*int64(c.Limit) {
+		bad("--sessions %d and --expired %d do not fit in --agents %d x --limit %d", c.Sessions, c.Expired, c.Agents, c.Limit)
 	}
 	if len(problems) > 0 {
 		return c, fmt.Errorf("bench: %s", strings.Join(problems, "; "))
@@ -299,6 +312,7 @@ type Settings struct {
 	Agents      int       `json:"agents"`
 	HotAgents   int       `json:"hot_agents"`
 	Sessions    int       `json:"sessions"`
+	Expired     int       `json:"expired,omitempty"`
 	Limit       int       `json:"limit"`
 	TTL         string    `json:"ttl"`
 	MaxAttempts int       `json:"max_attempts"`
@@ -370,6 +384,28 @@ type Result struct {
 	// that per counted operation, in microseconds.
 	ClientCPUS       float64 `json:"client_cpu_s,omitempty"`
 	ClientCPUPerOpUS float64 `json:"client_cpu_per_op_us,omitempty"`
+	// BytesPerSession is the session table's size with its indexes
+	// (pg_total_relation_size) over its rows, after the prefill (our
+	// engines).
+	BytesPerSession float64 `json:"bytes_per_session,omitempty"`
+	// Prune is what the pruner did during issue-prune.
+	Prune *PruneRun `json:"prune,omitempty"`
+}
+
+// PruneRun is Store.Prune run beside issue traffic until a pass deletes
+// nothing.
+type PruneRun struct {
+	Expired int   `json:"expired"` // expired sessions stored before the run
+	Deleted int64 `json:"deleted"` // rows the pruner deleted (issues delete their agent's expired rows too)
+	Batches int   `json:"batches"` // DELETE statements
+	Passes  int   `json:"passes"`  // Store.Prune calls that completed, the last of which deleted nothing
+	// FailedPasses is the calls that failed with a deadlock (40P01) or
+	// serialization failure against the issues' count-row updates, and
+	// were run again.
+	FailedPasses int     `json:"failed_passes"`
+	Seconds      float64 `json:"seconds"`      // the pass's duration
+	RowsPerSec   float64 `json:"rows_per_sec"` // Deleted / Seconds
+	Left         int64   `json:"expired_left"` // expired rows still stored at the end (must be 0)
 }
 
 // CacheResult is what the verified-session caches did during a run.
@@ -435,6 +471,9 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		Workloads: cfg.Workloads, Agents: cfg.Agents, HotAgents: cfg.HotAgents, Sessions: cfg.Sessions,
 		Limit: cfg.Limit, TTL: cfg.TTL.String(), MaxAttempts: cfg.MaxAttempts, Compare: cfg.Compare, Variants: cfg.Variants, Schema: schema,
 		Rate: cfg.Rate, OpenLoop: cfg.OpenLoop,
+	}
+	if slices.Contains(cfg.Workloads, WorkloadIssuePrune) {
+		rep.Settings.Expired = cfg.Expired
 	}
 	if cfg.Ops == 0 {
 		rep.Settings.Duration = cfg.Duration.String()

@@ -22,7 +22,7 @@ func TestCheckTableDetectsOverLimitAgent(t *testing.T) {
 	pool := d.Pool(t)
 	ctx := context.Background()
 	cfg := Config{TTL: time.Hour, Limit: 3, Sessions: 7, Agents: 7}
-	rows, _, err := mintSessions([]byte("0123456789abcdef0123456789abcdef"), cfg, 7, func(i int) string { return agentName(i + 1) })
+	rows, _, err := mintSessions([]byte("0123456789abcdef0123456789abcdef"), cfg, 7, func(i int) string { return agentName(i + 1) }, prefillBase, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestMintedSessionsAuthenticate(t *testing.T) {
 	if n != 3 {
 		t.Fatalf("issue-hot prefill: %d sessions, want hot agents x (limit-1) = 3", n)
 	}
-	rows, pre, err := mintSessions(secret, cfg, n, agentOf)
+	rows, pre, err := mintSessions(secret, cfg, n, agentOf, prefillBase, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

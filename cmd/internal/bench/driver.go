@@ -34,6 +34,9 @@ type worker struct {
 type load struct {
 	rate     float64 // arrivals per second over all clients; 0: closed loop
 	fraction float64 // rate as a fraction of the engine's closed-loop throughput (report only)
+	// busy, when set, keeps a duration-bound run going past its deadline
+	// for as long as it returns true (issue-prune: until the prune ends).
+	busy func() bool
 }
 
 // driven is what drive measured.
@@ -50,6 +53,12 @@ type budget struct {
 	ops      int64
 	claimed  atomic.Int64
 	done     atomic.Int64
+	busy     func() bool // see load.busy
+}
+
+// open reports whether a duration-bound run may start a step scheduled at t.
+func (b *budget) open(t time.Time) bool {
+	return t.Before(b.deadline) || (b.busy != nil && b.busy())
 }
 
 // next claims one step; false means stop.
@@ -57,7 +66,7 @@ func (b *budget) next() bool {
 	if b.ops > 0 {
 		return b.claimed.Add(1) <= b.ops
 	}
-	return time.Now().Before(b.deadline)
+	return b.open(time.Now())
 }
 
 // drive runs step on clients workers until the budget is spent and
@@ -82,7 +91,7 @@ func drive(ctx context.Context, cfg Config, label string, clients int, l load, s
 			setup(workers[i])
 		}
 	}
-	b := &budget{ops: cfg.Ops}
+	b := &budget{ops: cfg.Ops, busy: l.busy}
 	start := time.Now()
 	if cfg.Ops == 0 {
 		b.deadline = start.Add(cfg.Duration)
@@ -97,7 +106,7 @@ func drive(ctx context.Context, cfg Config, label string, clients int, l load, s
 				if l.rate > 0 {
 					i := arrivals.Add(1) - 1
 					at := start.Add(time.Duration(float64(i) / l.rate * float64(time.Second)))
-					if (b.ops > 0 && i >= b.ops) || (b.ops == 0 && !at.Before(b.deadline)) {
+					if (b.ops > 0 && i >= b.ops) || (b.ops == 0 && !b.open(at)) {
 						return
 					}
 					if wait := time.Until(at); wait > 0 {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agentsessions/agentsessions/db"
@@ -257,9 +258,19 @@ func (o *ours) prefill(ctx context.Context, workload string) ([]prefilled, error
 		return nil, err
 	}
 	n, agentOf := prefillPlan(o.cfg, workload)
-	rows, out, err := mintSessions(o.secret, o.cfg, n, agentOf)
+	rows, out, err := mintSessions(o.secret, o.cfg, n, agentOf, prefillBase, nil)
 	if err != nil {
 		return nil, err
+	}
+	if workload == WorkloadIssuePrune {
+		// Expired sessions beside the live ones, on the agents after
+		// theirs (round-robin), issued two TTLs ago.
+		expired, _, err := mintSessions(o.secret, o.cfg, o.cfg.Expired, func(i int) string { return agentName((n+i)%o.cfg.Agents + 1) },
+			prefillBase+n, func() time.Time { return time.Now().Add(-2 * o.cfg.TTL) })
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, expired...)
 	}
 	if err := copySessions(ctx, o.pools[0], rows, o.cfg.Agents); err != nil {
 		return nil, err
@@ -280,10 +291,11 @@ func prefillPlan(cfg Config, workload string) (n int, agentOf func(i int) string
 // library's own; copySessions then stores the rows in one COPY. That takes
 // milliseconds where issuing through PostgreSQL would take seconds, and
 // agentOf spreads the sessions so that no agent exceeds the limit.
-func mintSessions(secret []byte, cfg Config, n int, agentOf func(i int) string) ([]sessions.Session, []prefilled, error) {
-	st := &collectStore{}
-	next := prefillBase
-	m, err := sessions.New(st, sessions.Config{Secret: secret, TTL: cfg.TTL, Limit: cfg.Limit,
+// The IDs start at firstID; clock, if set, is the Manager's clock.
+func mintSessions(secret []byte, cfg Config, n int, agentOf func(i int) string, firstID int, clock func() time.Time) ([]sessions.Session, []prefilled, error) {
+	st := &collectStore{rows: make([]sessions.Session, 0, n)}
+	next := firstID
+	m, err := sessions.New(st, sessions.Config{Secret: secret, TTL: cfg.TTL, Limit: cfg.Limit, Clock: clock,
 		NewID: func() (string, error) { next++; return strconv.Itoa(next - 1), nil }})
 	if err != nil {
 		return nil, nil, err
@@ -350,7 +362,7 @@ func (o *ours) run(ctx context.Context, workload string, l load) (Result, error)
 	var setup func(w *worker)
 	var step func(ctx context.Context, w *worker)
 	switch workload {
-	case WorkloadIssue:
+	case WorkloadIssue, WorkloadIssuePrune:
 		step = func(ctx context.Context, w *worker) {
 			a := agentName(w.rng.IntN(cfg.Agents) + 1)
 			_ = timed(ctx, cfg, w, OpIssue, func(ctx context.Context) error {
@@ -387,11 +399,20 @@ func (o *ours) run(ctx context.Context, workload string, l load) (Result, error)
 		}
 		step = func(ctx context.Context, w *worker) { o.mixedStep(ctx, w) }
 	}
+	bytesPerSession, err := sessionBytes(ctx, o.pools[0])
+	if err != nil {
+		return Result{}, err
+	}
 	if o.quiesce != nil {
 		o.quiesce()
 	}
 	if err := o.warm(ctx); err != nil {
 		return Result{}, err
+	}
+	var prune *pruneJob
+	if workload == WorkloadIssuePrune {
+		prune = o.startPrune(ctx)
+		l.busy = prune.running
 	}
 	if o.v.cache {
 		if err := o.startCaches(ctx); err != nil {
@@ -402,6 +423,12 @@ func (o *ours) run(ctx context.Context, workload string, l load) (Result, error)
 	before, cacheBefore := o.retries(), o.cacheCounts()
 	d := drive(ctx, cfg, workload+" · "+o.v.engine, clients, l, setup, step)
 	res := resultOf(o.v.engine, workload, d, l)
+	res.BytesPerSession = bytesPerSession
+	if prune != nil {
+		if res.Prune, err = prune.wait(ctx); err != nil {
+			return res, err
+		}
+	}
 	res.setRetries(o.retries() - before)
 	if o.v.cache {
 		after := o.cacheCounts()
@@ -415,6 +442,94 @@ func (o *ours) run(ctx context.Context, workload string, l load) (Result, error)
 	}
 	o.cfg.Log("%s · %s: %s", workload, o.v.engine, oneLine(res))
 	return res, nil
+}
+
+// sessionBytes is the session table's size with its indexes over its rows.
+func sessionBytes(ctx context.Context, pool *pgxpool.Pool) (float64, error) {
+	row, err := db.New(pool).SessionTableBytes(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("bench: table size: %w", err)
+	}
+	if row.Rows == 0 {
+		return 0, nil
+	}
+	return float64(row.Bytes) / float64(row.Rows), nil
+}
+
+// pruneJob is one Store.Prune pass running beside a workload.
+type pruneJob struct {
+	o       *ours
+	done    chan struct{}
+	res     pgxstore.PruneResult // summed over the passes
+	passes  int
+	failed  int // passes that ended in a deadlock or serialization failure
+	err     error
+	elapsed time.Duration
+}
+
+// startPrune runs prune passes (the library's defaults: batches of
+// 1,000) on the first instance's store, in the background, back to back
+// until one deletes nothing. One pass is not enough under issue traffic:
+// a pass ends at the first batch that deletes fewer rows than the batch
+// size, and a batch does when issues have meanwhile deleted some of the
+// rows it picked (each issue deletes its agent's expired rows).
+func (o *ours) startPrune(ctx context.Context) *pruneJob {
+	j := &pruneJob{o: o, done: make(chan struct{})}
+	store := o.stores[0].(libStore).Store
+	go func() {
+		defer close(j.done)
+		start := time.Now()
+		defer func() { j.elapsed = time.Since(start) }()
+		for {
+			res, err := store.Prune(ctx, pgxstore.PruneConfig{})
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001") && j.failed < 1000 {
+				// A batch's count-row updates can deadlock with issues
+				// (found by this workload): the pass fails, RunPruner
+				// would try again at its next interval; here, at once.
+				j.failed++
+				j.res.Deleted += res.Deleted
+				continue
+			}
+			if err != nil {
+				j.err = err
+				return
+			}
+			j.passes++
+			j.res.Deleted += res.Deleted
+			j.res.Batches += res.Batches
+			if res.Deleted == 0 {
+				return
+			}
+		}
+	}()
+	return j
+}
+
+func (j *pruneJob) running() bool {
+	select {
+	case <-j.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// wait returns the pass's figures, with the expired rows left afterwards.
+func (j *pruneJob) wait(ctx context.Context) (*PruneRun, error) {
+	<-j.done
+	if j.err != nil {
+		return nil, fmt.Errorf("bench: prune: %w", j.err)
+	}
+	pr := &PruneRun{Expired: j.o.cfg.Expired, Deleted: j.res.Deleted, Batches: j.res.Batches, Passes: j.passes, FailedPasses: j.failed, Seconds: j.elapsed.Seconds()}
+	if pr.Seconds > 0 {
+		pr.RowsPerSec = float64(pr.Deleted) / pr.Seconds
+	}
+	var err error
+	if pr.Left, err = db.New(j.o.pools[0]).CountExpiredSessions(ctx); err != nil {
+		return nil, fmt.Errorf("bench: prune: count what is left: %w", err)
+	}
+	return pr, nil
 }
 
 // mixedStep: 90 % authenticate one of the worker's own sessions, 8 %

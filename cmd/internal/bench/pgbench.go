@@ -59,7 +59,9 @@ func (p *pgbenchRunner) engine() string {
 }
 
 // skips reports whether the runner has nothing to run for a workload.
-func (p *pgbenchRunner) skips(workload string) bool { return p.floor && workload != WorkloadIssue }
+func (p *pgbenchRunner) skips(workload string) bool {
+	return (p.floor && workload != WorkloadIssue) || workload == WorkloadIssuePrune
+}
 
 // newPgbenchRunner finds pgbench and records the statements o's variant
 // of the store sends; it returns nil and the reason when pgbench cannot

@@ -179,6 +179,9 @@ func (p *redisPeer) revoke(ctx context.Context, c *redis.Client, s redisSession)
 	return redisRevoke.Run(ctx, c, []string{p.agentKey(s.agent), p.sessionKey(s.sid)}, s.sid).Err()
 }
 
+// skips: issue-prune measures our pruner.
+func (p *redisPeer) skips(workload string) bool { return workload == WorkloadIssuePrune }
+
 func classifyRedis(err error) string {
 	switch {
 	case err == nil:

@@ -117,6 +117,10 @@ func (r Report) WriteTable(w io.Writer) error {
 		}
 	}
 
+	if lines := r.storageLines(); len(lines) > 0 {
+		b.WriteString("\n" + strings.Join(lines, "\n") + "\n")
+	}
+
 	b.WriteString("\nOutcomes of the counted operations:\n")
 	for _, wl := range r.Workloads {
 		for _, res := range wl.Results {
@@ -197,6 +201,30 @@ func (r Report) openLoopLines() []string {
 			out = append(out, fmt.Sprintf("  %-13s %-20s %5.0f%% %9s %9s %8s %8s %8s %8s %7d %11s", wl.Name, res.Engine,
 				100*res.LoadFraction, fmtCount(res.TargetRate), fmtCount(res.OpsPerSec), fmtDur(res.Latency.P50),
 				fmtDur(res.Latency.P99), fmtDur(res.Latency.P999), fmtDur(res.Latency.Max), res.Errors, fmtCPU(res)))
+		}
+	}
+	return out
+}
+
+// storageLines says how much disk a stored session takes (from the first
+// result that measured it) and what each prune pass did.
+func (r Report) storageLines() []string {
+	var out []string
+	for _, wl := range r.Workloads {
+		for _, res := range wl.Results {
+			if res.BytesPerSession > 0 && len(out) == 0 {
+				out = append(out, fmt.Sprintf("Stored: %.0f bytes per session (table + indexes, pg_total_relation_size over rows) after the prefill of %s",
+					res.BytesPerSession, wl.Name))
+			}
+		}
+	}
+	for _, wl := range r.Workloads {
+		for _, res := range wl.Results {
+			if p := res.Prune; p != nil {
+				out = append(out, fmt.Sprintf("Prune beside %s (%s): %s of %s expired rows deleted in %d batches (%d passes, %d failed on deadlock) in %.1fs = %s rows/s, %d expired left; issue p99 %s",
+					wl.Name, res.Engine, fmtCount(float64(p.Deleted)), fmtCount(float64(p.Expired)), p.Batches, p.Passes, p.FailedPasses, p.Seconds,
+					fmtCount(p.RowsPerSec), p.Left, fmtDur(res.Latency.P99)))
+			}
 		}
 	}
 	return out

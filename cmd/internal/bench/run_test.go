@@ -154,6 +154,38 @@ func TestRunFloorAndOpenLoop(t *testing.T) {
 	}
 }
 
+// issue-prune stores expired sessions beside the live ones and runs one
+// prune pass after another beside issue traffic: every expired row is gone at the end
+// (the pruner's, or an issue's own cleanup of its agent), the pruner's
+// rate is reported, and the references skip the workload.
+func TestRunIssuePrune(t *testing.T) {
+	d := testdb.NewEmpty(t)
+	cfg := Config{
+		DatabaseURL: d.URL, Instances: 1, Workers: 2, Ops: 30, Agents: 100, Sessions: 50, Expired: 3000, Limit: 40,
+		Workloads: []string{WorkloadIssuePrune}, Compare: true, RedisURL: redisURL(),
+	}
+	rep, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := rep.Workloads[0]
+	if len(w.Results) != 1 || w.Results[0].Engine != EngineOurs {
+		t.Fatalf("results %v: want ours only", w.Results)
+	}
+	r := w.Results[0]
+	p := r.Prune
+	if p == nil || p.Expired != 3000 || p.Left != 0 || p.Deleted <= 0 || p.Deleted > 3000 || p.Batches < 3 || p.Passes < 2 || p.RowsPerSec <= 0 {
+		t.Fatalf("prune %+v: want all 3,000 expired rows gone, most by the pruner in batches of 1,000", p)
+	}
+	if r.OverLimitAgents != 0 || r.Errors != 0 || r.Rows < 50 || r.Rows > 50+r.Ops {
+		t.Errorf("result %+v", r)
+	}
+	// 3,050 rows of ~200 bytes and three indexes: between 100 B and 2 kB each.
+	if r.BytesPerSession < 100 || r.BytesPerSession > 2000 {
+		t.Errorf("bytes per session %.0f", r.BytesPerSession)
+	}
+}
+
 // An interrupted run returns what it has and still drops its schema.
 func TestRunCanceled(t *testing.T) {
 	d := testdb.NewEmpty(t)
