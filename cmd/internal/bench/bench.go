@@ -484,6 +484,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	// Every engine runs alone: before one starts, all others' connections
 	// are closed (they reconnect when next used).
 	var engines []*ours
+	table := newTableState()
 	quiesce := func() {
 		for _, o := range engines {
 			o.idle()
@@ -493,7 +494,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		if !slices.Contains(cfg.Variants, name) {
 			continue
 		}
-		o, err := newOurs(ctx, cfg, variants[name], poolCfg, schema)
+		o, err := newOurs(ctx, cfg, variants[name], poolCfg, schema, table)
 		if err != nil {
 			return rep, err
 		}
