@@ -3,6 +3,8 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"image/color"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -143,5 +145,75 @@ func TestWritePlot(t *testing.T) {
 	}
 	if err := WritePlot(filepath.Join(dir, "bench.jpg"), r); err == nil {
 		t.Error("WritePlot accepted a .jpg")
+	}
+}
+
+// recCanvas records the texts drawn.
+type recCanvas struct{ texts []drawnText }
+
+type drawnText struct {
+	x, y, size float64
+	s          string
+	a          anchor
+}
+
+func (c *recCanvas) rect(x, y, w, h float64, fill color.RGBA) {}
+func (c *recCanvas) text(x, y float64, s string, size float64, col color.RGBA, a anchor) {
+	c.texts = append(c.texts, drawnText{x, y, size, s, a})
+}
+
+// With many engines per workload the bar labels still do not overlap,
+// and a latency axis past a second reads "1s", not "1kms".
+func TestPlotLabelsDoNotOverlap(t *testing.T) {
+	all := []string{EngineOurs, EngineCached, EnginePgbench, EngineFloor, EngineRedis, EngineRedisDurable, EngineCTE}
+	for _, n := range []int{3, 4, 7} { // 4 and fewer: labels carry the ratio
+		t.Run(fmt.Sprint(n), func(t *testing.T) { checkPlotLabels(t, all[:n]) })
+	}
+}
+
+func checkPlotLabels(t *testing.T, engines []string) {
+	r := sampleReport()
+	r.Workloads = nil
+	for wi, name := range Workloads {
+		w := Workload{Name: name}
+		for ei, e := range engines {
+			w.Results = append(w.Results, Result{Engine: e, OpsPerSec: 1234.5 * float64(1+ei+wi), Ratio: 1.2345,
+				Latency: Latency{P50: time.Millisecond, P95: 100 * time.Millisecond, P99: time.Duration(1+ei) * 850 * time.Millisecond}})
+		}
+		r.Workloads = append(r.Workloads, w)
+	}
+	c := &recCanvas{}
+	drawReport(c, r)
+	var labels []drawnText
+	for _, tx := range c.texts {
+		if strings.Contains(tx.s, "kms") {
+			t.Errorf("tick %q", tx.s)
+		}
+		if tx.size == plotLabelSize {
+			labels = append(labels, tx)
+		}
+	}
+	if len(labels) != 2*len(Workloads)*len(engines) {
+		t.Fatalf("%d bar labels, want %d", len(labels), 2*len(Workloads)*len(engines))
+	}
+	box := func(tx drawnText) (x0, x1, y0, y1 float64) {
+		w := labelWidth(tx.s, tx.size)
+		return tx.x - w/2, tx.x + w/2, tx.y - tx.size, tx.y
+	}
+	for i := range labels {
+		for j := i + 1; j < len(labels); j++ {
+			ax0, ax1, ay0, ay1 := box(labels[i])
+			bx0, bx1, by0, by1 := box(labels[j])
+			if ax0 < bx1 && bx0 < ax1 && ay0 < by1 && by0 < ay1 {
+				t.Errorf("labels %q at (%.0f,%.0f) and %q at (%.0f,%.0f) overlap", labels[i].s, labels[i].x, labels[i].y, labels[j].s, labels[j].x, labels[j].y)
+			}
+		}
+	}
+	found := false
+	for _, tx := range c.texts {
+		found = found || tx.s == "1s" || tx.s == "10s"
+	}
+	if !found {
+		t.Error("no seconds tick on the latency axis")
 	}
 }
