@@ -55,12 +55,15 @@ const (
 
 // Engines, as they appear in reports.
 const (
-	EngineOurs       = "agentsessions"        // the library
-	EngineCTE        = "agentsessions-cte"    // the library on pools that default to SERIALIZABLE (no BEGIN/COMMIT around its statement)
-	EngineCached     = "agentsessions-cached" // the library with its verified-session cache (RunCache) on
-	EnginePgbench    = "pgbench"              // pgbench replaying the library's statements
-	EnginePgbenchCTE = "pgbench-cte"          // pgbench replaying what the cte variant sends
-	EngineRedis      = "redis"
+	EngineOurs   = "agentsessions"        // the library
+	EngineCTE    = "agentsessions-cte"    // the library on pools that default to SERIALIZABLE (no BEGIN/COMMIT around its statement)
+	EngineCached = "agentsessions-cached" // the library with its verified-session cache (RunCache) on
+	// EngineSingleFlight is the library with one Insert per agent in
+	// flight per instance (a prototype; see gate.go).
+	EngineSingleFlight = "agentsessions-singleflight"
+	EnginePgbench      = "pgbench"     // pgbench replaying the library's statements
+	EnginePgbenchCTE   = "pgbench-cte" // pgbench replaying what the cte variant sends
+	EngineRedis        = "redis"
 	// EngineRedisDurable is the Redis peer on a redis-server the bench
 	// starts with appendonly yes and appendfsync always.
 	EngineRedisDurable = "redis-durable"
@@ -75,18 +78,21 @@ const (
 	VariantLibrary = "library" // the library's pgxstore.Store
 	VariantCTE     = "cte"     // the library on pools that default to SERIALIZABLE
 	VariantCached  = "cached"  // the library with pgxstore.Store.RunCache running on every instance
+	// VariantSingleFlight queues same-agent issues inside each instance.
+	VariantSingleFlight = "singleflight"
 )
 
 // VariantNames lists the variants in the order they run.
-var VariantNames = []string{VariantLibrary, VariantCTE, VariantCached}
+var VariantNames = []string{VariantLibrary, VariantCTE, VariantCached, VariantSingleFlight}
 
 // reference names the engine each engine's Ratio is computed against:
 // each PostgreSQL engine against pgbench running its own statements, and
 // Redis against pgbench running the library's.
 var reference = map[string]string{
 	EngineOurs: EnginePgbench, EngineCTE: EnginePgbenchCTE, EngineRedis: EnginePgbench,
-	EngineCached:  EnginePgbench, // it sends the library's SQL, when the cache misses
-	EnginePgbench: EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE,
+	EngineCached:       EnginePgbench, // it sends the library's SQL, when the cache misses
+	EngineSingleFlight: EnginePgbench, // the library's SQL, fewer at once
+	EnginePgbench:      EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE,
 	EngineRedisDurable: EnginePgbench, EngineFloor: EnginePgbench,
 }
 

@@ -32,12 +32,15 @@ func agentName(n int) string { return strconv.Itoa(n) }
 type benchStore interface {
 	sessions.Store
 	retries() int64 // serialization-failure reruns so far
+	pgx() *pgxstore.Store
 }
 
 // libStore is the library's pgxstore.Store.
 type libStore struct{ *pgxstore.Store }
 
 func (s libStore) retries() int64 { return int64(s.Stats().Retries) }
+
+func (s libStore) pgx() *pgxstore.Store { return s.Store }
 
 // variant is one way of running the store's operations on PostgreSQL:
 // the library's, on ordinary or SERIALIZABLE pools, with or without its
@@ -67,7 +70,20 @@ var (
 	// sends the library's statements, and a hit sends none.
 	variantCached = variant{engine: EngineCached, cache: true, newStore: variantLibrary.newStore}
 
-	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantCached: variantCached}
+	// The library with one Insert per agent in flight per instance (see
+	// gate.go). It sends the library's statements, so it has no pgbench
+	// reference of its own either.
+	variantSingleFlight = variant{engine: EngineSingleFlight,
+		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) {
+			st, err := variantLibrary.newStore(pool, maxAttempts)
+			if err != nil {
+				return nil, err
+			}
+			return gatedStore{libStore: st.(libStore), gate: newAgentGate()}, nil
+		}}
+
+	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantCached: variantCached,
+		VariantSingleFlight: variantSingleFlight}
 )
 
 // poolConfig returns a copy of base set up for the variant.
@@ -150,7 +166,7 @@ func (o *ours) startCaches(ctx context.Context) error {
 	errs := make(chan error, len(o.stores))
 	var wg sync.WaitGroup
 	for _, st := range o.stores {
-		ps := st.(libStore).Store
+		ps := st.pgx()
 		wg.Go(func() {
 			if err := ps.RunCache(cctx, pgxstore.CacheConfig{}); err != nil {
 				errs <- err
@@ -160,7 +176,7 @@ func (o *ours) startCaches(ctx context.Context) error {
 	o.stopCache = func() { cancel(); wg.Wait() }
 	deadline := time.Now().Add(10 * time.Second)
 	for _, st := range o.stores {
-		for !st.(libStore).CacheStats().Fresh {
+		for !st.pgx().CacheStats().Fresh {
 			select {
 			case err := <-errs:
 				return fmt.Errorf("bench: cache: %w", err)
@@ -183,7 +199,7 @@ func (o *ours) cacheCounts() CacheResult {
 		return c
 	}
 	for _, st := range o.stores {
-		cs := st.(libStore).CacheStats()
+		cs := st.pgx().CacheStats()
 		c.Hits += cs.Hits
 		c.Misses += cs.Misses
 	}
@@ -533,7 +549,7 @@ type pruneJob struct {
 // rows it picked (each issue deletes its agent's expired rows).
 func (o *ours) startPrune(ctx context.Context) *pruneJob {
 	j := &pruneJob{o: o, done: make(chan struct{})}
-	store := o.stores[0].(libStore).Store
+	store := o.stores[0].pgx()
 	go func() {
 		defer close(j.done)
 		start := time.Now()

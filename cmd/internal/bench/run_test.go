@@ -30,7 +30,7 @@ func TestRunEveryWorkloadAndEngine(t *testing.T) {
 	if !rep.Pgbench.Ran {
 		t.Logf("pgbench skipped: %s", rep.Pgbench.Skipped)
 	}
-	wantEngines := []string{EngineOurs, EngineCTE, EngineCached}
+	wantEngines := []string{EngineOurs, EngineCTE, EngineCached, EngineSingleFlight}
 	if rep.Pgbench.Ran {
 		wantEngines = append(wantEngines, EnginePgbench, EnginePgbenchCTE)
 	}
