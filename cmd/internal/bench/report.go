@@ -76,7 +76,7 @@ func (r Report) WriteTable(w io.Writer) error {
 	var b strings.Builder
 	b.WriteString(r.Header())
 	b.WriteString("\n")
-	fmt.Fprintf(&b, "%-13s %-20s %9s %10s %8s %8s %8s %8s %7s %11s %10s %11s\n",
+	fmt.Fprintf(&b, "%-13s %-26s %9s %10s %8s %8s %8s %8s %7s %11s %10s %11s\n",
 		"workload", "engine", "ops/s", "vs pgbench", "p50", "p95", "p99", "max", "errors", "retries/1k", "over-limit", "cpu us/op")
 	for _, wl := range r.Workloads {
 		for i, res := range wl.Results {
@@ -92,7 +92,7 @@ func (r Report) WriteTable(w io.Writer) error {
 			if res.OverLimitAgents >= 0 {
 				over = fmt.Sprint(res.OverLimitAgents)
 			}
-			fmt.Fprintf(&b, "%-13s %-20s %9s %10s %8s %8s %8s %8s %7d %11.1f %10s %11s\n",
+			fmt.Fprintf(&b, "%-13s %-26s %9s %10s %8s %8s %8s %8s %7d %11.1f %10s %11s\n",
 				name, res.Engine, fmtCount(res.OpsPerSec), ratio, fmtDur(res.Latency.P50), fmtDur(res.Latency.P95),
 				fmtDur(res.Latency.P99), fmtDur(res.Latency.Max), res.Errors, res.RetriesPer1k, over, fmtCPU(res))
 		}
@@ -110,7 +110,7 @@ func (r Report) WriteTable(w io.Writer) error {
 
 	if lines := r.openLoopLines(); len(lines) > 0 {
 		b.WriteString("\nOpen loop (arrivals on a fixed schedule at a share of each engine's closed-loop ops/s; latency from the scheduled start):\n")
-		fmt.Fprintf(&b, "  %-13s %-20s %6s %9s %9s %8s %8s %8s %8s %7s %11s\n",
+		fmt.Fprintf(&b, "  %-13s %-26s %6s %9s %9s %8s %8s %8s %8s %7s %11s\n",
 			"workload", "engine", "load", "target/s", "ops/s", "p50", "p99", "p99.9", "max", "errors", "cpu us/op")
 		for _, line := range lines {
 			b.WriteString(line + "\n")
@@ -124,20 +124,20 @@ func (r Report) WriteTable(w io.Writer) error {
 	b.WriteString("\nOutcomes of the counted operations:\n")
 	for _, wl := range r.Workloads {
 		for _, res := range wl.Results {
-			fmt.Fprintf(&b, "  %-13s %-20s %s\n", wl.Name, res.Engine, fmtOutcomes(res.Outcomes))
+			fmt.Fprintf(&b, "  %-13s %-26s %s\n", wl.Name, res.Engine, fmtOutcomes(res.Outcomes))
 			for _, class := range sortedKeys(res.ErrorExamples) {
-				fmt.Fprintf(&b, "  %-13s %-20s   first %s: %s\n", "", "", class, truncate(res.ErrorExamples[class], 160))
+				fmt.Fprintf(&b, "  %-13s %-26s   first %s: %s\n", "", "", class, truncate(res.ErrorExamples[class], 160))
 			}
 		}
 	}
 
 	b.WriteString("\nBy operation:\n")
-	fmt.Fprintf(&b, "  %-13s %-20s %-13s %9s %8s %8s %8s %8s  %s\n", "workload", "engine", "operation", "ops", "p50", "p95", "p99", "max", "outcomes")
+	fmt.Fprintf(&b, "  %-13s %-26s %-13s %9s %8s %8s %8s %8s  %s\n", "workload", "engine", "operation", "ops", "p50", "p95", "p99", "max", "outcomes")
 	for _, wl := range r.Workloads {
 		for _, res := range wl.Results {
 			for _, op := range sortedKeys(res.ByOp) {
 				o := res.ByOp[op]
-				fmt.Fprintf(&b, "  %-13s %-20s %-13s %9d %8s %8s %8s %8s  %s\n", wl.Name, res.Engine, op, o.Ops,
+				fmt.Fprintf(&b, "  %-13s %-26s %-13s %9d %8s %8s %8s %8s  %s\n", wl.Name, res.Engine, op, o.Ops,
 					fmtDur(o.Latency.P50), fmtDur(o.Latency.P95), fmtDur(o.Latency.P99), fmtDur(o.Latency.Max), fmtOutcomes(o.Outcomes))
 			}
 		}
@@ -186,7 +186,7 @@ func (r Report) ratioLines() []string {
 				parts = append(parts, fmt.Sprintf("cache hits %.1f%%", 100*float64(res.Cache.Hits)/float64(res.Cache.Hits+res.Cache.Misses)))
 			}
 			if len(parts) > 0 {
-				out = append(out, fmt.Sprintf("  %-13s %-20s %s", wl.Name, res.Engine, strings.Join(parts, "   ")))
+				out = append(out, fmt.Sprintf("  %-13s %-26s %s", wl.Name, res.Engine, strings.Join(parts, "   ")))
 			}
 		}
 	}
@@ -198,7 +198,7 @@ func (r Report) openLoopLines() []string {
 	var out []string
 	for _, wl := range r.Workloads {
 		for _, res := range wl.OpenLoop {
-			out = append(out, fmt.Sprintf("  %-13s %-20s %5.0f%% %9s %9s %8s %8s %8s %8s %7d %11s", wl.Name, res.Engine,
+			out = append(out, fmt.Sprintf("  %-13s %-26s %5.0f%% %9s %9s %8s %8s %8s %8s %7d %11s", wl.Name, res.Engine,
 				100*res.LoadFraction, fmtCount(res.TargetRate), fmtCount(res.OpsPerSec), fmtDur(res.Latency.P50),
 				fmtDur(res.Latency.P99), fmtDur(res.Latency.P999), fmtDur(res.Latency.Max), res.Errors, fmtCPU(res)))
 		}
@@ -212,7 +212,8 @@ func (r Report) storageLines() []string {
 	var out []string
 	for _, wl := range r.Workloads {
 		for _, res := range wl.Results {
-			if res.BytesPerSession > 0 && len(out) == 0 {
+			// issue-hot stores a handful of sessions: no per-session figure.
+			if res.BytesPerSession > 0 && len(out) == 0 && wl.Name != WorkloadIssueHot {
 				out = append(out, fmt.Sprintf("Stored: %.0f bytes per session (table + indexes, pg_total_relation_size over rows) after the prefill of %s",
 					res.BytesPerSession, wl.Name))
 			}

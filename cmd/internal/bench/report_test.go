@@ -47,15 +47,15 @@ func TestWriteTable(t *testing.T) {
 	for _, want := range []string{
 		"agentsessions bench · 2026-11-24 18:30 UTC · linux/amd64, 2 CPUs (AMD EPYC), go1.26 · PostgreSQL 15.20\n",
 		"4 instances x 8 workers = 32 clients · 10s per workload and engine · limit 5 · 10000 agents, 4 hot, 10000 pre-issued sessions\n",
-		"workload      engine                   ops/s vs pgbench      p50      p95      p99      max  errors  retries/1k over-limit   cpu us/op\n",
-		"issue         agentsessions            1,234      0.90x   1.50ms   12.0ms   45.6ms    250ms       2         0.2          0          42\n",
-		"              pgbench                  1,370      1.00x   1.50ms   12.0ms   45.6ms    250ms       0        12.5          0           -\n",
-		"  issue         agentsessions           50%       617       615   1.00ms   8.00ms   20.0ms   31.0ms       0          55\n",
+		"workload      engine                         ops/s vs pgbench      p50      p95      p99      max  errors  retries/1k over-limit   cpu us/op\n",
+		"issue         agentsessions                  1,234      0.90x   1.50ms   12.0ms   45.6ms    250ms       2         0.2          0          42\n",
+		"              pgbench                        1,370      1.00x   1.50ms   12.0ms   45.6ms    250ms       0        12.5          0           -\n",
+		"  issue         agentsessions                 50%       617       615   1.00ms   8.00ms   20.0ms   31.0ms       0          55\n",
 		"redis: skipped: no Redis reachable at 127.0.0.1:6379\n",
-		"\nRatios of ops/s in this run (reference: pgbench running the engine's own statements):\n  issue         agentsessions        0.90x pgbench   0.50x floor\n\n",
-		"  issue         agentsessions        ok 12000, retries_exhausted 2\n",
+		"\nRatios of ops/s in this run (reference: pgbench running the engine's own statements):\n  issue         agentsessions              0.90x pgbench   0.50x floor\n\n",
+		"  issue         agentsessions              ok 12000, retries_exhausted 2\n",
 		"first retries_exhausted: sessions: store: insert: retries exhausted after 20\n", // newline flattened
-		"  issue         agentsessions        issue             12002   1.50ms   12.0ms   45.6ms    250ms  ok 12000, retries_exhausted 2\n",
+		"  issue         agentsessions              issue             12002   1.50ms   12.0ms   45.6ms    250ms  ok 12000, retries_exhausted 2\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q\n%s", want, out)
