@@ -28,6 +28,18 @@ func (q *Queries) CheckLimit(ctx context.Context, maxSessions int32) (CheckLimit
 	return i, err
 }
 
+const countExpiredSessions = `-- name: CountExpiredSessions :one
+SELECT count(*)::bigint FROM agent_sessions WHERE expires_at <= now()
+`
+
+// Expired rows still stored (after a prune pass: none should be left).
+func (q *Queries) CountExpiredSessions(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, countExpiredSessions)
+	var column_1 int64
+	err := row.Scan(&column_1)
+	return column_1, err
+}
+
 const ensureAgentCounts = `-- name: EnsureAgentCounts :exec
 INSERT INTO agent_session_counts (agent_id)
 SELECT g::text FROM generate_series(1, $1::integer) g
@@ -54,6 +66,59 @@ ON CONFLICT (agent_id, kind) DO UPDATE SET stored = excluded.stored, oldest_expi
 func (q *Queries) RecountAgents(ctx context.Context, agentIds []string) error {
 	_, err := q.db.Exec(ctx, recountAgents, agentIds)
 	return err
+}
+
+const restorePrefill = `-- name: RestorePrefill :one
+WITH gone AS (
+    DELETE FROM agent_sessions AS s
+    WHERE NOT (CASE WHEN s.id ~ '^[0-9]{1,18}$' THEN s.id::bigint BETWEEN $1::bigint AND $2::bigint ELSE false END)
+    RETURNING s.agent_id, s.kind
+),
+per_agent AS (
+    SELECT agent_id, kind, count(*) AS n FROM gone GROUP BY agent_id, kind
+),
+counted AS (
+    UPDATE agent_session_counts c
+    SET stored = greatest(c.stored - per_agent.n, 0)::integer
+    FROM per_agent
+    WHERE c.agent_id = per_agent.agent_id AND c.kind = per_agent.kind
+)
+SELECT count(*)::bigint FROM gone
+`
+
+type RestorePrefillParams struct {
+	FirstID int64
+	LastID  int64
+}
+
+// Deletes every session but the prefilled ones (decimal IDs first_id ..
+// last_id) and takes them off their agents' counts: after a workload that
+// only added sessions (issue) or none (authenticate), the table is back to
+// its prefill without loading it again. Returns the rows deleted.
+func (q *Queries) RestorePrefill(ctx context.Context, arg RestorePrefillParams) (int64, error) {
+	row := q.db.QueryRow(ctx, restorePrefill, arg.FirstID, arg.LastID)
+	var column_1 int64
+	err := row.Scan(&column_1)
+	return column_1, err
+}
+
+const sessionTableBytes = `-- name: SessionTableBytes :one
+SELECT pg_total_relation_size('agent_sessions')::bigint AS bytes,
+       (SELECT count(*) FROM agent_sessions)::bigint AS rows
+`
+
+type SessionTableBytesRow struct {
+	Bytes int64
+	Rows  int64
+}
+
+// The session table's size on disk with its indexes and TOAST, and its
+// rows: the bench reports bytes per stored session.
+func (q *Queries) SessionTableBytes(ctx context.Context) (SessionTableBytesRow, error) {
+	row := q.db.QueryRow(ctx, sessionTableBytes)
+	var i SessionTableBytesRow
+	err := row.Scan(&i.Bytes, &i.Rows)
+	return i, err
 }
 
 const truncateSessions = `-- name: TruncateSessions :exec

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ type benchOpts struct {
 	cfg       bench.Config
 	workloads string
 	variants  string
+	openLoop  string
 	json      bool
 	plot      string
 	progress  string
@@ -55,19 +57,26 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.DurationVar(&o.cfg.Duration, "duration", 10*time.Second, "how long each workload runs per engine (whole seconds)")
 	f.Int64Var(&o.cfg.Ops, "ops", 0, "operations per workload and engine instead of --duration")
 	f.IntVar(&o.cfg.Rounds, "rounds", 1, "run each workload this many times per engine, engines taking turns, and report the median round")
-	f.StringVar(&o.workloads, "workloads", strings.Join(bench.Workloads, ","), "comma-separated workloads to run")
+	f.StringVar(&o.workloads, "workloads", strings.Join(bench.Workloads, ","), "comma-separated workloads to run, of "+strings.Join(bench.AllWorkloads, ", ")+
+		" (issue-prune: issue while the pruner deletes --expired expired sessions; ours only)")
 	f.IntVar(&o.cfg.Agents, "agents", 100000, "agents for issue, authenticate and mixed")
 	f.IntVar(&o.cfg.HotAgents, "hot-agents", 4, "agents for issue-hot")
 	f.IntVar(&o.cfg.Sessions, "sessions", 10000, "sessions stored before each workload but issue-hot (authenticate and mixed pick from them)")
+	f.IntVar(&o.cfg.Expired, "expired", 100000, "expired sessions stored beside --sessions for issue-prune")
 	f.IntVar(&o.cfg.Limit, "limit", 5, "sessions per agent")
 	f.DurationVar(&o.cfg.TTL, "ttl", time.Hour, "session lifetime")
 	f.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", time.Minute, "the idle variants' idle timeout (--variants idle,cached-idle; whole seconds)")
 	f.IntVar(&o.cfg.MaxAttempts, "max-attempts", 20, "tries per call on serialization failure (store and pgbench --max-tries)")
 	f.BoolVar(&o.cfg.Compare, "compare", false, "also run pgbench and the Redis peer")
 	f.StringVar(&o.variants, "variants", bench.VariantLibrary, "comma-separated store variants: "+strings.Join(bench.VariantNames, ", ")+
-		" (cte: the library on SERIALIZABLE pools; cached: the library with its verified-session cache on)")
+		" (cte: the library on SERIALIZABLE pools; cached: the library with its verified-session cache on; "+
+		"singleflight: a prototype letting one issue per agent per instance reach the database at a time)")
 	f.StringVar(&o.cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis for --compare")
 	f.StringVar(&o.cfg.PgbenchPath, "pgbench", "pgbench", "pgbench executable for --compare")
+	f.BoolVar(&o.cfg.DurableRedis, "durable-redis", true, "with --compare, also run the Redis peer on a redis-server the bench starts on a private port with appendonly yes and appendfsync always")
+	f.StringVar(&o.cfg.RedisServerPath, "redis-server", "redis-server", "redis-server executable for --durable-redis")
+	f.Float64Var(&o.cfg.Rate, "rate", 0, "open loop: arrivals per second over all clients on a fixed schedule, latency from each arrival's scheduled start (0: closed loop)")
+	f.StringVar(&o.openLoop, "open-loop", "", "comma-separated loads in percent (e.g. 50,80): after each workload's closed-loop rounds, run every engine open loop at that share of its own measured throughput")
 	f.BoolVar(&o.cfg.Keep, "keep", false, "keep the benchmark schema and Redis keys afterwards")
 	f.BoolVar(&o.json, "json", false, "print the results as JSON instead of the table")
 	f.StringVar(&o.plot, "plot", "", "also draw throughput and latency to this .png or .svg file")
@@ -89,7 +98,7 @@ func (o *benchOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	}
 	// The library reads 0 as "the default"; here 0 was typed, so refuse it.
 	for name, v := range map[string]int{"--instances": cfg.Instances, "--workers": cfg.Workers, "--agents": cfg.Agents,
-		"--hot-agents": cfg.HotAgents, "--sessions": cfg.Sessions, "--limit": cfg.Limit, "--max-attempts": cfg.MaxAttempts,
+		"--hot-agents": cfg.HotAgents, "--sessions": cfg.Sessions, "--expired": cfg.Expired, "--limit": cfg.Limit, "--max-attempts": cfg.MaxAttempts,
 		"--rounds": cfg.Rounds} {
 		if v < 1 {
 			return usageError{fmt.Errorf("%s must be >= 1, got %d", name, v)}
@@ -108,6 +117,13 @@ func (o *benchOpts) run(cmd *cobra.Command, g *globalOpts) error {
 	}
 	if cfg.Variants = splitList(o.variants); len(cfg.Variants) == 0 {
 		return usageError{errors.New("--variants is empty")}
+	}
+	for _, item := range splitList(o.openLoop) {
+		pct, err := strconv.ParseFloat(strings.TrimSuffix(item, "%"), 64)
+		if err != nil {
+			return usageError{fmt.Errorf("--open-loop: %q is not a percentage", item)}
+		}
+		cfg.OpenLoop = append(cfg.OpenLoop, pct)
 	}
 	stderr := cmd.ErrOrStderr()
 	switch o.progress {

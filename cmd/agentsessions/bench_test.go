@@ -134,6 +134,12 @@ func TestBenchUsageErrors(t *testing.T) {
 		{[]string{"--database-url", "postgres://x", "--progress", "sometimes"}, "--progress must be auto, always or never"},
 		{[]string{"--database-url", "postgres://x", "--instances", "0"}, "--instances must be >= 1, got 0"},
 		{[]string{"--database-url", "postgres://x", "--ops", "0"}, "--ops must be >= 1"},
+		{[]string{"--database-url", "postgres://x", "--open-loop", "50,lots"}, `--open-loop: "lots" is not a percentage`},
+		{[]string{"--database-url", "postgres://x", "--open-loop", "0"}, "open-loop loads are percentages"},
+		{[]string{"--database-url", "postgres://x", "--open-loop", "50", "--rate", "100"}, "--rate and --open-loop exclude each other"},
+		{[]string{"--database-url", "postgres://x", "--rate", "-1"}, "rate must not be negative"},
+		{[]string{"--database-url", "postgres://x", "--workloads", "issue-prune", "--agents", "10", "--sessions", "10", "--expired", "100"},
+			"--sessions 10 and --expired 100 do not fit"},
 		{[]string{"--nope"}, "unknown flag"},
 	} {
 		code, _, errOut := benchCLI(t, c.args...)

@@ -48,18 +48,33 @@ const (
 	WorkloadIssueHot     = "issue-hot"
 	WorkloadAuthenticate = "authenticate"
 	WorkloadMixed        = "mixed"
+	// WorkloadIssuePrune is issue while the pruner deletes Config.Expired
+	// expired sessions (our engines only; not in the default set).
+	WorkloadIssuePrune = "issue-prune"
 )
 
 // Engines, as they appear in reports.
 const (
-	EngineOurs       = "agentsessions"        // the library
-	EngineCTE        = "agentsessions-cte"    // the library on pools that default to SERIALIZABLE (no BEGIN/COMMIT around its statement)
-	EngineCached     = "agentsessions-cached" // the library with its verified-session cache (RunCache) on
-	EngineIdle       = "agentsessions-idle"   // the library with an idle timeout (Config.IdleTimeout)
+	EngineOurs   = "agentsessions"        // the library
+	EngineCTE    = "agentsessions-cte"    // the library on pools that default to SERIALIZABLE (no BEGIN/COMMIT around its statement)
+	EngineCached = "agentsessions-cached" // the library with its verified-session cache (RunCache) on
+	// EngineIdle and EngineCachedIdle are the library and the cached
+	// variant with an idle timeout (Config.IdleTimeout).
+	EngineIdle       = "agentsessions-idle"
 	EngineCachedIdle = "agentsessions-cached-idle"
-	EnginePgbench    = "pgbench"     // pgbench replaying the library's statements
-	EnginePgbenchCTE = "pgbench-cte" // pgbench replaying what the cte variant sends
-	EngineRedis      = "redis"
+	// EngineSingleFlight is the library with one Insert per agent in
+	// flight per instance (a prototype; see gate.go).
+	EngineSingleFlight = "agentsessions-singleflight"
+	EnginePgbench      = "pgbench"     // pgbench replaying the library's statements
+	EnginePgbenchCTE   = "pgbench-cte" // pgbench replaying what the cte variant sends
+	EngineRedis        = "redis"
+	// EngineRedisDurable is the Redis peer on a redis-server the bench
+	// starts with appendonly yes and appendfsync always.
+	EngineRedisDurable = "redis-durable"
+	// EngineFloor is pgbench inserting one session row per transaction,
+	// committed durably, with no limit check: the cost of writing a session
+	// at all on this server (issue workload only).
+	EngineFloor = "floor"
 )
 
 // Variants of the store's SQL that Config.Variants may name.
@@ -72,23 +87,31 @@ const (
 	// costs, measured beside the variants without it.
 	VariantIdle       = "idle"
 	VariantCachedIdle = "cached-idle"
+	// VariantSingleFlight queues same-agent issues inside each instance.
+	VariantSingleFlight = "singleflight"
 )
 
 // VariantNames lists the variants in the order they run.
-var VariantNames = []string{VariantLibrary, VariantCTE, VariantCached, VariantIdle, VariantCachedIdle}
+var VariantNames = []string{VariantLibrary, VariantCTE, VariantCached, VariantIdle, VariantCachedIdle, VariantSingleFlight}
 
 // reference names the engine each engine's Ratio is computed against:
 // each PostgreSQL engine against pgbench running its own statements, and
 // Redis against pgbench running the library's.
 var reference = map[string]string{
 	EngineOurs: EnginePgbench, EngineCTE: EnginePgbenchCTE, EngineRedis: EnginePgbench,
-	EngineCached: EnginePgbench,                                  // it sends the library's SQL, when the cache misses
-	EngineIdle:   EnginePgbench, EngineCachedIdle: EnginePgbench, // and so do the idle variants (plus batches of last uses)
-	EnginePgbench: EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE,
+	EngineCached:       EnginePgbench, // it sends the library's SQL, when the cache misses
+	EngineSingleFlight: EnginePgbench, // the library's SQL, fewer at once
+	EngineIdle:         EnginePgbench, // and so do the idle variants (plus batches of last uses)
+	EngineCachedIdle:   EnginePgbench,
+	EnginePgbench:      EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE,
+	EngineRedisDurable: EnginePgbench, EngineFloor: EnginePgbench,
 }
 
-// Workloads lists every workload in the order they run.
+// Workloads lists the default workloads in the order they run.
 var Workloads = []string{WorkloadIssue, WorkloadIssueHot, WorkloadAuthenticate, WorkloadMixed}
+
+// AllWorkloads adds the workloads that run only when asked for.
+var AllWorkloads = append(slices.Clone(Workloads), WorkloadIssuePrune)
 
 var workloadInfo = map[string]struct {
 	desc    string
@@ -98,6 +121,8 @@ var workloadInfo = map[string]struct {
 	WorkloadIssueHot:     {"Issue for --hot-agents agents held at limit-1; each success is revoked again (counted: issue attempts)", []string{OpIssue}},
 	WorkloadAuthenticate: {"Authenticate --sessions pre-issued sessions, random picks", []string{OpAuthenticate}},
 	WorkloadMixed:        {"90% authenticate, 8% issue, 2% revoke on --sessions pre-issued sessions over --agents agents", []string{OpAuthenticate, OpIssue, OpRevoke}},
+	WorkloadIssuePrune: {"issue as in issue while Store.Prune deletes --expired expired sessions stored beside the --sessions live ones; runs at least --duration and until the prune is done (our engines only)",
+		[]string{OpIssue}},
 }
 
 // Config configures a run. DatabaseURL is required; zero values of the
@@ -118,6 +143,7 @@ type Config struct {
 	Agents    int           // agent population for issue, authenticate and mixed (default 100000)
 	HotAgents int           // agents in issue-hot (default 4)
 	Sessions  int           // sessions every workload but issue-hot starts from (default 10000)
+	Expired   int           // expired sessions stored beside them for issue-prune (default 100000)
 	Limit     int           // sessions per agent (default 5)
 	TTL       time.Duration // session lifetime (default 1h: nothing expires during a run)
 	// IdleTimeout is the idle variants' Config.IdleTimeout (default 1m:
@@ -129,10 +155,25 @@ type Config struct {
 	// Variants of the store to run (default: library only; see
 	// VariantNames). Prototypes are compared with the library in the
 	// same run, each with its own pgbench reference under Compare.
-	Variants    []string
-	RedisURL    string // default redis://127.0.0.1:6379/0
-	PgbenchPath string // default: pgbench on PATH
-	MaxAttempts int    // store retries on serialization failure, also pgbench --max-tries (default 20, the store's default)
+	Variants []string
+	RedisURL string // default redis://127.0.0.1:6379/0
+	// DurableRedis, with Compare, also runs the Redis peer on a
+	// redis-server of the bench's own (RedisServerPath, default
+	// redis-server on PATH) with appendonly yes and appendfsync always.
+	DurableRedis    bool
+	RedisServerPath string
+	PgbenchPath     string // default: pgbench on PATH
+	MaxAttempts     int    // store retries on serialization failure, also pgbench --max-tries (default 20, the store's default)
+
+	// Rate, when > 0, drives every run open loop: arrivals at this many
+	// per second over all clients on a fixed schedule, latency counted
+	// from each arrival's scheduled start. 0: closed loop.
+	Rate float64
+	// OpenLoop lists loads in percent (e.g. 50, 80): after a workload's
+	// closed-loop rounds, each engine runs it once more open loop at each
+	// percentage of its own median closed-loop throughput
+	// (Workload.OpenLoop).
+	OpenLoop []float64
 
 	OpTimeout time.Duration // per operation (default 10s)
 	Keep      bool          // keep the schema (and Redis keys) afterwards
@@ -160,6 +201,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.Agents, 100000)
 	def(&c.HotAgents, 4)
 	def(&c.Sessions, 10000)
+	def(&c.Expired, 100000)
 	def(&c.Limit, 5)
 	def(&c.MaxAttempts, 20)
 	def(&c.Rounds, 1)
@@ -187,6 +229,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.PgbenchPath == "" {
 		c.PgbenchPath = "pgbench"
 	}
+	if c.RedisServerPath == "" {
+		c.RedisServerPath = "redis-server"
+	}
 	if c.Log == nil {
 		c.Log = func(string, ...any) {}
 	}
@@ -197,7 +242,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	for _, w := range c.Workloads {
 		if _, ok := workloadInfo[w]; !ok {
-			bad("unknown workload %q (want %s)", w, strings.Join(Workloads, ", "))
+			bad("unknown workload %q (want %s)", w, strings.Join(AllWorkloads, ", "))
 		}
 	}
 	for _, v := range c.Variants {
@@ -217,6 +262,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Instances*c.Workers > 512 {
 		bad("instances x workers = %d clients; at most 512", c.Instances*c.Workers)
 	}
+	if c.Rate < 0 {
+		bad("rate must not be negative")
+	}
+	for _, pct := range c.OpenLoop {
+		if pct <= 0 || pct > 1000 {
+			bad("open-loop loads are percentages of the closed-loop throughput, above 0 and at most 1000, got %v", pct)
+		}
+	}
+	if c.Rate > 0 && len(c.OpenLoop) > 0 {
+		bad("--rate and --open-loop exclude each other")
+	}
 	if c.Duration < 0 || c.Ops < 0 || c.TTL < time.Second || c.OpTimeout < 0 {
 		bad("duration and ops must not be negative, TTL must be >= 1s")
 	}
@@ -228,6 +284,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if int64(c.Sessions) > int64(c.Agents)*int64(c.Limit) {
 		bad("--sessions %d do not fit in --agents %d x --limit %d", c.Sessions, c.Agents, c.Limit)
+	}
+	if slices.Contains(c.Workloads, WorkloadIssuePrune) && int64(c.Sessions)+int64(c.Expired) > int64(c.Agents)*int64(c.Limit) {
+		bad("--sessions %d and --expired %d do not fit in --agents %d x --limit %d", c.Sessions, c.Expired, c.Agents, c.Limit)
 	}
 	if len(problems) > 0 {
 		return c, fmt.Errorf("bench: %s", strings.Join(problems, "; "))
@@ -246,6 +305,10 @@ type Report struct {
 	Workloads []Workload `json:"workloads"`
 	Pgbench   Reference  `json:"pgbench"`
 	Redis     Reference  `json:"redis"`
+	// RedisDurable is the Redis peer on the bench's own redis-server with
+	// appendfsync always; Floor is the floor engine (pgbench).
+	RedisDurable Reference `json:"redis_durable"`
+	Floor        Reference `json:"floor"`
 	// PgbenchPrototypes is pgbench replaying each other variant's
 	// statements, by engine name (with Config.Compare and the cte variant
 	// in Variants). The JSON name is kept for reports saved earlier.
@@ -266,22 +329,25 @@ type Host struct {
 
 // Settings echoes the configuration the numbers came from.
 type Settings struct {
-	Instances   int      `json:"instances"`
-	Workers     int      `json:"workers"`
-	Clients     int      `json:"clients"`
-	Duration    string   `json:"duration,omitempty"`
-	Ops         int64    `json:"ops,omitempty"`
-	Rounds      int      `json:"rounds"`
-	Workloads   []string `json:"workloads"`
-	Agents      int      `json:"agents"`
-	HotAgents   int      `json:"hot_agents"`
-	Sessions    int      `json:"sessions"`
-	Limit       int      `json:"limit"`
-	TTL         string   `json:"ttl"`
-	MaxAttempts int      `json:"max_attempts"`
-	Compare     bool     `json:"compare"`
-	Variants    []string `json:"variants"`
-	Schema      string   `json:"schema"`
+	Instances   int       `json:"instances"`
+	Workers     int       `json:"workers"`
+	Clients     int       `json:"clients"`
+	Duration    string    `json:"duration,omitempty"`
+	Ops         int64     `json:"ops,omitempty"`
+	Rounds      int       `json:"rounds"`
+	Workloads   []string  `json:"workloads"`
+	Agents      int       `json:"agents"`
+	HotAgents   int       `json:"hot_agents"`
+	Sessions    int       `json:"sessions"`
+	Expired     int       `json:"expired,omitempty"`
+	Limit       int       `json:"limit"`
+	TTL         string    `json:"ttl"`
+	MaxAttempts int       `json:"max_attempts"`
+	Compare     bool      `json:"compare"`
+	Variants    []string  `json:"variants"`
+	Rate        float64   `json:"rate,omitempty"`
+	OpenLoop    []float64 `json:"open_loop_percent,omitempty"`
+	Schema      string    `json:"schema"`
 }
 
 // Reference says whether a reference engine ran, and if not, why.
@@ -296,6 +362,9 @@ type Workload struct {
 	Name        string   `json:"name"`
 	Description string   `json:"description"`
 	Results     []Result `json:"results"`
+	// OpenLoop holds the open-loop runs (Config.OpenLoop): each engine at
+	// each load, in that order.
+	OpenLoop []Result `json:"open_loop,omitempty"`
 }
 
 // Result is one engine's run of one workload.
@@ -307,8 +376,10 @@ type Result struct {
 	OpsPerSec float64 `json:"ops_per_sec"`
 	// Ratio is OpsPerSec over the OpsPerSec of RatioTo (pgbench running
 	// the same statements) for the same workload; 0 when it did not run.
-	Ratio    float64          `json:"ratio,omitempty"`
-	RatioTo  string           `json:"ratio_to,omitempty"`
+	Ratio   float64 `json:"ratio,omitempty"`
+	RatioTo string  `json:"ratio_to,omitempty"`
+	// VsFloor is OpsPerSec over the floor engine's (issue, with Compare).
+	VsFloor  float64          `json:"vs_floor,omitempty"`
 	Latency  Latency          `json:"latency"` // of the counted operations
 	Outcomes map[string]int64 `json:"outcomes"`
 	Errors   int64            `json:"errors"` // outcomes other than ok and limit_exceeded
@@ -329,6 +400,23 @@ type Result struct {
 	RoundsOpsPerSec []float64 `json:"rounds_ops_per_sec,omitempty"`
 	// Cache counts the verified-session cache's answers (cached variant).
 	Cache *CacheResult `json:"cache,omitempty"`
+	// TargetRate is the open-loop arrival rate (ops/s) the run was driven
+	// at, LoadFraction that rate over the engine's closed-loop throughput
+	// in the same run; both 0 for a closed-loop run.
+	TargetRate   float64 `json:"target_rate,omitempty"`
+	LoadFraction float64 `json:"load_fraction,omitempty"`
+	// ClientCPUS is the CPU time (user + system, getrusage) the client
+	// side used during the run: this process for our engines and the
+	// Redis peer, the pgbench process for pgbench. ClientCPUPerOpUS is
+	// that per counted operation, in microseconds.
+	ClientCPUS       float64 `json:"client_cpu_s,omitempty"`
+	ClientCPUPerOpUS float64 `json:"client_cpu_per_op_us,omitempty"`
+	// BytesPerSession is the session table's size with its indexes
+	// (pg_total_relation_size) over its rows, after the prefill (our
+	// engines).
+	BytesPerSession float64 `json:"bytes_per_session,omitempty"`
+	// Prune is what the pruner did during issue-prune.
+	Prune *PruneRun `json:"prune,omitempty"`
 	// LastUse counts the batches of last uses the instances wrote (idle
 	// variants), the final Close of each instance included.
 	LastUse *LastUseResult `json:"last_use,omitempty"`
@@ -341,6 +429,22 @@ type LastUseResult struct {
 	UsesPerSec   float64 `json:"uses_per_sec"`   // Uses over the run's elapsed time
 	IdleTimeoutS float64 `json:"idle_timeout_s"` // Config.IdleTimeout
 	IntervalS    float64 `json:"interval_s"`     // how often each instance writes (IdleTimeout/10)
+}
+
+// PruneRun is Store.Prune run beside issue traffic until a pass deletes
+// nothing.
+type PruneRun struct {
+	Expired int   `json:"expired"` // expired sessions stored before the run
+	Deleted int64 `json:"deleted"` // rows the pruner deleted (issues delete their agent's expired rows too)
+	Batches int   `json:"batches"` // DELETE statements
+	Passes  int   `json:"passes"`  // Store.Prune calls that completed, the last of which deleted nothing
+	// FailedPasses is the calls that failed with a deadlock (40P01) or
+	// serialization failure against the issues' count-row updates, and
+	// were run again.
+	FailedPasses int     `json:"failed_passes"`
+	Seconds      float64 `json:"seconds"`      // the pass's duration
+	RowsPerSec   float64 `json:"rows_per_sec"` // Deleted / Seconds
+	Left         int64   `json:"expired_left"` // expired rows still stored at the end (must be 0)
 }
 
 // CacheResult is what the verified-session caches did during a run.
@@ -405,6 +509,10 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		Instances: cfg.Instances, Workers: cfg.Workers, Clients: cfg.Clients(), Ops: cfg.Ops, Rounds: cfg.Rounds,
 		Workloads: cfg.Workloads, Agents: cfg.Agents, HotAgents: cfg.HotAgents, Sessions: cfg.Sessions,
 		Limit: cfg.Limit, TTL: cfg.TTL.String(), MaxAttempts: cfg.MaxAttempts, Compare: cfg.Compare, Variants: cfg.Variants, Schema: schema,
+		Rate: cfg.Rate, OpenLoop: cfg.OpenLoop,
+	}
+	if slices.Contains(cfg.Workloads, WorkloadIssuePrune) {
+		rep.Settings.Expired = cfg.Expired
 	}
 	if cfg.Ops == 0 {
 		rep.Settings.Duration = cfg.Duration.String()
@@ -415,6 +523,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	// Every engine runs alone: before one starts, all others' connections
 	// are closed (they reconnect when next used).
 	var engines []*ours
+	table := newTableState()
 	quiesce := func() {
 		for _, o := range engines {
 			o.idle()
@@ -424,7 +533,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		if !slices.Contains(cfg.Variants, name) {
 			continue
 		}
-		o, err := newOurs(ctx, cfg, variants[name], poolCfg, schema)
+		o, err := newOurs(ctx, cfg, variants[name], poolCfg, schema, table)
 		if err != nil {
 			return rep, err
 		}
@@ -437,10 +546,11 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	}
 
 	var pgs []*pgbenchRunner
-	var rd *redisPeer
+	var rd, rdd *redisPeer
 	if !cfg.Compare {
-		rep.Pgbench.Skipped = "not requested (--compare)"
-		rep.Redis.Skipped = "not requested (--compare)"
+		for _, ref := range []*Reference{&rep.Pgbench, &rep.Redis, &rep.RedisDurable, &rep.Floor} {
+			ref.Skipped = "not requested (--compare)"
+		}
 	} else {
 		for _, o := range engines {
 			if o.v.pgEngine == "" {
@@ -466,6 +576,15 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			rep.Host.Pgbench = pg.version
 			pgs = append(pgs, pg)
 		}
+		if fl, why := newPgbenchRunner(ctx, cfg, engines[0]); fl != nil {
+			defer fl.close()
+			fl.floor = true
+			rep.Floor.Ran = true
+			pgs = append(pgs, fl)
+		} else {
+			rep.Floor.Skipped = why
+			cfg.Log("%s: skipped: %s", EngineFloor, why)
+		}
 		rd, rep.Redis.Skipped = newRedisPeer(ctx, cfg)
 		if rd != nil {
 			rep.Redis.Ran = true
@@ -474,6 +593,23 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			defer rd.close()
 		} else {
 			cfg.Log("redis: skipped: %s", rep.Redis.Skipped)
+		}
+		if !cfg.DurableRedis {
+			rep.RedisDurable.Skipped = "not requested (--durable-redis)"
+		} else if srv, why := startRedisServer(ctx, cfg.RedisServerPath); srv == nil {
+			rep.RedisDurable.Skipped = why
+			cfg.Log("%s: skipped: %s", EngineRedisDurable, why)
+		} else {
+			defer srv.stop() // after the peer's close (defers run last first)
+			dcfg := cfg
+			dcfg.RedisURL = srv.url()
+			if rdd, rep.RedisDurable.Skipped = newRedisPeer(ctx, dcfg); rdd != nil {
+				rdd.engine = EngineRedisDurable
+				rdd.quiesce = quiesce
+				rep.RedisDurable.Ran = true
+				rep.Host.Redis = rdd.version
+				defer rdd.close()
+			}
 		}
 	}
 
@@ -487,15 +623,24 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	if rd != nil {
 		runners = append(runners, rd)
 	}
+	if rdd != nil {
+		runners = append(runners, rdd)
+	}
 	for _, name := range cfg.Workloads {
 		w := Workload{Name: name, Description: workloadInfo[name].desc}
-		rounds := make([][]Result, len(runners))
+		var active []runner
+		for _, r := range runners {
+			if s, ok := r.(interface{ skips(string) bool }); !ok || !s.skips(name) {
+				active = append(active, r)
+			}
+		}
+		rounds := make([][]Result, len(active))
 		for round := range cfg.Rounds {
 			if cfg.Rounds > 1 {
 				cfg.Log("%s: round %d of %d", name, round+1, cfg.Rounds)
 			}
-			for i, r := range runners {
-				res, err := r.run(ctx, name)
+			for i, r := range active {
+				res, err := r.run(ctx, name, load{rate: cfg.Rate})
 				if err != nil {
 					return rep, err
 				}
@@ -506,6 +651,21 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			w.Results = append(w.Results, medianRound(rs))
 		}
 		setRatios(w.Results)
+		// Open loop at fractions of each engine's own closed-loop rate.
+		for _, pct := range cfg.OpenLoop {
+			for i, r := range active {
+				l := load{rate: w.Results[i].OpsPerSec * pct / 100, fraction: pct / 100}
+				if l.rate <= 0 {
+					continue
+				}
+				cfg.Log("%s · %s: open loop at %.0f%% = %.0f/s", name, w.Results[i].Engine, pct, l.rate)
+				res, err := r.run(ctx, name, l)
+				if err != nil {
+					return rep, err
+				}
+				w.OpenLoop = append(w.OpenLoop, res)
+			}
+		}
 		rep.Workloads = append(rep.Workloads, w)
 	}
 	return rep, nil
@@ -513,7 +673,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 
 // runner runs one workload on one engine.
 type runner interface {
-	run(ctx context.Context, workload string) (Result, error)
+	run(ctx context.Context, workload string, l load) (Result, error)
 }
 
 // medianRound returns the round with the median throughput (the lower
@@ -545,6 +705,9 @@ func setRatios(results []Result) {
 		if v := byEngine[ref]; v > 0 {
 			results[i].Ratio = results[i].OpsPerSec / v
 			results[i].RatioTo = ref
+		}
+		if v := byEngine[EngineFloor]; v > 0 && results[i].Engine != EngineFloor {
+			results[i].VsFloor = results[i].OpsPerSec / v
 		}
 	}
 }

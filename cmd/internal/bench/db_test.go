@@ -22,7 +22,7 @@ func TestCheckTableDetectsOverLimitAgent(t *testing.T) {
 	pool := d.Pool(t)
 	ctx := context.Background()
 	cfg := Config{TTL: time.Hour, Limit: 3, Sessions: 7, Agents: 7}
-	rows, _, err := mintSessions([]byte("0123456789abcdef0123456789abcdef"), cfg, 7, func(i int) string { return agentName(i + 1) })
+	rows, _, err := mintSessions([]byte("0123456789abcdef0123456789abcdef"), cfg, 7, func(i int) string { return agentName(i + 1) }, prefillBase, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestMintedSessionsAuthenticate(t *testing.T) {
 	if n != 3 {
 		t.Fatalf("issue-hot prefill: %d sessions, want hot agents x (limit-1) = 3", n)
 	}
-	rows, pre, err := mintSessions(secret, cfg, n, agentOf)
+	rows, pre, err := mintSessions(secret, cfg, n, agentOf, prefillBase, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,5 +179,83 @@ func TestVariantsHoldTheLimit(t *testing.T) {
 				t.Fatalf("expired session still stored (%d, %v)", n, err)
 			}
 		})
+	}
+}
+
+// A prefill after issue traffic restores the table instead of loading it
+// again: the sessions issued meanwhile are gone and off their agents'
+// counts, the prefilled ones are all there and still authenticate, and
+// after a workload that revoked prefilled sessions (mixed) the table is
+// loaded again in full.
+func TestPrefillRestoresAfterIssue(t *testing.T) {
+	d := testdb.New(t)
+	ctx := context.Background()
+	cfg, err := Config{DatabaseURL: d.URL, Instances: 1, Workers: 1, Agents: 20, Sessions: 30, Limit: 4}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := pgxpool.ParseConfig(d.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := newOurs(ctx, cfg, variantLibrary, pc, "public", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.close()
+	counts := func() (rows, stored int64) {
+		t.Helper()
+		if err := d.Pool(t).QueryRow(ctx, "SELECT (SELECT count(*) FROM agent_sessions), (SELECT coalesce(sum(stored), 0) FROM agent_session_counts)").Scan(&rows, &stored); err != nil {
+			t.Fatal(err)
+		}
+		return rows, stored
+	}
+	pre, err := o.prefill(ctx, WorkloadIssue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if _, err := o.mgrs[0].Issue(ctx, agentName(i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rows, stored := counts(); rows != 40 || stored != 40 {
+		t.Fatalf("after 10 issues: %d rows, counts say %d; want 40", rows, stored)
+	}
+	var marker string // a prefilled row's xmin (inserting transaction) changes if the table is loaded again
+	if err := d.Pool(t).QueryRow(ctx, "SELECT xmin::text FROM agent_sessions WHERE id = $1", pre[0].id).Scan(&marker); err != nil {
+		t.Fatal(err)
+	}
+	again, err := o.prefill(ctx, WorkloadAuthenticate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows, stored := counts(); rows != 30 || stored != 30 || len(again) != 30 {
+		t.Fatalf("restored: %d rows, counts say %d, %d prefilled; want 30", rows, stored, len(again))
+	}
+	var xmin string
+	if err := d.Pool(t).QueryRow(ctx, "SELECT xmin::text FROM agent_sessions WHERE id = $1", pre[0].id).Scan(&xmin); err != nil || xmin != marker {
+		t.Errorf("prefilled row written by transaction %s, now %s (%v): the table was loaded again, not restored", marker, xmin, err)
+	}
+	for _, p := range again {
+		if _, err := o.mgrs[0].Authenticate(ctx, p.token, p.agent); err != nil {
+			t.Fatalf("restored session %s: %v", p.id, err)
+		}
+	}
+	// mixed revokes prefilled sessions: the next prefill loads in full.
+	if _, err := o.prefill(ctx, WorkloadMixed); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.mgrs[0].Revoke(ctx, pre[0].id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.prefill(ctx, WorkloadIssue); err != nil {
+		t.Fatal(err)
+	}
+	if rows, stored := counts(); rows != 30 || stored != 30 {
+		t.Fatalf("after mixed: %d rows, counts say %d; want the full 30", rows, stored)
+	}
+	if _, err := o.mgrs[0].Authenticate(ctx, pre[0].token, pre[0].agent); err != nil {
+		t.Fatalf("the revoked prefilled session is back after a full load: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agentsessions/agentsessions/db"
@@ -31,12 +32,15 @@ func agentName(n int) string { return strconv.Itoa(n) }
 type benchStore interface {
 	sessions.Store
 	retries() int64 // serialization-failure reruns so far
+	pgx() *pgxstore.Store
 }
 
 // libStore is the library's pgxstore.Store.
 type libStore struct{ *pgxstore.Store }
 
 func (s libStore) retries() int64 { return int64(s.Stats().Retries) }
+
+func (s libStore) pgx() *pgxstore.Store { return s.Store }
 
 // variant is one way of running the store's operations on PostgreSQL:
 // the library's, on ordinary or SERIALIZABLE pools, with or without its
@@ -67,13 +71,25 @@ var (
 	// sends the library's statements, and a hit sends none.
 	variantCached = variant{engine: EngineCached, cache: true, newStore: variantLibrary.newStore}
 
+	// The library with one Insert per agent in flight per instance (see
+	// gate.go). It sends the library's statements, so it has no pgbench
+	// reference of its own either.
+	variantSingleFlight = variant{engine: EngineSingleFlight,
+		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) {
+			st, err := variantLibrary.newStore(pool, maxAttempts)
+			if err != nil {
+				return nil, err
+			}
+			return gatedStore{libStore: st.(libStore), gate: newAgentGate()}, nil
+		}}
+
 	// The idle variants: the same with an idle timeout, so that the cost
 	// of recording uses shows beside the same workload without it.
 	variantIdle       = variant{engine: EngineIdle, idle: true, newStore: variantLibrary.newStore}
 	variantCachedIdle = variant{engine: EngineCachedIdle, cache: true, idle: true, newStore: variantLibrary.newStore}
 
 	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantCached: variantCached,
-		VariantIdle: variantIdle, VariantCachedIdle: variantCachedIdle}
+		VariantIdle: variantIdle, VariantCachedIdle: variantCachedIdle, VariantSingleFlight: variantSingleFlight}
 )
 
 // poolConfig returns a copy of base set up for the variant.
@@ -101,11 +117,29 @@ type ours struct {
 	quiesce func()
 	// stopCache ends the instances' RunCache (cached variant).
 	stopCache func()
+	// table is what the session table holds, shared by every engine on
+	// the run's schema.
+	table *tableState
 }
 
-func newOurs(ctx context.Context, cfg Config, v variant, poolCfg *pgxpool.Config, schema string) (*ours, error) {
-	o := &ours{cfg: cfg, v: v, secret: make([]byte, 32), schema: schema, poolCfg: v.poolConfig(poolCfg)}
-	_, _ = rand.Read(o.secret)
+// tableState remembers the last prefill, so that the next one can reuse
+// it: its minted sessions (minting millions takes minutes) and, when the
+// workloads since only added sessions, the rows themselves (see
+// RestorePrefill), which spares a COPY of millions of rows.
+type tableState struct {
+	secret   []byte // every engine's Managers share it, so prefilled tokens verify on all
+	key      string // the prefill plan the minted sessions are for
+	rows     []sessions.Session
+	out      []prefilled
+	loaded   bool   // the table holds that prefill (plus what workloads added)
+	lastLoad string // the workload that ran on it last (set by prefill)
+}
+
+func newOurs(ctx context.Context, cfg Config, v variant, poolCfg *pgxpool.Config, schema string, table *tableState) (*ours, error) {
+	if table == nil {
+		table = newTableState()
+	}
+	o := &ours{cfg: cfg, v: v, secret: table.secret, schema: schema, poolCfg: v.poolConfig(poolCfg), table: table}
 	for range cfg.Instances {
 		p, err := openPool(ctx, o.poolCfg.Copy(), int32(cfg.Workers))
 		if err != nil {
@@ -138,7 +172,7 @@ func (o *ours) startCaches(ctx context.Context) error {
 	errs := make(chan error, len(o.stores))
 	var wg sync.WaitGroup
 	for _, st := range o.stores {
-		ps := st.(libStore).Store
+		ps := st.pgx()
 		wg.Go(func() {
 			if err := ps.RunCache(cctx, pgxstore.CacheConfig{}); err != nil {
 				errs <- err
@@ -148,7 +182,7 @@ func (o *ours) startCaches(ctx context.Context) error {
 	o.stopCache = func() { cancel(); wg.Wait() }
 	deadline := time.Now().Add(10 * time.Second)
 	for _, st := range o.stores {
-		for !st.(libStore).CacheStats().Fresh {
+		for !st.pgx().CacheStats().Fresh {
 			select {
 			case err := <-errs:
 				return fmt.Errorf("bench: cache: %w", err)
@@ -171,7 +205,7 @@ func (o *ours) cacheCounts() CacheResult {
 		return c
 	}
 	for _, st := range o.stores {
-		cs := st.(libStore).CacheStats()
+		cs := st.pgx().CacheStats()
 		c.Hits += cs.Hits
 		c.Misses += cs.Misses
 	}
@@ -250,6 +284,12 @@ func (o *ours) retries() int64 {
 	return n
 }
 
+func newTableState() *tableState {
+	t := &tableState{secret: make([]byte, 32)}
+	_, _ = rand.Read(t.secret)
+	return t
+}
+
 // reset empties the session table.
 func (o *ours) reset(ctx context.Context) error {
 	return resetTables(ctx, o.pools[0])
@@ -276,18 +316,62 @@ type prefilled struct {
 // SERIALIZABLE's page-level predicate locks make unrelated agents
 // conflict). See mintSessions for how.
 func (o *ours) prefill(ctx context.Context, workload string) ([]prefilled, error) {
+	t := o.table
+	n, agentOf := prefillPlan(o.cfg, workload)
+	key := "sessions"
+	switch workload {
+	case WorkloadIssueHot:
+		key = "hot"
+	case WorkloadIssuePrune:
+		key = "prune"
+	}
+	last := t.lastLoad
+	t.lastLoad = workload
+	// Only issue (adds rows) and authenticate (changes nothing) leave the
+	// prefilled rows as they were; issue-prune's expired rows go.
+	if t.loaded && t.key == key && key == "sessions" && (last == WorkloadIssue || last == WorkloadAuthenticate) {
+		deleted, err := db.New(o.pools[0]).RestorePrefill(ctx, db.RestorePrefillParams{FirstID: prefillBase, LastID: int64(prefillBase + n - 1)})
+		if err != nil {
+			return nil, fmt.Errorf("bench: restore prefill: %w", err)
+		}
+		size, err := db.New(o.pools[0]).SessionTableBytes(ctx)
+		if err == nil && size.Rows == int64(n) {
+			if deleted > 0 {
+				if err := db.New(o.pools[0]).VacuumSessions(ctx); err != nil {
+					return nil, fmt.Errorf("bench: prefill: %w", err)
+				}
+			}
+			return t.out, nil
+		}
+		// Not what was loaded: load it again.
+	}
+	t.loaded = false
 	if err := o.reset(ctx); err != nil {
 		return nil, err
 	}
-	n, agentOf := prefillPlan(o.cfg, workload)
-	rows, out, err := mintSessions(o.secret, o.cfg, n, agentOf)
-	if err != nil {
+	if t.key != key {
+		rows, out, err := mintSessions(o.secret, o.cfg, n, agentOf, prefillBase, nil)
+		if err != nil {
+			return nil, err
+		}
+		if workload == WorkloadIssuePrune {
+			// Expired sessions beside the live ones, on the agents after
+			// theirs (round-robin), issued two TTLs ago.
+			expired, _, err := mintSessions(o.secret, o.cfg, o.cfg.Expired, func(i int) string { return agentName((n+i)%o.cfg.Agents + 1) },
+				prefillBase+n, func() time.Time { return time.Now().Add(-2 * o.cfg.TTL) })
+			if err != nil {
+				return nil, err
+			}
+			rows = append(rows, expired...)
+		}
+		t.key, t.rows, t.out = key, rows, out
+	}
+	if err := copySessions(ctx, o.pools[0], t.rows, o.cfg.Agents); err != nil {
+		t.key = "" // Import may have failed half-way; mint again next time
 		return nil, err
 	}
-	if err := copySessions(ctx, o.pools[0], rows, o.cfg.Agents); err != nil {
-		return nil, err
-	}
-	return out, nil
+	t.loaded = true
+	return t.out, nil
 }
 
 // prefillPlan says how many sessions a workload starts from, and whose.
@@ -303,10 +387,11 @@ func prefillPlan(cfg Config, workload string) (n int, agentOf func(i int) string
 // library's own; copySessions then stores the rows in one COPY. That takes
 // milliseconds where issuing through PostgreSQL would take seconds, and
 // agentOf spreads the sessions so that no agent exceeds the limit.
-func mintSessions(secret []byte, cfg Config, n int, agentOf func(i int) string) ([]sessions.Session, []prefilled, error) {
-	st := &collectStore{}
-	next := prefillBase
-	m, err := sessions.New(st, sessions.Config{Secret: secret, TTL: cfg.TTL, Limit: cfg.Limit,
+// The IDs start at firstID; clock, if set, is the Manager's clock.
+func mintSessions(secret []byte, cfg Config, n int, agentOf func(i int) string, firstID int, clock func() time.Time) ([]sessions.Session, []prefilled, error) {
+	st := &collectStore{rows: make([]sessions.Session, 0, n)}
+	next := firstID
+	m, err := sessions.New(st, sessions.Config{Secret: secret, TTL: cfg.TTL, Limit: cfg.Limit, Clock: clock,
 		NewID: func() (string, error) { next++; return strconv.Itoa(next - 1), nil }})
 	if err != nil {
 		return nil, nil, err
@@ -363,7 +448,7 @@ func (c *collectStore) Insert(_ context.Context, s sessions.Session, req session
 }
 
 // run runs one workload on the library.
-func (o *ours) run(ctx context.Context, workload string) (Result, error) {
+func (o *ours) run(ctx context.Context, workload string, l load) (Result, error) {
 	pre, err := o.prefill(ctx, workload)
 	if err != nil {
 		return Result{}, err
@@ -373,7 +458,7 @@ func (o *ours) run(ctx context.Context, workload string) (Result, error) {
 	var setup func(w *worker)
 	var step func(ctx context.Context, w *worker)
 	switch workload {
-	case WorkloadIssue:
+	case WorkloadIssue, WorkloadIssuePrune:
 		step = func(ctx context.Context, w *worker) {
 			a := agentName(w.rng.IntN(cfg.Agents) + 1)
 			_ = timed(ctx, cfg, w, OpIssue, func(ctx context.Context) error {
@@ -410,11 +495,20 @@ func (o *ours) run(ctx context.Context, workload string) (Result, error) {
 		}
 		step = func(ctx context.Context, w *worker) { o.mixedStep(ctx, w) }
 	}
+	bytesPerSession, err := sessionBytes(ctx, o.pools[0])
+	if err != nil {
+		return Result{}, err
+	}
 	if o.quiesce != nil {
 		o.quiesce()
 	}
 	if err := o.warm(ctx); err != nil {
 		return Result{}, err
+	}
+	var prune *pruneJob
+	if workload == WorkloadIssuePrune {
+		prune = o.startPrune(ctx)
+		l.busy = prune.running
 	}
 	if o.v.cache {
 		if err := o.startCaches(ctx); err != nil {
@@ -423,8 +517,14 @@ func (o *ours) run(ctx context.Context, workload string) (Result, error) {
 		defer func() { o.stopCache(); o.stopCache = nil }()
 	}
 	before, cacheBefore, usesBefore := o.retries(), o.cacheCounts(), o.lastUses()
-	ws, elapsed := drive(ctx, cfg, workload+" · "+o.v.engine, clients, setup, step)
-	res := result(o.v.engine, workload, ws, elapsed)
+	d := drive(ctx, cfg, workload+" · "+o.v.engine, clients, l, setup, step)
+	res := resultOf(o.v.engine, workload, d, l)
+	res.BytesPerSession = bytesPerSession
+	if prune != nil {
+		if res.Prune, err = prune.wait(ctx); err != nil {
+			return res, err
+		}
+	}
 	res.setRetries(o.retries() - before)
 	if o.v.idle {
 		// What is still pending is written now, outside the timed run,
@@ -436,9 +536,9 @@ func (o *ours) run(ctx context.Context, workload string) (Result, error) {
 		}
 		after := o.lastUses()
 		lu := &LastUseResult{Flushes: after.Flushes - usesBefore.Flushes, Uses: after.Uses - usesBefore.Uses,
-			IdleTimeoutS: o.cfg.IdleTimeout.Seconds(), IntervalS: max(o.cfg.IdleTimeout/10, time.Second).Seconds()}
-		if elapsed > 0 {
-			lu.UsesPerSec = float64(lu.Uses) / elapsed.Seconds()
+			IdleTimeoutS: o.cfg.IdleTimeout.Seconds(), IntervalS: sessions.DefaultLastUseInterval(o.cfg.IdleTimeout).Seconds()}
+		if d.elapsed > 0 {
+			lu.UsesPerSec = float64(lu.Uses) / d.elapsed.Seconds()
 		}
 		res.LastUse = lu
 	}
@@ -454,6 +554,94 @@ func (o *ours) run(ctx context.Context, workload string) (Result, error) {
 	}
 	o.cfg.Log("%s · %s: %s", workload, o.v.engine, oneLine(res))
 	return res, nil
+}
+
+// sessionBytes is the session table's size with its indexes over its rows.
+func sessionBytes(ctx context.Context, pool *pgxpool.Pool) (float64, error) {
+	row, err := db.New(pool).SessionTableBytes(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("bench: table size: %w", err)
+	}
+	if row.Rows == 0 {
+		return 0, nil
+	}
+	return float64(row.Bytes) / float64(row.Rows), nil
+}
+
+// pruneJob is one Store.Prune pass running beside a workload.
+type pruneJob struct {
+	o       *ours
+	done    chan struct{}
+	res     pgxstore.PruneResult // summed over the passes
+	passes  int
+	failed  int // passes that ended in a deadlock or serialization failure
+	err     error
+	elapsed time.Duration
+}
+
+// startPrune runs prune passes (the library's defaults: batches of
+// 1,000) on the first instance's store, in the background, back to back
+// until one deletes nothing. One pass is not enough under issue traffic:
+// a pass ends at the first batch that deletes fewer rows than the batch
+// size, and a batch does when issues have meanwhile deleted some of the
+// rows it picked (each issue deletes its agent's expired rows).
+func (o *ours) startPrune(ctx context.Context) *pruneJob {
+	j := &pruneJob{o: o, done: make(chan struct{})}
+	store := o.stores[0].pgx()
+	go func() {
+		defer close(j.done)
+		start := time.Now()
+		defer func() { j.elapsed = time.Since(start) }()
+		for {
+			res, err := store.Prune(ctx, pgxstore.PruneConfig{})
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001") && j.failed < 1000 {
+				// A batch's count-row updates can deadlock with issues
+				// (found by this workload): the pass fails, RunPruner
+				// would try again at its next interval; here, at once.
+				j.failed++
+				j.res.Deleted += res.Deleted
+				continue
+			}
+			if err != nil {
+				j.err = err
+				return
+			}
+			j.passes++
+			j.res.Deleted += res.Deleted
+			j.res.Batches += res.Batches
+			if res.Deleted == 0 {
+				return
+			}
+		}
+	}()
+	return j
+}
+
+func (j *pruneJob) running() bool {
+	select {
+	case <-j.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// wait returns the pass's figures, with the expired rows left afterwards.
+func (j *pruneJob) wait(ctx context.Context) (*PruneRun, error) {
+	<-j.done
+	if j.err != nil {
+		return nil, fmt.Errorf("bench: prune: %w", j.err)
+	}
+	pr := &PruneRun{Expired: j.o.cfg.Expired, Deleted: j.res.Deleted, Batches: j.res.Batches, Passes: j.passes, FailedPasses: j.failed, Seconds: j.elapsed.Seconds()}
+	if pr.Seconds > 0 {
+		pr.RowsPerSec = float64(pr.Deleted) / pr.Seconds
+	}
+	var err error
+	if pr.Left, err = db.New(j.o.pools[0]).CountExpiredSessions(ctx); err != nil {
+		return nil, fmt.Errorf("bench: prune: count what is left: %w", err)
+	}
+	return pr, nil
 }
 
 // mixedStep: 90 % authenticate one of the worker's own sessions, 8 %

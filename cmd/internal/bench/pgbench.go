@@ -34,6 +34,33 @@ type pgbenchRunner struct {
 	dir      string
 	trace    *Trace
 	scripts  *ScriptSet
+	// floor makes this the floor engine (EngineFloor): instead of the
+	// store's statements, one INSERT of a session row per transaction,
+	// committed durably (synchronous_commit as the server has it), with no
+	// limit check and no count row: what writing a session costs at all on
+	// this server. It runs the issue workload only.
+	floor bool
+}
+
+// floorScript inserts one session row for a random agent.
+const floorScript = "-- agentsessions bench floor: one durable INSERT of a session row, no limit check\n" +
+	"\\set aid random(1, :agents)\n" +
+	"\\set sid random(1000000000000, 9223372036854775807)\n" +
+	"INSERT INTO agent_sessions (id, agent_id, issued_at, expires_at, token_digest) VALUES (:sid, :aid, :now, :exp, :digest);\n"
+
+const scriptFloor = "floor.sql"
+
+// engine is the runner's engine name in reports.
+func (p *pgbenchRunner) engine() string {
+	if p.floor {
+		return EngineFloor
+	}
+	return p.ours.v.pgEngine
+}
+
+// skips reports whether the runner has nothing to run for a workload.
+func (p *pgbenchRunner) skips(workload string) bool {
+	return (p.floor && workload != WorkloadIssue) || workload == WorkloadIssuePrune
 }
 
 // newPgbenchRunner finds pgbench and records the statements o's variant
@@ -191,7 +218,7 @@ func parsePgbenchSummary(out string) (pgbenchSummary, error) {
 }
 
 // run runs one workload under pgbench.
-func (p *pgbenchRunner) run(ctx context.Context, workload string) (Result, error) {
+func (p *pgbenchRunner) run(ctx context.Context, workload string, l load) (Result, error) {
 	if _, err := p.ours.prefill(ctx, workload); err != nil {
 		return Result{}, err
 	}
@@ -205,6 +232,7 @@ func (p *pgbenchRunner) run(ctx context.Context, workload string) (Result, error
 		return Result{}, err
 	}
 	files := p.scripts.Files()
+	files[scriptFloor] = floorScript
 	var scripts []string // -f arguments
 	var kinds []string   // operation of each script, by script number
 	add := func(name, op string, weight int) error {
@@ -220,14 +248,16 @@ func (p *pgbenchRunner) run(ctx context.Context, workload string) (Result, error
 		kinds = append(kinds, op)
 		return nil
 	}
-	switch workload {
-	case WorkloadIssue:
+	switch {
+	case p.floor:
+		err = add(scriptFloor, OpIssue, 0)
+	case workload == WorkloadIssue:
 		err = add(scriptIssue, OpIssue, 0)
-	case WorkloadIssueHot:
+	case workload == WorkloadIssueHot:
 		err = add(scriptIssueHot, OpIssue, 0)
-	case WorkloadAuthenticate:
+	case workload == WorkloadAuthenticate:
 		err = add(scriptAuth, OpAuthenticate, 0)
-	case WorkloadMixed:
+	case workload == WorkloadMixed:
 		err = errors.Join(add(scriptAuth, OpAuthenticate, 90), add(scriptIssue, OpIssue, 8), add(scriptRevoke, OpRevoke, 2))
 	}
 	if err != nil {
@@ -255,6 +285,11 @@ func (p *pgbenchRunner) run(ctx context.Context, workload string) (Result, error
 	} else {
 		args = append(args, "-T", strconv.Itoa(int(math.Ceil(cfg.Duration.Seconds()))))
 	}
+	if l.rate > 0 {
+		// Open loop: pgbench's -R schedules arrivals at that total rate and
+		// counts each transaction's latency from its scheduled start.
+		args = append(args, "-R", strconv.FormatFloat(l.rate, 'f', 1, 64))
+	}
 	for _, k := range sortedKeys(vars) {
 		args = append(args, "-D", k+"="+vars[k])
 	}
@@ -267,7 +302,7 @@ func (p *pgbenchRunner) run(ctx context.Context, workload string) (Result, error
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
-	stopBar := startProgress(p.cfg.Progress, workload+" · "+p.ours.v.pgEngine, p.cfg, start, func() int64 { return 0 })
+	stopBar := startProgress(p.cfg.Progress, workload+" · "+p.engine(), p.cfg, start, func() int64 { return 0 })
 	err = cmd.Run()
 	stopBar()
 	elapsed := time.Since(start)
@@ -288,8 +323,9 @@ func (p *pgbenchRunner) run(ctx context.Context, workload string) (Result, error
 	if err != nil {
 		return Result{}, fmt.Errorf("bench: pgbench %s logs: %w", workload, err)
 	}
-	res := result(p.ours.v.pgEngine, workload, []*worker{{rec: recs}}, elapsed)
+	res := result(p.engine(), workload, []*worker{{rec: recs}}, elapsed)
 	res.Clients = clients
+	res.setLoad(l)
 	// pgbench's own figures: transactions processed over the time after
 	// all clients connected.
 	res.Ops = sum.Processed + sum.Failed
@@ -298,10 +334,16 @@ func (p *pgbenchRunner) run(ctx context.Context, workload string) (Result, error
 		res.ElapsedS = float64(sum.Processed) / sum.TPS
 	}
 	res.setRetries(sum.Retries)
+	if ps := cmd.ProcessState; ps != nil {
+		res.setCPU(ps.UserTime() + ps.SystemTime())
+	}
 	if err := checkTable(ctx, p.ours.pools[0], cfg.Limit, &res); err != nil {
 		return res, err
 	}
-	p.cfg.Log("%s · %s: %s", workload, p.ours.v.pgEngine, oneLine(res))
+	if p.floor {
+		res.OverLimitAgents = -1 // it checks no limit, so there is none to hold
+	}
+	p.cfg.Log("%s · %s: %s", workload, p.engine(), oneLine(res))
 	return res, nil
 }
 
@@ -352,8 +394,7 @@ func readPgbenchLog(path string, kinds []string, rec *recorder) error {
 			if fields[2] == "serialization" || fields[2] == "deadlock" {
 				class = ClassRetriesExhausted
 			}
-			rec.record(op, class, 0, fmt.Errorf("pgbench transaction failed: %s", fields[2]))
-			rec.samples[op] = rec.samples[op][:len(rec.samples[op])-1] // no latency for a failure
+			rec.count(op, class, fmt.Errorf("pgbench transaction failed: %s", fields[2])) // no latency for a failure
 			continue
 		}
 		rec.record(op, ClassOK, time.Duration(us)*time.Microsecond, nil)

@@ -202,8 +202,8 @@ func TestReadPgbenchLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := rec.outcomes[OpIssue]; got[ClassOK] != 1 || got[ClassRetriesExhausted] != 1 || len(rec.samples[OpIssue]) != 1 ||
-		rec.samples[OpIssue][0] != 880*time.Microsecond || rec.samples[OpAuthenticate][0] != 1520*time.Microsecond {
+	if got := rec.outcomes[OpIssue]; got[ClassOK] != 1 || got[ClassRetriesExhausted] != 1 || rec.samples[OpIssue].n != 1 ||
+		rec.samples[OpIssue].max != int64(880*time.Microsecond) || rec.samples[OpAuthenticate].max != int64(1520*time.Microsecond) {
 		t.Errorf("outcomes %v samples %v", rec.outcomes, rec.samples)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "log.124"), []byte("0 0 10 7 1 1\n"), 0o644); err != nil {

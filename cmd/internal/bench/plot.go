@@ -74,14 +74,17 @@ var (
 	colAxis  = color.RGBA{90, 90, 90, 255}
 	// One hue per engine; latency bars use three shades of it.
 	engineColors = map[string][3]color.RGBA{
-		EngineOurs:       {{31, 95, 170, 255}, {92, 148, 214, 255}, {170, 200, 235, 255}},
-		EngineCTE:        {{110, 70, 160, 255}, {160, 125, 200, 255}, {210, 190, 230, 255}},
-		EngineCached:     {{20, 140, 140, 255}, {90, 190, 190, 255}, {175, 225, 225, 255}},
-		EngineIdle:       {{200, 130, 20, 255}, {230, 175, 90, 255}, {245, 215, 170, 255}},
-		EngineCachedIdle: {{120, 90, 50, 255}, {170, 140, 100, 255}, {215, 195, 165, 255}},
-		EnginePgbench:    {{60, 140, 70, 255}, {115, 185, 120, 255}, {185, 225, 185, 255}},
-		EnginePgbenchCTE: {{100, 120, 40, 255}, {150, 170, 90, 255}, {205, 215, 165, 255}},
-		EngineRedis:      {{190, 60, 50, 255}, {225, 120, 110, 255}, {242, 190, 185, 255}},
+		EngineOurs:         {{31, 95, 170, 255}, {92, 148, 214, 255}, {170, 200, 235, 255}},
+		EngineCTE:          {{110, 70, 160, 255}, {160, 125, 200, 255}, {210, 190, 230, 255}},
+		EngineCached:       {{20, 140, 140, 255}, {90, 190, 190, 255}, {175, 225, 225, 255}},
+		EnginePgbench:      {{60, 140, 70, 255}, {115, 185, 120, 255}, {185, 225, 185, 255}},
+		EnginePgbenchCTE:   {{100, 120, 40, 255}, {150, 170, 90, 255}, {205, 215, 165, 255}},
+		EngineRedis:        {{190, 60, 50, 255}, {225, 120, 110, 255}, {242, 190, 185, 255}},
+		EngineRedisDurable: {{200, 120, 30, 255}, {230, 165, 90, 255}, {245, 210, 170, 255}},
+		EngineFloor:        {{90, 90, 90, 255}, {150, 150, 150, 255}, {205, 205, 205, 255}},
+		EngineSingleFlight: {{200, 60, 140, 255}, {225, 125, 185, 255}, {240, 195, 222, 255}},
+		EngineIdle:         {{160, 110, 20, 255}, {205, 160, 80, 255}, {235, 205, 150, 255}},
+		EngineCachedIdle:   {{120, 90, 50, 255}, {170, 140, 100, 255}, {215, 195, 165, 255}},
 	}
 )
 
@@ -230,6 +233,36 @@ func indexOf(xs []string, s string) int {
 	return -1
 }
 
+const (
+	plotLabelSize = 10
+	plotLabelRow  = 12 // px between staggered label rows
+)
+
+// labelWidth estimates a label's width in px: Go Regular's digits and
+// most letters are about 0.56 em wide.
+func labelWidth(s string, size float64) float64 { return 0.56 * size * float64(len([]rune(s))) }
+
+// labelBox is where a bar label is drawn: centred on x, baseline y.
+type labelBox struct{ x, w, y float64 }
+
+func (b labelBox) overlapsAny(others []labelBox) bool {
+	for _, o := range others {
+		if math.Abs(b.x-o.x) < (b.w+o.w)/2+2 && math.Abs(b.y-o.y) < plotLabelRow {
+			return true
+		}
+	}
+	return false
+}
+
+// tickLabel prints an axis value with its unit: milliseconds of a
+// thousand and more as seconds ("1s", not "1kms").
+func tickLabel(v float64, unit string) string {
+	if unit == "ms" && v >= 1000 {
+		return compact(v/1000) + "s"
+	}
+	return compact(v) + unit
+}
+
 func drawPanel(c canvas, p panel) {
 	left, right := 90.0, float64(plotW-30)
 	top, bottom := p.top+30, p.top+p.height-30
@@ -244,19 +277,29 @@ func drawPanel(c canvas, p panel) {
 			}
 		}
 	}
-	ax := newLogAxis(lo, hi*1.5, bottom, top+16)
+	gw := (right - left) / float64(max(1, len(p.groups)))
+	bw := min(70, (gw-30)/float64(max(1, len(p.engines))))
+	// Labels wider than their bar are staggered over as many rows as it
+	// takes for neighbours in the same row to clear each other.
+	rows := 1
+	for _, g := range p.labels {
+		for _, l := range g {
+			rows = max(rows, int(math.Ceil((labelWidth(l, plotLabelSize)+4)/bw)))
+		}
+	}
+	rows = min(rows, 6)
+	ax := newLogAxis(lo, hi*1.5, bottom, top+4+plotLabelRow*float64(rows))
 	for d := ax.dlo; d <= ax.dhi; d++ {
 		y := ax.y(math.Pow(10, d))
 		c.rect(left, y, right-left, 1, colGrid)
-		c.text(left-8, y+4, compact(math.Pow(10, d))+p.unit, 11, colMuted, anchorEnd)
+		c.text(left-8, y+4, tickLabel(math.Pow(10, d), p.unit), 11, colMuted, anchorEnd)
 	}
 	c.rect(left, top, 1, bottom-top, colAxis)
 	c.rect(left, bottom, right-left, 1, colAxis)
 	if len(p.groups) == 0 {
 		return
 	}
-	gw := (right - left) / float64(len(p.groups))
-	bw := min(70, (gw-30)/float64(max(1, len(p.engines))))
+	var placed []labelBox
 	for gi, g := range p.groups {
 		gx := left + gw*float64(gi) + (gw-bw*float64(len(p.engines)))/2
 		c.text(left+gw*(float64(gi)+0.5), bottom+18, g, 13, colText, anchorMiddle)
@@ -271,13 +314,15 @@ func drawPanel(c canvas, p panel) {
 				y := ax.y(v)
 				c.rect(x+2, y, bw-4, bottom-y, engineColor(e, len(vs)-1-i))
 			}
-			// Narrow bars: labels alternate between two heights so that
-			// neighbours do not overlap.
-			ly := ax.y(vs[0]) - 5
-			if bw < 60 && ei%2 == 1 {
-				ly -= 12
+			// Just above the bar, or as many rows higher as it takes to
+			// clear every label placed before it.
+			l := p.labels[gi][ei]
+			b := labelBox{x: x + bw/2, w: labelWidth(l, plotLabelSize), y: ax.y(vs[0]) - 5}
+			for b.overlapsAny(placed) {
+				b.y -= plotLabelRow
 			}
-			c.text(x+bw/2, ly, p.labels[gi][ei], 10, colText, anchorMiddle)
+			placed = append(placed, b)
+			c.text(b.x, b.y, l, plotLabelSize, colText, anchorMiddle)
 		}
 	}
 }

@@ -47,6 +47,7 @@ var errRedisLimit = errors.New("redis peer: agent at its limit")
 var errRedisUnknown = errors.New("redis peer: unknown session or digest mismatch")
 
 type redisPeer struct {
+	engine  string // EngineRedis or EngineRedisDurable
 	cfg     Config
 	clients []*redis.Client // one per instance, Workers connections each
 	prefix  string          // every key of this run starts with it
@@ -79,7 +80,7 @@ func newRedisPeer(ctx context.Context, cfg Config) (*redisPeer, string) {
 			}
 		}
 	}
-	p := &redisPeer{cfg: cfg, prefix: "agentsessions-bench:" + randomHex(6) + ":", version: version}
+	p := &redisPeer{engine: EngineRedis, cfg: cfg, prefix: "agentsessions-bench:" + randomHex(6) + ":", version: version}
 	for range cfg.Instances {
 		o := *opts
 		o.PoolSize = cfg.Workers
@@ -108,11 +109,11 @@ func (p *redisPeer) client(w *worker) *redis.Client { return p.clients[w.id/p.cf
 // deleteKeys removes every key of this run (never anything else).
 func (p *redisPeer) deleteKeys(ctx context.Context) error {
 	c := p.clients[0]
-	iter := c.Scan(ctx, 0, p.prefix+"*", 1000).Iterator()
+	iter := c.Scan(ctx, 0, p.prefix+"*", 10000).Iterator()
 	var batch []string
 	for iter.Next(ctx) {
 		batch = append(batch, iter.Val())
-		if len(batch) == 1000 {
+		if len(batch) == 10000 {
 			if err := c.Unlink(ctx, batch...).Err(); err != nil {
 				return err
 			}
@@ -136,20 +137,27 @@ func digestOf(token string) string {
 
 // issue runs the Lua script for a new session of agent.
 func (p *redisPeer) issue(ctx context.Context, c *redis.Client, agent, sid string) (redisSession, error) {
-	token := sid + "." + randomHex(16)
-	now := time.Now().Unix()
-	ttl := int64(p.cfg.TTL / time.Second)
-	exp := now + ttl
-	value := agent + "|" + strconv.FormatInt(exp, 10) + "|" + digestOf(token)
-	added, err := redisIssue.Run(ctx, c, []string{p.agentKey(agent), p.sessionKey(sid)},
-		now, exp, p.cfg.Limit, sid, ttl, value).Int()
+	s, keys, args := p.issueArgs(agent, sid)
+	added, err := redisIssue.Run(ctx, c, keys, args...).Int()
 	if err != nil {
 		return redisSession{}, err
 	}
 	if added == 0 {
 		return redisSession{}, errRedisLimit
 	}
-	return redisSession{agent: agent, sid: sid, token: token}, nil
+	return s, nil
+}
+
+// issueArgs makes a new session's token and the issue script's keys and
+// arguments.
+func (p *redisPeer) issueArgs(agent, sid string) (redisSession, []string, []any) {
+	token := sid + "." + randomHex(16)
+	now := time.Now().Unix()
+	ttl := int64(p.cfg.TTL / time.Second)
+	exp := now + ttl
+	value := agent + "|" + strconv.FormatInt(exp, 10) + "|" + digestOf(token)
+	return redisSession{agent: agent, sid: sid, token: token}, []string{p.agentKey(agent), p.sessionKey(sid)},
+		[]any{now, exp, p.cfg.Limit, sid, ttl, value}
 }
 
 func (p *redisPeer) authenticate(ctx context.Context, c *redis.Client, s redisSession) error {
@@ -171,6 +179,9 @@ func (p *redisPeer) revoke(ctx context.Context, c *redis.Client, s redisSession)
 	return redisRevoke.Run(ctx, c, []string{p.agentKey(s.agent), p.sessionKey(s.sid)}, s.sid).Err()
 }
 
+// skips: issue-prune measures our pruner.
+func (p *redisPeer) skips(workload string) bool { return workload == WorkloadIssuePrune }
+
 func classifyRedis(err error) string {
 	switch {
 	case err == nil:
@@ -190,7 +201,7 @@ func classifyRedis(err error) string {
 
 func (p *redisPeer) timed(ctx context.Context, w *worker, op string, fn func(ctx context.Context) error) error {
 	opCtx, cancel := context.WithTimeout(ctx, p.cfg.OpTimeout)
-	start := time.Now()
+	start := w.startOf()
 	err := fn(opCtx)
 	d := time.Since(start)
 	cancel()
@@ -210,6 +221,14 @@ func (p *redisPeer) prefill(ctx context.Context, workload string) ([]redisSessio
 	}
 	n, agentOf := prefillPlan(p.cfg, workload)
 	out := make([]redisSession, n)
+	if n == 0 {
+		return out, nil
+	}
+	if err := redisIssue.Load(ctx, p.clients[0]).Err(); err != nil {
+		return nil, fmt.Errorf("bench: redis prefill: %w", err)
+	}
+	// Pipelines of redisPrefillBatch scripts per round trip: at millions
+	// of sessions one round trip each would take minutes.
 	var next atomic.Int64
 	var mu sync.Mutex
 	var firstErr error
@@ -218,18 +237,30 @@ func (p *redisPeer) prefill(ctx context.Context, workload string) ([]redisSessio
 		for range p.cfg.Workers {
 			wg.Go(func() {
 				for ctx.Err() == nil {
-					i := int(next.Add(1) - 1)
-					if i >= n {
+					lo := int(next.Add(redisPrefillBatch) - redisPrefillBatch)
+					if lo >= n {
 						return
 					}
-					s, err := p.issue(ctx, c, agentOf(i), strconv.Itoa(prefillBase+i))
+					hi := min(n, lo+redisPrefillBatch)
+					pipe := c.Pipeline()
+					cmds := make([]*redis.Cmd, 0, hi-lo)
+					for i := lo; i < hi; i++ {
+						s, keys, args := p.issueArgs(agentOf(i), strconv.Itoa(prefillBase+i))
+						out[i] = s
+						cmds = append(cmds, pipe.EvalSha(ctx, redisIssue.Hash(), keys, args...))
+					}
+					_, err := pipe.Exec(ctx)
+					for _, cmd := range cmds {
+						if added, cerr := cmd.Int(); err == nil && cerr == nil && added != 1 {
+							err = errors.New("a prefilled session was refused at the limit")
+						}
+					}
 					if err != nil {
 						mu.Lock()
 						firstErr = errors.Join(firstErr, err)
 						mu.Unlock()
 						return
 					}
-					out[i] = s
 				}
 			})
 		}
@@ -241,7 +272,9 @@ func (p *redisPeer) prefill(ctx context.Context, workload string) ([]redisSessio
 	return out, ctx.Err()
 }
 
-func (p *redisPeer) run(ctx context.Context, workload string) (Result, error) {
+const redisPrefillBatch = 500
+
+func (p *redisPeer) run(ctx context.Context, workload string, l load) (Result, error) {
 	pre, err := p.prefill(ctx, workload)
 	if err != nil {
 		return Result{}, err
@@ -310,8 +343,8 @@ func (p *redisPeer) run(ctx context.Context, workload string) (Result, error) {
 			}
 		}
 	}
-	ws, elapsed := drive(ctx, cfg, workload+" · "+EngineRedis, clients, setup, step)
-	res := result(EngineRedis, workload, ws, elapsed)
+	d := drive(ctx, cfg, workload+" · "+p.engine, clients, l, setup, step)
+	res := resultOf(p.engine, workload, d, l)
 	res.setRetries(0)
 	if err := ctx.Err(); err != nil {
 		return res, err
@@ -319,29 +352,39 @@ func (p *redisPeer) run(ctx context.Context, workload string) (Result, error) {
 	if err := p.check(ctx, &res); err != nil {
 		return res, err
 	}
-	cfg.Log("%s · %s: %s", workload, EngineRedis, oneLine(res))
+	cfg.Log("%s · %s: %s", workload, p.engine, oneLine(res))
 	return res, nil
 }
+
+// redisCheck counts, server-side, the members of every sorted set whose
+// key matches ARGV[1] and the sets holding more than ARGV[2]: the whole
+// invariant check is one script call, so one round trip (two if the
+// script must be loaded first) however many agents there are, where a
+// ZCARD per agent took more than ten minutes at a million agents. It
+// blocks the server while it runs (about a second per million agents),
+// which is fine after a run.
+var redisCheck = redis.NewScript(`
+local cursor, rows, over, limit = '0', 0, 0, tonumber(ARGV[2])
+repeat
+  local r = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 10000)
+  cursor = r[1]
+  for _, k in ipairs(r[2]) do
+    local n = redis.call('ZCARD', k)
+    rows = rows + n
+    if n > limit then over = over + 1 end
+  end
+until cursor == '0'
+return {rows, over}
+`)
 
 // check counts agents whose set holds more members than the limit, and
 // the sessions stored.
 func (p *redisPeer) check(ctx context.Context, res *Result) error {
-	c := p.clients[0]
-	res.OverLimitAgents, res.Rows = 0, 0
-	iter := c.Scan(ctx, 0, p.prefix+"a:*", 1000).Iterator()
-	for iter.Next(ctx) {
-		n, err := c.ZCard(ctx, iter.Val()).Result()
-		if err != nil {
-			return fmt.Errorf("bench: redis invariant check: %w", err)
-		}
-		res.Rows += n
-		if n > int64(p.cfg.Limit) {
-			res.OverLimitAgents++
-		}
+	vals, err := redisCheck.Run(ctx, p.clients[0], nil, p.prefix+"a:*", p.cfg.Limit).Int64Slice()
+	if err != nil || len(vals) != 2 {
+		return fmt.Errorf("bench: redis invariant check: %v %w", vals, err)
 	}
-	if err := iter.Err(); err != nil {
-		return fmt.Errorf("bench: redis invariant check: %w", err)
-	}
+	res.Rows, res.OverLimitAgents = vals[0], vals[1]
 	return nil
 }
 

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // redisURL is the Redis the peer tests use: $BENCH_REDIS_URL, else the
@@ -151,5 +155,105 @@ func TestRedisPeerSkipsWithAClearReason(t *testing.T) {
 	}
 	if _, skipped := newRedisPeer(context.Background(), Config{RedisURL: "http://nope"}); !strings.Contains(skipped, "bad --redis-url") {
 		t.Fatalf("bad URL: %q", skipped)
+	}
+}
+
+// roundTrips counts the commands and pipelines a go-redis client sends.
+type roundTrips struct{ n atomic.Int64 }
+
+func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { r.n.Add(1); return next(ctx, cmd) }
+}
+func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { r.n.Add(1); return next(ctx, cmds) }
+}
+
+// The invariant check takes a fixed number of round trips, not one per
+// agent: 3,000 agents (one pushed over the limit) are checked in at most
+// two (EVALSHA, and EVAL when the script was not loaded yet), and the
+// prefill of 6,000 sessions goes in pipelines, not one call each.
+func TestRedisCheckRoundTripsDoNotGrowWithAgents(t *testing.T) {
+	p := newTestPeer(t, 2)
+	p.cfg.Agents, p.cfg.Sessions = 3000, 6000
+	ctx := context.Background()
+	var rt roundTrips
+	p.clients[0].AddHook(&rt)
+	pre, err := p.prefill(ctx, WorkloadAuthenticate)
+	if err != nil || len(pre) != 6000 {
+		t.Fatalf("prefill: %d sessions, %v", len(pre), err)
+	}
+	if n := rt.n.Load(); n > 6000/redisPrefillBatch+10 {
+		t.Errorf("prefill of 6,000 sessions took %d round trips on one client; want pipelines", n)
+	}
+	if err := p.clients[0].ZAdd(ctx, p.agentKey("1"), redisZ(time.Now().Add(time.Hour).Unix(), "extra")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for run := range 2 { // the second run finds the script loaded
+		rt.n.Store(0)
+		var res Result
+		if err := p.check(ctx, &res); err != nil {
+			t.Fatal(err)
+		}
+		if res.Rows != 6001 || res.OverLimitAgents != 1 {
+			t.Errorf("check: %d members, %d over the limit; want 6001 and 1", res.Rows, res.OverLimitAgents)
+		}
+		if n := rt.n.Load(); n > 2 || (run == 1 && n != 1) {
+			t.Errorf("check run %d over 3,000 agents took %d round trips", run+1, n)
+		}
+	}
+}
+
+// The durable server the bench starts really fsyncs every write to its
+// append-only file, and it is gone (and its directory) after stop.
+func TestDurableRedisServer(t *testing.T) {
+	srv, why := startRedisServer(context.Background(), "redis-server")
+	if srv == nil {
+		t.Skipf("durable Redis needs redis-server: %s", why)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			srv.stop()
+		}
+	})
+	ctx := context.Background()
+	c := redis.NewClient(&redis.Options{Addr: srv.addr, MaxRetries: -1, DialTimeout: time.Second})
+	defer c.Close()
+	for key, want := range map[string]string{"appendonly": "yes", "appendfsync": "always", "save": ""} {
+		got, err := c.ConfigGet(ctx, key).Result()
+		if err != nil || got[key] != want {
+			t.Errorf("CONFIG GET %s = %v (%v), want %q", key, got, err, want)
+		}
+	}
+	if got, err := c.ConfigGet(ctx, "dir").Result(); err != nil || !strings.HasPrefix(got["dir"], srv.dir) {
+		t.Errorf("dir %v (%v), want the private directory %s", got, err, srv.dir)
+	}
+	if err := c.Set(ctx, "durable-probe", "on disk", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var aof int64
+	_ = filepath.Walk(srv.dir, func(path string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() && strings.Contains(info.Name(), ".aof") {
+			aof += info.Size()
+		}
+		return nil
+	})
+	if aof == 0 {
+		t.Errorf("no append-only file with data under %s after a write", srv.dir)
+	}
+	srv.stop()
+	stopped = true
+	if err := c.Ping(ctx).Err(); err == nil {
+		t.Error("the server still answers after stop")
+	}
+	if _, err := os.Stat(srv.dir); !os.IsNotExist(err) {
+		t.Errorf("directory %s left behind (%v)", srv.dir, err)
+	}
+	if srv.cmd.ProcessState == nil {
+		t.Error("redis-server not waited for after stop")
+	}
+	if _, why := startRedisServer(ctx, "/nonexistent/redis-server"); !strings.Contains(why, "not found") {
+		t.Errorf("missing binary: %q", why)
 	}
 }

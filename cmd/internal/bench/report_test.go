@@ -3,6 +3,8 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"image/color"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -23,11 +25,14 @@ func sampleReport() Report {
 		Redis:   Reference{Skipped: "no Redis reachable at 127.0.0.1:6379"},
 		Workloads: []Workload{{Name: WorkloadIssue, Results: []Result{
 			{Engine: EngineOurs, OpsPerSec: 1234.4, Ratio: 0.9012, RatioTo: EnginePgbench, Latency: lat, Errors: 2,
-				Outcomes: map[string]int64{ClassOK: 12000, ClassRetriesExhausted: 2}, RetriesPer1k: 0.25, OverLimitAgents: 0,
+				Outcomes: map[string]int64{ClassOK: 12000, ClassRetriesExhausted: 2}, RetriesPer1k: 0.25, OverLimitAgents: 0, ClientCPUPerOpUS: 41.6, VsFloor: 0.5,
 				ErrorExamples: map[string]string{ClassRetriesExhausted: "sessions: store: insert: retries exhausted\nafter 20"},
 				ByOp:          map[string]OpResult{OpIssue: {Ops: 12002, Latency: lat, Outcomes: map[string]int64{ClassOK: 12000, ClassRetriesExhausted: 2}}}},
 			{Engine: EnginePgbench, OpsPerSec: 1369.8, Ratio: 1, RatioTo: EnginePgbench, Latency: lat,
 				Outcomes: map[string]int64{ClassOK: 13700}, RetriesPer1k: 12.5, OverLimitAgents: 0},
+		}, OpenLoop: []Result{
+			{Engine: EngineOurs, TargetRate: 617.2, LoadFraction: 0.5, OpsPerSec: 615, Latency: Latency{N: 10, P50: time.Millisecond,
+				P99: 8 * time.Millisecond, P999: 20 * time.Millisecond, Max: 31 * time.Millisecond}, ClientCPUPerOpUS: 55},
 		}}},
 	}
 	return r
@@ -42,14 +47,15 @@ func TestWriteTable(t *testing.T) {
 	for _, want := range []string{
 		"agentsessions bench · 2026-11-24 18:30 UTC · linux/amd64, 2 CPUs (AMD EPYC), go1.26 · PostgreSQL 15.20\n",
 		"4 instances x 8 workers = 32 clients · 10s per workload and engine · limit 5 · 10000 agents, 4 hot, 10000 pre-issued sessions\n",
-		"workload      engine                   ops/s vs pgbench      p50      p95      p99      max  errors  retries/1k over-limit\n",
-		"issue         agentsessions            1,234      0.90x   1.50ms   12.0ms   45.6ms    250ms       2         0.2          0\n",
-		"              pgbench                  1,370      1.00x   1.50ms   12.0ms   45.6ms    250ms       0        12.5          0\n",
+		"workload      engine                         ops/s vs pgbench      p50      p95      p99      max  errors  retries/1k over-limit   cpu us/op\n",
+		"issue         agentsessions                  1,234      0.90x   1.50ms   12.0ms   45.6ms    250ms       2         0.2          0          42\n",
+		"              pgbench                        1,370      1.00x   1.50ms   12.0ms   45.6ms    250ms       0        12.5          0           -\n",
+		"  issue         agentsessions                 50%       617       615   1.00ms   8.00ms   20.0ms   31.0ms       0          55\n",
 		"redis: skipped: no Redis reachable at 127.0.0.1:6379\n",
-		"\nRatios of ops/s in this run (reference: pgbench running the engine's own statements):\n  issue         agentsessions        0.90x pgbench\n\n",
-		"  issue         agentsessions        ok 12000, retries_exhausted 2\n",
+		"\nRatios of ops/s in this run (reference: pgbench running the engine's own statements):\n  issue         agentsessions              0.90x pgbench   0.50x floor\n\n",
+		"  issue         agentsessions              ok 12000, retries_exhausted 2\n",
 		"first retries_exhausted: sessions: store: insert: retries exhausted after 20\n", // newline flattened
-		"  issue         agentsessions        issue             12002   1.50ms   12.0ms   45.6ms    250ms  ok 12000, retries_exhausted 2\n",
+		"  issue         agentsessions              issue             12002   1.50ms   12.0ms   45.6ms    250ms  ok 12000, retries_exhausted 2\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q\n%s", want, out)
@@ -139,5 +145,75 @@ func TestWritePlot(t *testing.T) {
 	}
 	if err := WritePlot(filepath.Join(dir, "bench.jpg"), r); err == nil {
 		t.Error("WritePlot accepted a .jpg")
+	}
+}
+
+// recCanvas records the texts drawn.
+type recCanvas struct{ texts []drawnText }
+
+type drawnText struct {
+	x, y, size float64
+	s          string
+	a          anchor
+}
+
+func (c *recCanvas) rect(x, y, w, h float64, fill color.RGBA) {}
+func (c *recCanvas) text(x, y float64, s string, size float64, col color.RGBA, a anchor) {
+	c.texts = append(c.texts, drawnText{x, y, size, s, a})
+}
+
+// With many engines per workload the bar labels still do not overlap,
+// and a latency axis past a second reads "1s", not "1kms".
+func TestPlotLabelsDoNotOverlap(t *testing.T) {
+	all := []string{EngineOurs, EngineCached, EnginePgbench, EngineFloor, EngineRedis, EngineRedisDurable, EngineCTE}
+	for _, n := range []int{3, 4, 7} { // 4 and fewer: labels carry the ratio
+		t.Run(fmt.Sprint(n), func(t *testing.T) { checkPlotLabels(t, all[:n]) })
+	}
+}
+
+func checkPlotLabels(t *testing.T, engines []string) {
+	r := sampleReport()
+	r.Workloads = nil
+	for wi, name := range Workloads {
+		w := Workload{Name: name}
+		for ei, e := range engines {
+			w.Results = append(w.Results, Result{Engine: e, OpsPerSec: 1234.5 * float64(1+ei+wi), Ratio: 1.2345,
+				Latency: Latency{P50: time.Millisecond, P95: 100 * time.Millisecond, P99: time.Duration(1+ei) * 850 * time.Millisecond}})
+		}
+		r.Workloads = append(r.Workloads, w)
+	}
+	c := &recCanvas{}
+	drawReport(c, r)
+	var labels []drawnText
+	for _, tx := range c.texts {
+		if strings.Contains(tx.s, "kms") {
+			t.Errorf("tick %q", tx.s)
+		}
+		if tx.size == plotLabelSize {
+			labels = append(labels, tx)
+		}
+	}
+	if len(labels) != 2*len(Workloads)*len(engines) {
+		t.Fatalf("%d bar labels, want %d", len(labels), 2*len(Workloads)*len(engines))
+	}
+	box := func(tx drawnText) (x0, x1, y0, y1 float64) {
+		w := labelWidth(tx.s, tx.size)
+		return tx.x - w/2, tx.x + w/2, tx.y - tx.size, tx.y
+	}
+	for i := range labels {
+		for j := i + 1; j < len(labels); j++ {
+			ax0, ax1, ay0, ay1 := box(labels[i])
+			bx0, bx1, by0, by1 := box(labels[j])
+			if ax0 < bx1 && bx0 < ax1 && ay0 < by1 && by0 < ay1 {
+				t.Errorf("labels %q at (%.0f,%.0f) and %q at (%.0f,%.0f) overlap", labels[i].s, labels[i].x, labels[i].y, labels[j].s, labels[j].x, labels[j].y)
+			}
+		}
+	}
+	found := false
+	for _, tx := range c.texts {
+		found = found || tx.s == "1s" || tx.s == "10s"
+	}
+	if !found {
+		t.Error("no seconds tick on the latency axis")
 	}
 }

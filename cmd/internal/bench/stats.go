@@ -67,12 +67,17 @@ func IsError(class string) bool { return class != ClassOK && class != ClassLimit
 // kept, and percentiles are nearest-rank over the sorted samples (the
 // p-th percentile is the smallest sample that at least p % of all samples
 // are less than or equal to). No interpolation, no bucketing.
+//
+// Results of a run come from a [histogram] instead (bounded memory): the
+// same nearest-rank percentiles, each at most [HistogramPrecision] above
+// the exact one; N, Mean and Max are exact.
 type Latency struct {
 	N    int
 	Mean time.Duration
 	P50  time.Duration
 	P95  time.Duration
 	P99  time.Duration
+	P999 time.Duration // p99.9
 	Max  time.Duration
 }
 
@@ -104,6 +109,7 @@ func Summarize(samples []time.Duration) Latency {
 		P50:  Percentile(samples, 50),
 		P95:  Percentile(samples, 95),
 		P99:  Percentile(samples, 99),
+		P999: Percentile(samples, 99.9),
 		Max:  samples[len(samples)-1],
 	}
 }
@@ -114,6 +120,7 @@ type latencyJSON struct {
 	P50MS  float64 `json:"p50_ms"`
 	P95MS  float64 `json:"p95_ms"`
 	P99MS  float64 `json:"p99_ms"`
+	P999MS float64 `json:"p99_9_ms,omitempty"`
 	MaxMS  float64 `json:"max_ms"`
 }
 
@@ -123,7 +130,7 @@ func fromMS(v float64) time.Duration { return time.Duration(math.Round(v * float
 
 // MarshalJSON writes milliseconds (fractional) for readability.
 func (l Latency) MarshalJSON() ([]byte, error) {
-	return json.Marshal(latencyJSON{l.N, ms(l.Mean), ms(l.P50), ms(l.P95), ms(l.P99), ms(l.Max)})
+	return json.Marshal(latencyJSON{l.N, ms(l.Mean), ms(l.P50), ms(l.P95), ms(l.P99), ms(l.P999), ms(l.Max)})
 }
 
 // UnmarshalJSON reads what MarshalJSON writes (to nanosecond precision).
@@ -132,28 +139,40 @@ func (l *Latency) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	*l = Latency{j.N, fromMS(j.MeanMS), fromMS(j.P50MS), fromMS(j.P95MS), fromMS(j.P99MS), fromMS(j.MaxMS)}
+	*l = Latency{j.N, fromMS(j.MeanMS), fromMS(j.P50MS), fromMS(j.P95MS), fromMS(j.P99MS), fromMS(j.P999MS), fromMS(j.MaxMS)}
 	return nil
 }
 
-// recorder collects one worker's samples and outcomes; it is not shared,
-// so recording takes no lock. Recorders are merged when the run ends.
+// recorder collects one worker's latencies (a histogram per operation)
+// and outcomes; it is not shared, so recording takes no lock. Recorders
+// are merged when the run ends.
 type recorder struct {
-	samples  map[string][]time.Duration
+	samples  map[string]*histogram
 	outcomes map[string]map[string]int64
 	examples map[string]string // first error message per class
 }
 
 func newRecorder() *recorder {
 	return &recorder{
-		samples:  map[string][]time.Duration{},
+		samples:  map[string]*histogram{},
 		outcomes: map[string]map[string]int64{},
 		examples: map[string]string{},
 	}
 }
 
 func (r *recorder) record(op, class string, d time.Duration, err error) {
-	r.samples[op] = append(r.samples[op], d)
+	h := r.samples[op]
+	if h == nil {
+		h = &histogram{}
+		r.samples[op] = h
+	}
+	h.record(d)
+	r.count(op, class, err)
+}
+
+// count records an outcome without a latency (a reference engine's
+// failed transaction, whose time is unknown).
+func (r *recorder) count(op, class string, err error) {
 	m := r.outcomes[op]
 	if m == nil {
 		m = map[string]int64{}
@@ -182,7 +201,7 @@ func merge(recs []*recorder, counted []string) (byOp map[string]OpResult, lat La
 	examples = map[string]string{}
 	ops := map[string]bool{}
 	for _, r := range recs {
-		for op := range r.samples {
+		for op := range r.outcomes {
 			ops[op] = true
 		}
 		for class, msg := range r.examples {
@@ -191,25 +210,29 @@ func merge(recs []*recorder, counted []string) (byOp map[string]OpResult, lat La
 			}
 		}
 	}
-	var all []time.Duration
+	all := &histogram{}
 	for op := range ops {
-		var s []time.Duration
+		s := &histogram{}
 		oc := map[string]int64{}
 		for _, r := range recs {
-			s = append(s, r.samples[op]...)
+			s.merge(r.samples[op])
 			for c, n := range r.outcomes[op] {
 				oc[c] += n
 			}
 		}
 		if slices.Contains(counted, op) {
-			all = append(all, s...)
+			all.merge(s)
 			for c, n := range oc {
 				outcomes[c] += n
 			}
 		}
-		byOp[op] = OpResult{Ops: int64(len(s)), Latency: Summarize(s), Outcomes: oc}
+		var n int64
+		for _, v := range oc {
+			n += v
+		}
+		byOp[op] = OpResult{Ops: n, Latency: s.latency(), Outcomes: oc}
 	}
-	return byOp, Summarize(all), outcomes, examples
+	return byOp, all.latency(), outcomes, examples
 }
 
 // errorCount adds up the error classes of outcomes.

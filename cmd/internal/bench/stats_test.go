@@ -29,7 +29,7 @@ func TestPercentileNearestRank(t *testing.T) {
 	}
 	l := Summarize(s)
 	want := Latency{N: 100, Mean: 50500 * time.Microsecond, P50: 50 * time.Millisecond, P95: 95 * time.Millisecond,
-		P99: 99 * time.Millisecond, Max: 100 * time.Millisecond}
+		P99: 99 * time.Millisecond, P999: 100 * time.Millisecond, Max: 100 * time.Millisecond}
 	if l != want {
 		t.Fatalf("Summarize(1..100ms) = %+v, want %+v", l, want)
 	}
@@ -64,7 +64,7 @@ func TestLatencyJSONRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"samples":4,"mean_ms":64,"p50_ms":2,"p95_ms":250,"p99_ms":250,"max_ms":250}`
+	want := `{"samples":4,"mean_ms":64,"p50_ms":2,"p95_ms":250,"p99_ms":250,"p99_9_ms":250,"max_ms":250}`
 	if string(b) != want {
 		t.Fatalf("json %s, want %s", b, want)
 	}
