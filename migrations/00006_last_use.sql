@@ -7,8 +7,11 @@
 -- moves forward.
 --
 -- Deliberately not indexed: a batch that sets only this column is then a
--- HOT update, which writes no index page.
+-- HOT update, which writes no index page, provided the row's page has
+-- room for the new version: fillfactor 90 leaves a tenth of every page
+-- filled from now on free for that (pages written before keep none).
 ALTER TABLE agent_sessions ADD COLUMN last_used_at timestamptz;
+ALTER TABLE agent_sessions SET (fillfactor = 90);
 
 -- A change of last_used_at alone is not an invalidation: caches keep the
 -- verified session (its token, agent and expiry are unchanged) and read
@@ -27,4 +30,5 @@ CREATE TRIGGER agent_sessions_notify_invalidate
     AFTER DELETE OR UPDATE ON agent_sessions
     FOR EACH ROW EXECUTE FUNCTION agent_sessions_notify_invalidate();
 ALTER TABLE agent_sessions ENABLE ALWAYS TRIGGER agent_sessions_notify_invalidate;
+ALTER TABLE agent_sessions RESET (fillfactor);
 ALTER TABLE agent_sessions DROP COLUMN last_used_at;

@@ -150,9 +150,12 @@ func NewHandles(m *Manager, kinds ...HandleKind) (*Handles, error) {
 		if _, dup := h.kinds[k.Name]; dup {
 			return nil, &ConfigError{Field: "kinds", Reason: fmt.Sprintf("kind %q is named twice", k.Name)}
 		}
-		if k.Policy == PolicyEvictLeastRecentlyUsed && m.uses == nil {
-			return nil, &ConfigError{Field: "HandleKind(" + k.Name + ").Policy", Reason: "evict-least-recently-used needs a store " +
-				"that implements sessions.TouchStore (MemoryStore and pgxstore.Store do)"}
+		if k.Policy == PolicyEvictLeastRecentlyUsed {
+			if m.uses == nil {
+				return nil, &ConfigError{Field: "HandleKind(" + k.Name + ").Policy", Reason: "evict-least-recently-used needs a store " +
+					"that implements sessions.TouchStore (MemoryStore and pgxstore.Store do)"}
+			}
+			m.uses.byAgent.Store(true)
 		}
 		if k.MaxLifetime == 0 {
 			k.MaxLifetime = max(DefaultMaxLifetime, k.TTL)

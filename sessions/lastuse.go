@@ -21,17 +21,19 @@ import (
 // What it holds also answers "when was this session last used here?"
 // until the store has it: uses not yet written, being written, and
 // written by the last flush (a cache in front of the store may still
-// hold the older last use).
+// hold the older last use). It is sharded by session ID, so concurrent
+// authenticates of different sessions rarely wait for one another.
 type useLog struct {
 	store    TouchStore
 	interval time.Duration
 	logger   *slog.Logger
+	byAgent  atomic.Bool // keep useGen.byKey: least-recently-used eviction asks for an agent's uses
 
-	mu      sync.Mutex
-	pending useGen      // not yet written
-	writing useGen      // the batch being written
-	written useGen      // the last batch written
-	timer   *time.Timer // armed while pending is not empty
+	shards [useShards]useShard
+
+	tmu   sync.Mutex
+	timer *time.Timer // armed while some use is pending
+	armed atomic.Bool // timer != nil, read without tmu on every use
 
 	flushMu sync.Mutex // one flush at a time, so batches land in order
 
@@ -40,21 +42,32 @@ type useLog struct {
 	failures atomic.Uint64
 }
 
+const useShards = 32
+
+type useShard struct {
+	mu      sync.Mutex
+	pending useGen // not yet written
+	writing useGen // the batch being written
+	written useGen // the last batch written
+}
+
 // useGen is one generation of uses: the latest use of each session
-// (Unix seconds), and the sessions of each (agent, kind), for
-// least-recently-used eviction's InsertRequest.RecentUses.
+// (Unix seconds), and (for least-recently-used eviction) the sessions of
+// each (agent, kind).
 type useGen struct {
 	at    map[string]uint64
 	byKey map[limitKey][]string
 }
 
-func newUseGen() useGen {
-	return useGen{at: make(map[string]uint64), byKey: make(map[limitKey][]string)}
-}
-
-func (g *useGen) add(id string, key limitKey, at uint64) {
+func (g *useGen) add(id string, key limitKey, at uint64, byAgent bool) {
+	if g.at == nil {
+		g.at = make(map[string]uint64)
+	}
 	cur, seen := g.at[id]
-	if !seen {
+	if !seen && byAgent {
+		if g.byKey == nil {
+			g.byKey = make(map[limitKey][]string)
+		}
 		g.byKey[key] = append(g.byKey[key], id)
 	}
 	if !seen || at > cur {
@@ -62,35 +75,50 @@ func (g *useGen) add(id string, key limitKey, at uint64) {
 	}
 }
 
-func newUseLog(store TouchStore, interval time.Duration, logger *slog.Logger) *useLog {
-	return &useLog{store: store, interval: interval, logger: logger, pending: newUseGen()}
+func newUseLog(store TouchStore, interval time.Duration, logger *slog.Logger, byAgent bool) *useLog {
+	l := &useLog{store: store, interval: interval, logger: logger}
+	l.byAgent.Store(byAgent)
+	return l
 }
 
-// knownLocked is the latest use of id this log knows of, 0 if none.
-func (l *useLog) knownLocked(id string) uint64 {
-	return max(l.pending.at[id], l.writing.at[id], l.written.at[id])
+func (l *useLog) shard(id string) *useShard {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	return &l.shards[h%useShards]
 }
 
-// known is knownLocked for callers without l.mu.
+// knownLocked is the latest use of id the shard knows of, 0 if none.
+func (sh *useShard) knownLocked(id string) uint64 {
+	return max(sh.pending.at[id], sh.writing.at[id], sh.written.at[id])
+}
+
+// known is the latest use of id this log knows of, 0 if none.
 func (l *useLog) known(id string) uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.knownLocked(id)
+	sh := l.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.knownLocked(id)
 }
 
-// recent returns the uses this log knows of for key's sessions.
+// recent returns the uses this log knows of for key's sessions (kept only
+// when byAgent is set).
 func (l *useLog) recent(key limitKey) []Use {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []Use
-	seen := map[string]bool{}
-	for _, g := range []*useGen{&l.pending, &l.writing, &l.written} {
-		for _, id := range g.byKey[key] {
-			if !seen[id] {
-				seen[id] = true
-				out = append(out, Use{ID: id, At: unixTime(l.knownLocked(id))})
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		seen := map[string]bool{}
+		for _, g := range []*useGen{&sh.pending, &sh.writing, &sh.written} {
+			for _, id := range g.byKey[key] {
+				if !seen[id] {
+					seen[id] = true
+					out = append(out, Use{ID: id, At: unixTime(sh.knownLocked(id))})
+				}
 			}
 		}
+		sh.mu.Unlock()
 	}
 	return out
 }
@@ -100,16 +128,38 @@ func (l *useLog) recent(key limitKey) []Use {
 // known here) is idle or more seconds before now: then it records
 // nothing and returns false.
 func (l *useLog) use(id string, key limitKey, stored, now, idle uint64) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if idle > 0 && isIdle(max(stored, l.knownLocked(id)), now, idle) {
+	sh := l.shard(id)
+	sh.mu.Lock()
+	if idle > 0 && isIdle(max(stored, sh.knownLocked(id)), now, idle) {
+		sh.mu.Unlock()
 		return false
 	}
-	l.pending.add(id, key, now)
-	if l.timer == nil {
-		l.timer = time.AfterFunc(l.interval, l.flushOnTimer)
+	sh.pending.add(id, key, now, l.byAgent.Load())
+	sh.mu.Unlock()
+	if !l.armed.Load() {
+		l.arm()
 	}
 	return true
+}
+
+// arm starts the timer that writes the pending uses, unless it runs.
+func (l *useLog) arm() {
+	l.tmu.Lock()
+	defer l.tmu.Unlock()
+	if l.timer == nil {
+		l.timer = time.AfterFunc(l.interval, l.flushOnTimer)
+		l.armed.Store(true)
+	}
+}
+
+func (l *useLog) disarm() {
+	l.tmu.Lock()
+	defer l.tmu.Unlock()
+	if l.timer != nil {
+		l.timer.Stop()
+		l.timer = nil
+		l.armed.Store(false)
+	}
 }
 
 // isIdle: last used at lastUse, the session is idle at now (lastUse + idle
@@ -134,45 +184,56 @@ func (l *useLog) flushOnTimer() {
 func (l *useLog) flush(ctx context.Context, rearm bool) error {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
-	l.mu.Lock()
-	batch := l.pending
-	l.pending = newUseGen()
-	if l.timer != nil {
-		l.timer.Stop()
-		l.timer = nil
+	// Disarm first: a use recorded after its shard was swapped below
+	// arms a new timer for the next batch.
+	l.disarm()
+	var uses []Use
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		sh.writing, sh.pending = sh.pending, useGen{}
+		for id, at := range sh.writing.at {
+			uses = append(uses, Use{ID: id, At: unixTime(at)})
+		}
+		sh.mu.Unlock()
 	}
-	if len(batch.at) == 0 {
-		l.mu.Unlock()
+	if len(uses) == 0 {
 		return nil
-	}
-	l.writing = batch
-	l.mu.Unlock()
-
-	uses := make([]Use, 0, len(batch.at))
-	for id, at := range batch.at {
-		uses = append(uses, Use{ID: id, At: unixTime(at)})
 	}
 	// In ID order, so two instances' batches lock shared rows in the same
 	// order.
 	slices.SortFunc(uses, func(a, b Use) int { return cmp.Compare(a.ID, b.ID) })
 	err := l.store.Touch(ctx, uses)
 
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.writing = useGen{}
-	if err != nil {
-		l.failures.Add(1)
-		for key, ids := range batch.byKey {
-			for _, id := range ids {
-				l.pending.add(id, key, batch.at[id])
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		batch := sh.writing
+		sh.writing = useGen{}
+		if err == nil {
+			sh.written = batch
+		} else {
+			if batch.byKey != nil { // every ID of the batch is under its key
+				for key, ids := range batch.byKey {
+					for _, id := range ids {
+						sh.pending.add(id, key, batch.at[id], true)
+					}
+				}
+			} else {
+				for id, at := range batch.at {
+					sh.pending.add(id, limitKey{}, at, false)
+				}
 			}
 		}
-		if rearm && l.timer == nil {
-			l.timer = time.AfterFunc(l.interval, l.flushOnTimer)
+		sh.mu.Unlock()
+	}
+	if err != nil {
+		l.failures.Add(1)
+		if rearm {
+			l.arm()
 		}
 		return storeErr("touch", err)
 	}
-	l.written = batch
 	l.flushes.Add(1)
 	l.uses.Add(uint64(len(uses)))
 	return nil

@@ -62,7 +62,7 @@ func New(store Store, cfg Config) (*Manager, error) {
 		idle:        uint64(cfg.IdleTimeout / time.Second),
 	}
 	if ts, ok := store.(TouchStore); ok {
-		m.uses = newUseLog(ts, cfg.LastUseInterval, cfg.Logger)
+		m.uses = newUseLog(ts, cfg.LastUseInterval, cfg.Logger, cfg.Policy == PolicyEvictLeastRecentlyUsed)
 	} else if m.trackUses {
 		return nil, &ConfigError{Field: "store", Reason: "does not implement sessions.TouchStore, which IdleTimeout and " +
 			"PolicyEvictLeastRecentlyUsed need to record last uses (MemoryStore and pgxstore.Store do)"}
