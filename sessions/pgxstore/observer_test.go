@@ -178,7 +178,7 @@ func TestObserverPrunePasses(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, prunes, _ := rec.snapshot()
-	want := []pgxstore.PruneResult{{Deleted: 7, Batches: 2}, {Deleted: 0, Batches: 1}}
+	want := []pgxstore.PruneResult{{Deleted: 7, Batches: 3}, {Deleted: 0, Batches: 1}}
 	if !slices.Equal(prunes, want) {
 		t.Fatalf("observed prunes %+v, want %+v", prunes, want)
 	}

@@ -484,9 +484,9 @@ func TestPgBouncerPruner(t *testing.T) {
 	if total.ran == 0 {
 		t.Fatal("no prune pass ran")
 	}
-	if n := locks(); n != 0 {
-		t.Fatalf("%d prune locks left behind", n)
-	}
+	// A pass cut off by the end of the load may close its connection to
+	// drop the lock; the server lets go of it as that backend exits.
+	waitFor(t, 5*time.Second, "no prune lock left behind", func() bool { return locks() == 0 })
 	r, err := stores[0].Prune(ctx, pgxstore.PruneConfig{LockID: lockID, Clock: later})
 	if err != nil || r.Skipped {
 		t.Fatalf("a pass after the others: %+v, %v; want it to run", r, err)

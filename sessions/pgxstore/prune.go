@@ -139,7 +139,12 @@ func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, er
 		}
 		res.Deleted += n
 		res.Batches++
-		if n < int64(cfg.BatchSize) {
+		// Until a batch finds nothing: a short batch does not mean the
+		// rest is gone, since rows an issue deleted (its agent's expired
+		// ones) while the batch waited on them are skipped, not replaced.
+		// The pass ends: now is fixed, so the rows it can find only
+		// dwindle.
+		if n == 0 {
 			break
 		}
 	}
@@ -155,7 +160,7 @@ func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, er
 		res.Deleted += n
 		res.Idle += n
 		res.Batches++
-		if n < int64(cfg.BatchSize) {
+		if n == 0 {
 			return res, nil
 		}
 	}

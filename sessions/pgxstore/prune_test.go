@@ -28,8 +28,9 @@ func TestPruneBatches(t *testing.T) {
 	seed(t, store, 35, 5, now)
 	cfg := pgxstore.PruneConfig{BatchSize: 10, Clock: func() time.Time { return now }, LockID: lockID()}
 	res, err := store.Prune(context.Background(), cfg)
-	if err != nil || res != (pgxstore.PruneResult{Deleted: 35, Batches: 4}) {
-		t.Fatalf("prune: %+v %v; want 35 deleted in 4 batches", res, err)
+	// 10, 10, 10, 5, then one that finds nothing and ends the pass.
+	if err != nil || res != (pgxstore.PruneResult{Deleted: 35, Batches: 5}) {
+		t.Fatalf("prune: %+v %v; want 35 deleted in 5 batches", res, err)
 	}
 	if n := sum(rowsPerAgent(t, d.Pool(t))); n != 5 {
 		t.Fatalf("%d rows left, want the 5 live ones", n)
@@ -115,7 +116,7 @@ func TestRunPrunerReportsAndStops(t *testing.T) {
 		})
 	}()
 	first, second := <-reports, <-reports
-	if first.Deleted != 12 || first.Batches != 3 || second.Deleted != 0 {
+	if first.Deleted != 12 || first.Batches != 4 || second.Deleted != 0 {
 		t.Fatalf("passes reported %+v then %+v", first, second)
 	}
 	cancel()
@@ -317,6 +318,60 @@ func TestLoadRefreshNearExpiryLosesNoAcknowledgedRefresh(t *testing.T) {
 	}
 	if ackedN.Load() == 0 || refused.Load() == 0 {
 		t.Fatalf("refreshes and pruning did not overlap (%d acknowledged, %d pruned first): the test proves nothing", ackedN.Load(), refused.Load())
+	}
+	checkCounts(t, d.Pool(t))
+}
+
+// A batch cut short by rows that an issue deleted while the batch waited
+// on them (they are skipped, not replaced) does not end the pass: the
+// pass goes on until a batch finds nothing, so no expired row is left
+// for the next interval. (Passes used to end at the first short batch.)
+func TestPruneContinuesPastShortBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := testdb.New(t)
+	store, _ := pgxstore.New(d.Pool(t), nil)
+	now := time.Unix(1_700_000_000, 0)
+	seed(t, store, 10, 0, now)
+	// Another session deletes the two oldest expired rows and waits
+	// before committing: the pruner's first batch picks them and blocks.
+	other := d.Conn(t)
+	tx, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	// Their counts go down in the same statement, as every writer's do.
+	var deleted int
+	if err := tx.QueryRow(ctx, `
+		WITH gone AS (
+			DELETE FROM agent_sessions WHERE id IN (SELECT id FROM agent_sessions ORDER BY expires_at, id LIMIT 2)
+			RETURNING agent_id, kind),
+		per AS (SELECT agent_id, kind, count(*) AS n FROM gone GROUP BY agent_id, kind),
+		counted AS (
+			UPDATE agent_session_counts c SET stored = c.stored - per.n
+			FROM per WHERE c.agent_id = per.agent_id AND c.kind = per.kind)
+		SELECT count(*) FROM gone`).Scan(&deleted); err != nil || deleted != 2 {
+		t.Fatalf("delete two: %d %v", deleted, err)
+	}
+	done := make(chan pgxstore.PruneResult, 1)
+	go func() {
+		res, err := store.Prune(ctx, pgxstore.PruneConfig{BatchSize: 5, Clock: func() time.Time { return now }, LockID: lockID()})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	waitForBlocked(t, d, other.PgConn().PID())
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.Deleted != 8 {
+		t.Errorf("prune deleted %d, want the other 8 expired rows (its first batch found only 3 of 5)", res.Deleted)
+	}
+	if n := sum(rowsPerAgent(t, d.Pool(t))); n != 0 {
+		t.Errorf("%d expired rows left after the pass", n)
 	}
 	checkCounts(t, d.Pool(t))
 }

@@ -186,7 +186,9 @@ func TestRunIssuePrune(t *testing.T) {
 	}
 	r := w.Results[0]
 	p := r.Prune
-	if p == nil || p.Expired != 3000 || p.Left != 0 || p.Deleted <= 0 || p.Deleted > 3000 || p.Batches < 3 || p.Passes < 2 || p.RowsPerSec <= 0 {
+	if p == nil || p.Expired != 3000 || p.Left != 0 || p.Deleted <= 0 || p.Deleted > 3000 || p.Batches < 2 || p.Passes < 2 || p.RowsPerSec <= 0 {
+		// (Batches counts the passes that completed: a pass that deadlocked
+		// with an issue and was run again is not in it.)
 		t.Fatalf("prune %+v: want all 3,000 expired rows gone, most by the pruner in batches of 1,000", p)
 	}
 	if r.OverLimitAgents != 0 || r.Errors != 0 || r.Rows < 50 || r.Rows > 50+r.Ops {
