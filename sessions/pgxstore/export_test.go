@@ -12,3 +12,10 @@ func CacheListenerPID(p *Store) uint32 {
 // HandleEventsListenerPID is the backend PID of the store's handle events
 // listener (0 before the first connection).
 func HandleEventsListenerPID(p *Store) uint32 { return p.eventsPID.Load() }
+
+// MarkContended makes the store's issues for (agent, kind) queue on the
+// advisory lock for a second, as a serialization failure would.
+func MarkContended(p *Store, agent, kind string) { p.contended.mark(limitKey{agent, kind}) }
+
+// QueueLockKey is the advisory lock key contended issues for (agent, kind) take.
+func QueueLockKey(agent, kind string) int64 { return queueLockKey(limitKey{agent, kind}) }

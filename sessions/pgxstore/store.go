@@ -110,6 +110,7 @@ type Store struct {
 	one       *db.Queries                  // runs the limit statement as its own SERIALIZABLE transaction
 	lookups   *lookups                     // Get's queries, batched when they arrive together
 	eventsPID atomic.Uint32                // backend of the handle events listener, for tests
+	contended contention                   // agents whose issues queue on an advisory lock (queue.go)
 	pruneOK   atomic.Bool                  // the pool's connections keep a session (checkPrunerSession passed)
 }
 

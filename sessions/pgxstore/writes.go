@@ -106,9 +106,13 @@ func (p *Store) Insert(ctx context.Context, s sessions.Session, req sessions.Ins
 		s.Kind = sessions.KindSession
 	}
 	p.stats.transactions.Add(1)
+	key := limitKey{s.AgentID, s.Kind}
 	err = p.write(ctx, "insert", onceSent, func() (touched, error) {
 		var err error
-		res, err = p.insertStmt(ctx, s, md, req)
+		res, err = p.insertStmt(ctx, s, md, req, p.contended.is(key))
+		if isSerializationFailure(err) {
+			p.contended.mark(key) // queue this agent's next issues (queue.go)
+		}
 		return touched{ids: res.Evicted}, err
 	})
 	if err != nil {
@@ -172,7 +176,11 @@ func (p *Store) DeleteAgentLimit(ctx context.Context, agentID, kind string) (fou
 // again. The statement refuses to insert below SERIALIZABLE (a connection
 // whose default was changed after connecting), so a misconfigured pool
 // fails loudly instead of breaking the limit.
-func (p *Store) insertStmt(ctx context.Context, s sessions.Session, md []byte, req sessions.InsertRequest) (res sessions.InsertResult, err error) {
+func (p *Store) insertStmt(ctx context.Context, s sessions.Session, md []byte, req sessions.InsertRequest, queued bool) (res sessions.InsertResult, err error) {
+	one := p.one
+	if queued {
+		one = db.New(queuedRow{pool: p.pool, key: queueLockKey(limitKey{s.AgentID, s.Kind})})
+	}
 	args := db.IssueSessionParams{
 		AgentID:      s.AgentID,
 		Kind:         s.Kind,
@@ -192,12 +200,12 @@ func (p *Store) insertStmt(ctx context.Context, s sessions.Session, md []byte, r
 	for i, u := range req.RecentUses {
 		args.RecentIds[i], args.RecentAts[i] = u.ID, u.At
 	}
-	row, err := p.one.IssueSession(ctx, args)
+	row, err := one.IssueSession(ctx, args)
 	if err == nil && !row.Known && row.Serializable {
 		if err = p.q.EnsureAgentCount(ctx, db.EnsureAgentCountParams{AgentID: s.AgentID, Kind: s.Kind}); err != nil {
 			return res, outcomeKnown{err} // nothing of this issue was written yet
 		}
-		row, err = p.one.IssueSession(ctx, args)
+		row, err = one.IssueSession(ctx, args)
 	}
 	if err != nil {
 		return res, err
