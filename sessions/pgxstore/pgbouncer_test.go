@@ -243,7 +243,12 @@ func TestPgBouncerExecModes(t *testing.T) {
 			var pgErr *pgconn.PgError
 			switch mode {
 			case "cache_statement", "describe_exec":
-				if stats.storeErrs.Load() == 0 || !strings.Contains(strings.Join(stats.storeExamples, " "), "prepared statement") {
+				// The statement described on one server connection is
+				// run on another: "prepared statement ... does not exist"
+				// or, when the other connection's unnamed statement takes
+				// different parameters, their types ("invalid input syntax").
+				if examples := strings.Join(stats.storeExamples, " "); stats.storeErrs.Load() == 0 ||
+					!strings.Contains(examples, "prepared statement") && !strings.Contains(examples, "invalid input syntax") {
 					t.Fatalf("%s should fail through PgBouncer 1.18 in transaction mode on prepared statements, as documented: %q", mode, stats.storeExamples)
 				}
 				return

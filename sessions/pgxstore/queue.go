@@ -5,6 +5,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -34,6 +35,7 @@ import (
 // later issue for that agent would wait on it): the batch ends with the
 // unlock; if the batch failed before it, the unlock is sent on its own;
 // if that fails too, the connection is closed, which releases the lock.
+// Behind a transaction pooler no lock is taken at all (see Scan).
 
 // contendedFor is how long an agent stays contended after a conflict.
 const contendedFor = time.Second
@@ -92,12 +94,13 @@ func queueLockKey(k limitKey) int64 {
 // queuedRow is a [db.DBTX] for the limit statement of a contended agent:
 // see above. Only QueryRow is used.
 type queuedRow struct {
-	pool *pgxpool.Pool
-	key  int64
+	pool    *pgxpool.Pool
+	key     int64
+	noQueue *atomic.Bool // set for good once the pool turns out to be behind a pooler
 }
 
 func (q queuedRow) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return &queuedScan{ctx: ctx, pool: q.pool, key: q.key, sql: sql, args: args}
+	return &queuedScan{ctx: ctx, pool: q.pool, key: q.key, noQueue: q.noQueue, sql: sql, args: args}
 }
 
 func (queuedRow) Exec(context.Context, string, ...any) (pgconn.CommandTag, error) {
@@ -111,11 +114,12 @@ func (queuedRow) Query(context.Context, string, ...any) (pgx.Rows, error) {
 func (queuedRow) SendBatch(context.Context, *pgx.Batch) pgx.BatchResults { return unsupportedBatch{} }
 
 type queuedScan struct {
-	ctx  context.Context
-	pool *pgxpool.Pool
-	key  int64
-	sql  string
-	args []any
+	ctx     context.Context
+	pool    *pgxpool.Pool
+	key     int64
+	noQueue *atomic.Bool
+	sql     string
+	args    []any
 }
 
 // Scan takes the lock, sends the batch and scans the statement's row.
@@ -143,15 +147,29 @@ func (r *queuedScan) Scan(dest ...any) (err error) {
 		}
 		conn.Release()
 	}()
-	if _, err := conn.Exec(r.ctx, "SELECT pg_advisory_lock($1)", r.key); err != nil {
+	// Only on a session of our own: behind a transaction pooler
+	// (PgBouncer), whose backend key is not the server's PID, the lock
+	// would stay on whichever server connection took it while the unlock
+	// ran on another. There the lock is not taken (the WHERE is a
+	// one-time filter, checked before the call), and issues for contended
+	// agents just retry, as without queuing.
+	var none string
+	switch err := conn.QueryRow(r.ctx, "SELECT pg_advisory_lock($1)::text WHERE pg_backend_pid() = $2",
+		r.key, int32(conn.Conn().PgConn().PID())).Scan(&none); {
+	case errors.Is(err, pgx.ErrNoRows):
+		r.noQueue.Store(true)
+	case err != nil:
 		return outcomeKnown{err}
+	default:
+		locked = true
 	}
-	locked = true
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL SERIALIZABLE")
 	b.Queue(r.sql, r.args...)
 	b.Queue("COMMIT")
-	b.Queue("SELECT pg_advisory_unlock($1)", r.key)
+	if locked {
+		b.Queue("SELECT pg_advisory_unlock($1)", r.key)
+	}
 	br := conn.SendBatch(r.ctx, b)
 	_, err = br.Exec()
 	if err == nil {
@@ -159,8 +177,10 @@ func (r *queuedScan) Scan(dest ...any) (err error) {
 		if err == nil {
 			if _, err = br.Exec(); err != nil {
 				err = &commitError{err}
-			} else if _, uerr := br.Exec(); uerr == nil {
-				unlocked = true
+			} else if locked {
+				if _, uerr := br.Exec(); uerr == nil {
+					unlocked = true
+				}
 			}
 		}
 	}

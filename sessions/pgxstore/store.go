@@ -111,6 +111,7 @@ type Store struct {
 	lookups   *lookups                     // Get's queries, batched when they arrive together
 	eventsPID atomic.Uint32                // backend of the handle events listener, for tests
 	contended contention                   // agents whose issues queue on an advisory lock (queue.go)
+	noQueue   atomic.Bool                  // the pool is behind a transaction pooler: never queue
 	pruneOK   atomic.Bool                  // the pool's connections keep a session (checkPrunerSession passed)
 }
 

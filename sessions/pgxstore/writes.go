@@ -109,7 +109,7 @@ func (p *Store) Insert(ctx context.Context, s sessions.Session, req sessions.Ins
 	key := limitKey{s.AgentID, s.Kind}
 	err = p.write(ctx, "insert", onceSent, func() (touched, error) {
 		var err error
-		res, err = p.insertStmt(ctx, s, md, req, p.contended.is(key))
+		res, err = p.insertStmt(ctx, s, md, req, !p.noQueue.Load() && p.contended.is(key))
 		if isSerializationFailure(err) {
 			p.contended.mark(key) // queue this agent's next issues (queue.go)
 		}
@@ -179,7 +179,7 @@ func (p *Store) DeleteAgentLimit(ctx context.Context, agentID, kind string) (fou
 func (p *Store) insertStmt(ctx context.Context, s sessions.Session, md []byte, req sessions.InsertRequest, queued bool) (res sessions.InsertResult, err error) {
 	one := p.one
 	if queued {
-		one = db.New(queuedRow{pool: p.pool, key: queueLockKey(limitKey{s.AgentID, s.Kind})})
+		one = db.New(queuedRow{pool: p.pool, key: queueLockKey(limitKey{s.AgentID, s.Kind}), noQueue: &p.noQueue})
 	}
 	args := db.IssueSessionParams{
 		AgentID:      s.AgentID,
