@@ -120,9 +120,10 @@ func (b *bouncer) start() {
 	b.t.Helper()
 	cmd := exec.Command(b.bin, filepath.Join(b.dir, "pgbouncer.ini"))
 	cmd.Dir = b.dir
-	if b.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.cred}
-	}
+	// Killed with the test binary, even when it dies without running its
+	// cleanups (a -timeout panic): an orphaned pooler would keep its server
+	// connections, and whatever they hold, open on the shared server.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.cred, Pdeathsig: syscall.SIGKILL}
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
