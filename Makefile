@@ -46,8 +46,10 @@ test-race: ## Repeat the concurrency tests (Invariant|Concurrent) 5 times with -
 test-containers: ## Integration tests on PostgreSQL containers (testcontainers; starts Docker here if needed)
 	scripts/containers.sh test -race -count=1
 
-FUZZTIME ?= 5s
-fuzz: ## Run each fuzz target for FUZZTIME (default 5s); new finds land in the Go cache
+# A count of inputs (Nx), not a duration: a time-boxed run on a loaded machine
+# can end in the fuzzer's own "context deadline exceeded" without any finding.
+FUZZTIME ?= 30000x
+fuzz: ## Run each fuzz target for FUZZTIME (default 30000x inputs, a few seconds); new finds land in the Go cache
 	@for target in $$(go test -list '^Fuzz' ./sessions | grep '^Fuzz'); do \
 		(set -x; go test ./sessions -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME)); \
 	done
