@@ -267,9 +267,16 @@ func TestInvariantEvictLeastRecentlyUsedFourInstances(t *testing.T) {
 		warm = append(warm, mustIssue(t, insts[0].mgr, agent))
 	}
 	stop := make(chan struct{})
-	var users sync.WaitGroup
+	var users, warmed sync.WaitGroup
 	for _, in := range insts {
+		warmed.Add(1)
 		users.Go(func() {
+			first := true
+			defer func() {
+				if first {
+					warmed.Done()
+				}
+			}()
 			for {
 				select {
 				case <-stop:
@@ -283,9 +290,17 @@ func TestInvariantEvictLeastRecentlyUsedFourInstances(t *testing.T) {
 				if err := in.mgr.Close(ctx); err != nil {
 					t.Errorf("writing uses: %v", err)
 				}
+				if first {
+					first = false
+					warmed.Done()
+				}
 			}
 		})
 	}
+	// Every instance has written a round of uses before the issues start
+	// (and keeps writing while they run): the storm may be over before a
+	// user that started with it writes anything.
+	warmed.Wait()
 	tl := issueAtOnce(insts, []string{agent}, 64)
 	close(stop)
 	users.Wait()
