@@ -78,8 +78,7 @@ func newMetrics(reg prometheus.Registerer, stats func() pgxstore.Stats, lastUse 
 	}
 	if stats != nil {
 		storeCounter := func(name, help string, field func(pgxstore.Stats) uint64) prometheus.Collector {
-			return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "agentsessions", Name: name, Help: help},
-				func() float64 { return float64(field(stats())) })
+			return statCounter(stats, name, help, field)
 		}
 		cs = append(cs,
 			storeCounter("store_transactions_total", "Limit-check transactions run by this instance's PostgreSQL store.",
@@ -93,8 +92,7 @@ func newMetrics(reg prometheus.Registerer, stats func() pgxstore.Stats, lastUse 
 		)
 	}
 	useCounter := func(name, help string, field func(sessions.LastUseStats) uint64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "agentsessions", Name: name, Help: help},
-			func() float64 { return float64(field(lastUse())) })
+		return statCounter(lastUse, name, help, field)
 	}
 	cs = append(cs,
 		useCounter("last_use_flushes_total", "Batches of session last uses written by this instance (--idle-timeout, evict-least-recently-used).",
@@ -117,6 +115,13 @@ func newMetrics(reg prometheus.Registerer, stats func() pgxstore.Stats, lastUse 
 		}
 	}
 	return m, nil
+}
+
+// statCounter is a counter read at scrape time from one field of what
+// stats returns (the store's or the manager's counters).
+func statCounter[S any](stats func() S, name, help string, field func(S) uint64) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "agentsessions", Name: name, Help: help},
+		func() float64 { return float64(field(stats())) })
 }
 
 // liveCollector exports the live-session count, running the count at most
