@@ -16,21 +16,28 @@ import (
 // and no change to the session state of the caller's pooled connections
 // (setting default_transaction_isolation on them would get the same round
 // trip but change every other query run on the pool).
-type serializableRow struct{ pool *pgxpool.Pool }
+type serializableRow struct {
+	rowOnly
+	pool *pgxpool.Pool
+}
 
 func (s serializableRow) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	return &pipelinedRow{ctx: ctx, pool: s.pool, sql: sql, args: args}
 }
 
-func (serializableRow) Exec(context.Context, string, ...any) (pgconn.CommandTag, error) {
+// rowOnly is the rest of a [db.DBTX] that runs single-row queries only
+// (serializableRow, queuedRow): every other call is errors.ErrUnsupported.
+type rowOnly struct{}
+
+func (rowOnly) Exec(context.Context, string, ...any) (pgconn.CommandTag, error) {
 	return pgconn.CommandTag{}, errors.ErrUnsupported
 }
 
-func (serializableRow) Query(context.Context, string, ...any) (pgx.Rows, error) {
+func (rowOnly) Query(context.Context, string, ...any) (pgx.Rows, error) {
 	return nil, errors.ErrUnsupported
 }
 
-func (serializableRow) SendBatch(context.Context, *pgx.Batch) pgx.BatchResults {
+func (rowOnly) SendBatch(context.Context, *pgx.Batch) pgx.BatchResults {
 	return unsupportedBatch{}
 }
 
@@ -56,10 +63,7 @@ type pipelinedRow struct {
 	args []any
 }
 
-// Scan sends the batch and scans the query's row. Errors follow the rules
-// of the retry loop: a server error means nothing was committed (the
-// server skips the rest of a failed batch, COMMIT included); any other
-// failure after sending is a commitError, as the COMMIT went out with it.
+// Scan sends the batch and scans the query's row (see sendSerializable).
 func (r *pipelinedRow) Scan(dest ...any) (err error) {
 	conn, err := r.pool.Acquire(r.ctx)
 	if err != nil {
@@ -75,17 +79,36 @@ func (r *pipelinedRow) Scan(dest ...any) (err error) {
 		}
 		conn.Release()
 	}()
+	_, err = sendSerializable(r.ctx, conn, r.sql, r.args, dest, "")
+	return err
+}
+
+// sendSerializable sends BEGIN ISOLATION LEVEL SERIALIZABLE, sql, COMMIT
+// and then after (with afterArgs; "" for none) as one batch on conn, and
+// scans sql's row into dest. afterOK reports whether after ran without
+// error; the server skips it when anything before it failed. Errors
+// follow the retry loop's rules: a server error means nothing was
+// committed (the server skips the rest of a failed batch, COMMIT
+// included); any other failure after sending is a commitError, as the
+// COMMIT went out with it.
+func sendSerializable(ctx context.Context, conn *pgxpool.Conn, sql string, args, dest []any, after string, afterArgs ...any) (afterOK bool, err error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL SERIALIZABLE")
-	b.Queue(r.sql, r.args...)
+	b.Queue(sql, args...)
 	b.Queue("COMMIT")
-	br := conn.SendBatch(r.ctx, b)
+	if after != "" {
+		b.Queue(after, afterArgs...)
+	}
+	br := conn.SendBatch(ctx, b)
 	_, err = br.Exec()
 	if err == nil {
 		err = br.QueryRow().Scan(dest...)
 		if err == nil {
 			if _, err = br.Exec(); err != nil {
 				err = &commitError{err}
+			} else if after != "" {
+				_, aerr := br.Exec()
+				afterOK = aerr == nil
 			}
 		}
 	}
@@ -98,5 +121,5 @@ func (r *pipelinedRow) Scan(dest ...any) (err error) {
 			err = &commitError{err}
 		}
 	}
-	return err
+	return afterOK, err
 }

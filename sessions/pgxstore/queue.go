@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -94,6 +93,7 @@ func queueLockKey(k limitKey) int64 {
 // queuedRow is a [db.DBTX] for the limit statement of a contended agent:
 // see above. Only QueryRow is used.
 type queuedRow struct {
+	rowOnly
 	pool    *pgxpool.Pool
 	key     int64
 	noQueue *atomic.Bool // set for good once the pool turns out to be behind a pooler
@@ -102,16 +102,6 @@ type queuedRow struct {
 func (q queuedRow) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	return &queuedScan{ctx: ctx, pool: q.pool, key: q.key, noQueue: q.noQueue, sql: sql, args: args}
 }
-
-func (queuedRow) Exec(context.Context, string, ...any) (pgconn.CommandTag, error) {
-	return pgconn.CommandTag{}, errors.ErrUnsupported
-}
-
-func (queuedRow) Query(context.Context, string, ...any) (pgx.Rows, error) {
-	return nil, errors.ErrUnsupported
-}
-
-func (queuedRow) SendBatch(context.Context, *pgx.Batch) pgx.BatchResults { return unsupportedBatch{} }
 
 type queuedScan struct {
 	ctx     context.Context
@@ -123,7 +113,7 @@ type queuedScan struct {
 }
 
 // Scan takes the lock, sends the batch and scans the statement's row.
-// Errors follow pipelinedRow.Scan's rules; a failure to take the lock is
+// Errors follow sendSerializable's rules; a failure to take the lock is
 // outcomeKnown (nothing of the issue was sent).
 func (r *queuedScan) Scan(dest ...any) (err error) {
 	conn, err := r.pool.Acquire(r.ctx)
@@ -163,35 +153,10 @@ func (r *queuedScan) Scan(dest ...any) (err error) {
 	default:
 		locked = true
 	}
-	b := &pgx.Batch{}
-	b.Queue("BEGIN ISOLATION LEVEL SERIALIZABLE")
-	b.Queue(r.sql, r.args...)
-	b.Queue("COMMIT")
 	if locked {
-		b.Queue("SELECT pg_advisory_unlock($1)", r.key)
-	}
-	br := conn.SendBatch(r.ctx, b)
-	_, err = br.Exec()
-	if err == nil {
-		err = br.QueryRow().Scan(dest...)
-		if err == nil {
-			if _, err = br.Exec(); err != nil {
-				err = &commitError{err}
-			} else if locked {
-				if _, uerr := br.Exec(); uerr == nil {
-					unlocked = true
-				}
-			}
-		}
-	}
-	if cerr := br.Close(); err == nil && cerr != nil {
-		err = &commitError{cerr}
-	}
-	var pgErr *pgconn.PgError
-	if err != nil && !errors.As(err, &pgErr) && !pgconn.SafeToRetry(err) {
-		if ce := (*commitError)(nil); !errors.As(err, &ce) {
-			err = &commitError{err}
-		}
+		unlocked, err = sendSerializable(r.ctx, conn, r.sql, r.args, dest, "SELECT pg_advisory_unlock($1)", r.key)
+	} else {
+		_, err = sendSerializable(r.ctx, conn, r.sql, r.args, dest, "")
 	}
 	return err
 }

@@ -184,7 +184,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	if serializableByDefault(pool) {
 		p.one = p.q // each statement is its own SERIALIZABLE transaction already
 	} else {
-		p.one = db.New(serializableRow{pool})
+		p.one = db.New(serializableRow{pool: pool})
 	}
 	return p, nil
 }
