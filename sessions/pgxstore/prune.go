@@ -132,38 +132,35 @@ func (p *Store) prune(ctx context.Context, cfg PruneConfig) (res PruneResult, er
 		}
 	}()
 	now := cfg.Clock()
-	for {
-		n, err := q.DeleteExpiredBatch(ctx, db.DeleteExpiredBatchParams{Now: now, BatchSize: int32(cfg.BatchSize)})
-		if err != nil {
-			return res, p.wrap(ctx, "prune", err)
-		}
-		res.Deleted += n
-		res.Batches++
-		// Until a batch finds nothing: a short batch does not mean the
-		// rest is gone, since rows an issue deleted (its agent's expired
-		// ones) while the batch waited on them are skipped, not replaced.
-		// The pass ends: now is fixed, so the rows it can find only
-		// dwindle.
-		if n == 0 {
-			break
+	// Batches until one finds nothing: a short batch does not mean the
+	// rest is gone, since rows an issue deleted (its agent's expired ones)
+	// while the batch waited on them are skipped, not replaced. Each run
+	// ends: its cutoff is fixed, so the rows it can find only dwindle.
+	drain := func(batch func() (int64, error)) (deleted int64, err error) {
+		for {
+			n, err := batch()
+			if err != nil {
+				return deleted, p.wrap(ctx, "prune", err)
+			}
+			deleted += n
+			res.Batches++
+			if n == 0 {
+				return deleted, nil
+			}
 		}
 	}
-	if cfg.IdleTimeout <= 0 {
-		return res, nil
+	res.Deleted, err = drain(func() (int64, error) {
+		return q.DeleteExpiredBatch(ctx, db.DeleteExpiredBatchParams{Now: now, BatchSize: int32(cfg.BatchSize)})
+	})
+	if err != nil || cfg.IdleTimeout <= 0 {
+		return res, err
 	}
 	cutoff := sessions.IdleDeleteCutoff(now, cfg.IdleTimeout, cfg.LastUseInterval)
-	for {
-		n, err := q.DeleteIdleBatch(ctx, db.DeleteIdleBatchParams{Cutoff: cutoff, BatchSize: int32(cfg.BatchSize)})
-		if err != nil {
-			return res, p.wrap(ctx, "prune", err)
-		}
-		res.Deleted += n
-		res.Idle += n
-		res.Batches++
-		if n == 0 {
-			return res, nil
-		}
-	}
+	res.Idle, err = drain(func() (int64, error) {
+		return q.DeleteIdleBatch(ctx, db.DeleteIdleBatchParams{Cutoff: cutoff, BatchSize: int32(cfg.BatchSize)})
+	})
+	res.Deleted += res.Idle
+	return res, err
 }
 
 // RunPruner prunes every cfg.Interval until ctx ends, then returns nil.
