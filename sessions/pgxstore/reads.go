@@ -38,11 +38,6 @@ func (p *Store) Get(ctx context.Context, id string) (sessions.Session, bool, err
 	return s, found, err
 }
 
-// get looks id up through p.lookups, which batches concurrent lookups.
-func (p *Store) get(ctx context.Context, id string) (sessions.Session, bool, error) {
-	return p.lookups.get(ctx, id)
-}
-
 // getOne looks id up with one query of its own.
 func (p *Store) getOne(ctx context.Context, id string) (s sessions.Session, found bool, err error) {
 	err = p.read(ctx, "get", func() error {
