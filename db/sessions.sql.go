@@ -376,6 +376,101 @@ func (q *Queries) IssueSession(ctx context.Context, arg IssueSessionParams) (Iss
 	return i, err
 }
 
+const issueSessionBatch = `-- name: IssueSessionBatch :one
+WITH inp AS (
+    SELECT DISTINCT ON (i.agent_id, i.kind) i.ord, i.agent_id, i.kind, i.id, i.issued_at, i.expires_at, i.token_digest, i.metadata, i.default_limit
+    FROM (SELECT g.ord, ($1::text[])[g.ord] AS agent_id, ($2::text[])[g.ord] AS kind,
+                 ($3::text[])[g.ord] AS id, ($4::timestamptz[])[g.ord] AS issued_at,
+                 ($5::timestamptz[])[g.ord] AS expires_at, ($6::text[])[g.ord] AS token_digest,
+                 ($7::text[])[g.ord] AS metadata, ($8::integer[])[g.ord] AS default_limit
+          FROM generate_subscripts($1::text[], 1) AS g(ord)) i
+    ORDER BY i.agent_id, i.kind, i.ord
+),
+lim AS (
+    SELECT inp.ord, inp.agent_id, inp.kind, inp.id, inp.issued_at, inp.expires_at, inp.token_digest, inp.metadata, inp.default_limit, coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = inp.agent_id AND o.kind = inp.kind),
+                           inp.default_limit) AS n
+    FROM inp
+),
+bumped AS (
+    UPDATE agent_session_counts c
+    SET stored = c.stored + 1, oldest_expiry = least(c.oldest_expiry, lim.expires_at)
+    FROM lim
+    WHERE c.agent_id = lim.agent_id AND c.kind = lim.kind
+      AND c.stored < lim.n
+      AND (c.stored = 0 OR c.oldest_expiry > $9::timestamptz)
+      AND current_setting('transaction_isolation') = 'serializable'
+    RETURNING lim.ord, lim.n
+),
+inserted AS (
+    INSERT INTO agent_sessions (id, agent_id, kind, issued_at, expires_at, token_digest, metadata)
+    SELECT lim.id, lim.agent_id, lim.kind, lim.issued_at, lim.expires_at, lim.token_digest,
+           nullif(lim.metadata, '')::jsonb
+    FROM lim JOIN bumped ON bumped.ord = lim.ord
+    RETURNING agent_sessions.id
+)
+SELECT current_setting('transaction_isolation') = 'serializable' AS serializable,
+       (SELECT count(*) FROM inserted)::integer AS inserted,
+       coalesce((SELECT array_agg(bumped.ord::integer ORDER BY bumped.ord) FROM bumped), '{}')::integer[] AS done,
+       coalesce((SELECT array_agg(bumped.n ORDER BY bumped.ord) FROM bumped), '{}')::integer[] AS limits
+`
+
+type IssueSessionBatchParams struct {
+	AgentIds      []string
+	Kinds         []string
+	Ids           []string
+	IssuedAts     []time.Time
+	ExpiresAts    []time.Time
+	TokenDigests  []string
+	Metadata      []string
+	DefaultLimits []int32
+	Now           time.Time
+}
+
+type IssueSessionBatchRow struct {
+	Serializable bool
+	Inserted     int32
+	Done         []int32
+	Limits       []int32
+}
+
+// The fast path of IssueSession for several issues at once, for
+// pgxstore's issue batches (issuebatch.go): one SERIALIZABLE statement
+// and one commit for issues that arrived together. An (agent, kind) that
+// comes twice takes part once, by its first issue (DISTINCT ON; the
+// UPDATE would in any case bump a count row once and return one of its
+// inputs, and only the inputs it returns are inserted).
+// An issue is done here exactly when IssueSession would take its fast
+// path: the agent has a count row, is below its limit (its override, else
+// default_limit), and nothing of it can have expired (stored = 0 or
+// oldest_expiry > now). Then its count row is bumped and its session
+// inserted, as the fast path does; everything else (no count row, at the
+// limit, rows that may have expired: pruning, eviction, refusal) is left
+// to IssueSession, which the caller runs for the issues not in done.
+// Like IssueSession it does nothing below SERIALIZABLE and says so.
+// Inputs are sorted by (agent, kind) by the caller, so two batches bump
+// shared count rows in one order instead of deadlocking.
+func (q *Queries) IssueSessionBatch(ctx context.Context, arg IssueSessionBatchParams) (IssueSessionBatchRow, error) {
+	row := q.db.QueryRow(ctx, issueSessionBatch,
+		arg.AgentIds,
+		arg.Kinds,
+		arg.Ids,
+		arg.IssuedAts,
+		arg.ExpiresAts,
+		arg.TokenDigests,
+		arg.Metadata,
+		arg.DefaultLimits,
+		arg.Now,
+	)
+	var i IssueSessionBatchRow
+	err := row.Scan(
+		&i.Serializable,
+		&i.Inserted,
+		&i.Done,
+		&i.Limits,
+	)
+	return i, err
+}
+
 const listAgentSessions = `-- name: ListAgentSessions :many
 SELECT id, agent_id, issued_at, expires_at, token_digest, metadata, kind, last_used_at
 FROM agent_sessions

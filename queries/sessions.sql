@@ -223,6 +223,59 @@ SELECT current_setting('transaction_isolation') = 'serializable' AS serializable
        (SELECT n FROM lim)::integer AS effective_limit,
        coalesce((SELECT array_agg(evicted.id) FROM evicted), '{}')::text[] AS evicted;
 
+-- name: IssueSessionBatch :one
+-- The fast path of IssueSession for several issues at once, for
+-- pgxstore's issue batches (issuebatch.go): one SERIALIZABLE statement
+-- and one commit for issues that arrived together. An (agent, kind) that
+-- comes twice takes part once, by its first issue (DISTINCT ON; the
+-- UPDATE would in any case bump a count row once and return one of its
+-- inputs, and only the inputs it returns are inserted).
+-- An issue is done here exactly when IssueSession would take its fast
+-- path: the agent has a count row, is below its limit (its override, else
+-- default_limit), and nothing of it can have expired (stored = 0 or
+-- oldest_expiry > now). Then its count row is bumped and its session
+-- inserted, as the fast path does; everything else (no count row, at the
+-- limit, rows that may have expired: pruning, eviction, refusal) is left
+-- to IssueSession, which the caller runs for the issues not in done.
+-- Like IssueSession it does nothing below SERIALIZABLE and says so.
+-- Inputs are sorted by (agent, kind) by the caller, so two batches bump
+-- shared count rows in one order instead of deadlocking.
+WITH inp AS (
+    SELECT DISTINCT ON (i.agent_id, i.kind) i.*
+    FROM (SELECT g.ord, (@agent_ids::text[])[g.ord] AS agent_id, (@kinds::text[])[g.ord] AS kind,
+                 (@ids::text[])[g.ord] AS id, (@issued_ats::timestamptz[])[g.ord] AS issued_at,
+                 (@expires_ats::timestamptz[])[g.ord] AS expires_at, (@token_digests::text[])[g.ord] AS token_digest,
+                 (@metadata::text[])[g.ord] AS metadata, (@default_limits::integer[])[g.ord] AS default_limit
+          FROM generate_subscripts(@agent_ids::text[], 1) AS g(ord)) i
+    ORDER BY i.agent_id, i.kind, i.ord
+),
+lim AS (
+    SELECT inp.*, coalesce((SELECT o.max_sessions FROM agent_limits o WHERE o.agent_id = inp.agent_id AND o.kind = inp.kind),
+                           inp.default_limit) AS n
+    FROM inp
+),
+bumped AS (
+    UPDATE agent_session_counts c
+    SET stored = c.stored + 1, oldest_expiry = least(c.oldest_expiry, lim.expires_at)
+    FROM lim
+    WHERE c.agent_id = lim.agent_id AND c.kind = lim.kind
+      AND c.stored < lim.n
+      AND (c.stored = 0 OR c.oldest_expiry > @now::timestamptz)
+      AND current_setting('transaction_isolation') = 'serializable'
+    RETURNING lim.ord, lim.n
+),
+inserted AS (
+    INSERT INTO agent_sessions (id, agent_id, kind, issued_at, expires_at, token_digest, metadata)
+    SELECT lim.id, lim.agent_id, lim.kind, lim.issued_at, lim.expires_at, lim.token_digest,
+           nullif(lim.metadata, '')::jsonb
+    FROM lim JOIN bumped ON bumped.ord = lim.ord
+    RETURNING agent_sessions.id
+)
+SELECT current_setting('transaction_isolation') = 'serializable' AS serializable,
+       (SELECT count(*) FROM inserted)::integer AS inserted,
+       coalesce((SELECT array_agg(bumped.ord::integer ORDER BY bumped.ord) FROM bumped), '{}')::integer[] AS done,
+       coalesce((SELECT array_agg(bumped.n ORDER BY bumped.ord) FROM bumped), '{}')::integer[] AS limits;
+
 -- name: CountLiveSessions :one
 -- Live sessions by the caller's clock, for metrics: every live row is
 -- scanned (an index-only scan where the planner can), so callers cache

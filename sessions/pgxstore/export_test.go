@@ -19,3 +19,13 @@ func MarkContended(p *Store, agent, kind string) { p.contended.mark(limitKey{age
 
 // QueueLockKey is the advisory lock key contended issues for (agent, kind) take.
 func QueueLockKey(agent, kind string) int64 { return queueLockKey(limitKey{agent, kind}) }
+
+// IssuesQueued is how many issues wait for a free issue slot (issuebatch.go).
+func IssuesQueued(p *Store) int {
+	p.issues.mu.Lock()
+	defer p.issues.mu.Unlock()
+	return len(p.issues.queue)
+}
+
+// PlanForLookups is what an issue batch sends before its statement.
+const PlanForLookups = planForLookups

@@ -19,11 +19,25 @@ import (
 type serializableRow struct {
 	rowOnly
 	pool *pgxpool.Pool
+	// before, if set, is sent between BEGIN and the query (see
+	// planForLookups).
+	before string
 }
 
 func (s serializableRow) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return &pipelinedRow{ctx: ctx, pool: s.pool, sql: sql, args: args}
+	return &pipelinedRow{ctx: ctx, pool: s.pool, before: s.before, sql: sql, args: args}
 }
+
+// planForLookups makes the rest of its transaction plan joins as index
+// lookups: nested loops only, no sequential scans. A set-based statement
+// (IssueSessionBatch) joins its few input rows to agent_session_counts,
+// which the planner, expecting many inputs or seeing a small table, would
+// otherwise hash-join over a sequential scan; at SERIALIZABLE that scan
+// takes a predicate lock on the whole table, and every concurrent issue
+// would then conflict with it. Local to the transaction, so the pool's
+// connections keep their settings.
+const planForLookups = "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), " +
+	"set_config('enable_mergejoin', 'off', true)"
 
 // rowOnly is the rest of a [db.DBTX] that runs single-row queries only
 // (serializableRow, queuedRow): every other call is errors.ErrUnsupported.
@@ -57,10 +71,11 @@ type errRow struct{}
 func (errRow) Scan(...any) error { return errors.ErrUnsupported }
 
 type pipelinedRow struct {
-	ctx  context.Context
-	pool *pgxpool.Pool
-	sql  string
-	args []any
+	ctx    context.Context
+	pool   *pgxpool.Pool
+	before string
+	sql    string
+	args   []any
 }
 
 // Scan sends the batch and scans the query's row (see sendSerializable).
@@ -79,21 +94,25 @@ func (r *pipelinedRow) Scan(dest ...any) (err error) {
 		}
 		conn.Release()
 	}()
-	_, err = sendSerializable(r.ctx, conn, r.sql, r.args, dest, "")
+	_, err = sendSerializable(r.ctx, conn, r.before, r.sql, r.args, dest, "")
 	return err
 }
 
-// sendSerializable sends BEGIN ISOLATION LEVEL SERIALIZABLE, sql, COMMIT
-// and then after (with afterArgs; "" for none) as one batch on conn, and
+// sendSerializable sends BEGIN ISOLATION LEVEL SERIALIZABLE, before (""
+// for none), sql, COMMIT and then after (with afterArgs; "" for none) as
+// one batch on conn, and
 // scans sql's row into dest. afterOK reports whether after ran without
 // error; the server skips it when anything before it failed. Errors
 // follow the retry loop's rules: a server error means nothing was
 // committed (the server skips the rest of a failed batch, COMMIT
 // included); any other failure after sending is a commitError, as the
 // COMMIT went out with it.
-func sendSerializable(ctx context.Context, conn *pgxpool.Conn, sql string, args, dest []any, after string, afterArgs ...any) (afterOK bool, err error) {
+func sendSerializable(ctx context.Context, conn *pgxpool.Conn, before, sql string, args, dest []any, after string, afterArgs ...any) (afterOK bool, err error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL SERIALIZABLE")
+	if before != "" {
+		b.Queue(before)
+	}
 	b.Queue(sql, args...)
 	b.Queue("COMMIT")
 	if after != "" {
@@ -101,6 +120,9 @@ func sendSerializable(ctx context.Context, conn *pgxpool.Conn, sql string, args,
 	}
 	br := conn.SendBatch(ctx, b)
 	_, err = br.Exec()
+	if err == nil && before != "" {
+		_, err = br.Exec()
+	}
 	if err == nil {
 		err = br.QueryRow().Scan(dest...)
 		if err == nil {

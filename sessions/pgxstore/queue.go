@@ -154,9 +154,9 @@ func (r *queuedScan) Scan(dest ...any) (err error) {
 		locked = true
 	}
 	if locked {
-		unlocked, err = sendSerializable(r.ctx, conn, r.sql, r.args, dest, "SELECT pg_advisory_unlock($1)", r.key)
+		unlocked, err = sendSerializable(r.ctx, conn, "", r.sql, r.args, dest, "SELECT pg_advisory_unlock($1)", r.key)
 	} else {
-		_, err = sendSerializable(r.ctx, conn, r.sql, r.args, dest, "")
+		_, err = sendSerializable(r.ctx, conn, "", r.sql, r.args, dest, "")
 	}
 	return err
 }

@@ -56,6 +56,18 @@ type Config struct {
 	// it).
 	LookupBatches int
 
+	// IssueBatches is how many issue transactions may be in flight at
+	// once. Issues that arrive while all are busy wait and then go out
+	// together, up to 32 in one SERIALIZABLE transaction with one commit
+	// (issuebatch.go has how the limit is kept); an issue that finds one
+	// free goes out at once, alone. Fewer in flight means bigger batches
+	// and less server work per issue; more means less waiting behind a
+	// slow commit; the pool's MaxConns or more batches only issues that
+	// would otherwise wait for a connection. Default: GOMAXPROCS/2, at
+	// least 1 and at most the pool's MaxConns, as for LookupBatches
+	// (docs/performance.md has the measurements behind it).
+	IssueBatches int
+
 	// Observer, if set, is told about reruns after serialization failures
 	// and broken connections, prune passes and cache resyncs: see
 	// [Observer]. Default: none.
@@ -78,7 +90,7 @@ type Config struct {
 }
 
 func (c Config) withDefaults() (Config, error) {
-	if c.MaxAttempts < 0 || c.MinBackoff < 0 || c.MaxBackoff < 0 || c.LookupBatches < 0 {
+	if c.MaxAttempts < 0 || c.MinBackoff < 0 || c.MaxBackoff < 0 || c.LookupBatches < 0 || c.IssueBatches < 0 {
 		return c, &sessions.ConfigError{Field: "Config", Reason: "values must not be negative"}
 	}
 	if c.MaxAttempts == 0 {
@@ -106,13 +118,15 @@ type Store struct {
 	q         *db.Queries
 	cfg       Config
 	stats     pgStats
-	cache     atomic.Pointer[sessionCache] // set while RunCache runs
-	one       *db.Queries                  // runs the limit statement as its own SERIALIZABLE transaction
-	lookups   *lookups                     // Get's queries, batched when they arrive together
-	eventsPID atomic.Uint32                // backend of the handle events listener, for tests
-	contended contention                   // agents whose issues queue on an advisory lock (queue.go)
-	noQueue   atomic.Bool                  // the pool is behind a transaction pooler: never queue
-	pruneOK   atomic.Bool                  // the pool's connections keep a session (checkPrunerSession passed)
+	cache     atomic.Pointer[sessionCache]       // set while RunCache runs
+	one       *db.Queries                        // runs the limit statement as its own SERIALIZABLE transaction
+	batchOne  *db.Queries                        // the same for IssueSessionBatch, planned as index lookups
+	lookups   *lookups                           // Get's queries, batched when they arrive together
+	issues    *coalescer[issueCall, issueResult] // Insert's fast paths, batched when they arrive together
+	eventsPID atomic.Uint32                      // backend of the handle events listener, for tests
+	contended contention                         // agents whose issues queue on an advisory lock (queue.go)
+	noQueue   atomic.Bool                        // the pool is behind a transaction pooler: never queue
+	pruneOK   atomic.Bool                        // the pool's connections keep a session (checkPrunerSession passed)
 }
 
 type pgStats struct {
@@ -122,6 +136,8 @@ type pgStats struct {
 	reconnects   atomic.Uint64
 	lookups      atomic.Uint64
 	lookupTrips  atomic.Uint64
+	issueBatches atomic.Uint64
+	issueBatched atomic.Uint64
 }
 
 // Stats counts one store's limit-check transactions and the reruns
@@ -133,6 +149,8 @@ type Stats struct {
 	Reconnects   uint64 // attempts rerun because their connection broke before commit
 	Lookups      uint64 // session lookups (Get) sent to the database
 	LookupTrips  uint64 // round trips those took: Lookups/LookupTrips is the mean batch size
+	IssueBatches uint64 // transactions that decided two or more issues at once (issuebatch.go)
+	IssueBatched uint64 // issues inserted by those
 }
 
 // NewStore returns a store on pool. The pool is the caller's to
@@ -181,6 +199,12 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 		slots = max(1, min(runtime.GOMAXPROCS(0)/2, int(pool.Config().MaxConns)))
 	}
 	p.lookups = newLookups(p, slots)
+	slots = c.IssueBatches
+	if slots == 0 {
+		slots = max(1, min(runtime.GOMAXPROCS(0)/2, int(pool.Config().MaxConns)))
+	}
+	p.issues = newIssues(p, slots)
+	p.batchOne = db.New(serializableRow{pool: pool, before: planForLookups})
 	if serializableByDefault(pool) {
 		p.one = p.q // each statement is its own SERIALIZABLE transaction already
 	} else {
@@ -198,6 +222,8 @@ func (p *Store) Stats() Stats {
 		Reconnects:   p.stats.reconnects.Load(),
 		Lookups:      p.stats.lookups.Load(),
 		LookupTrips:  p.stats.lookupTrips.Load(),
+		IssueBatches: p.stats.issueBatches.Load(),
+		IssueBatched: p.stats.issueBatched.Load(),
 	}
 }
 

@@ -107,9 +107,34 @@ func (p *Store) Insert(ctx context.Context, s sessions.Session, req sessions.Ins
 	}
 	p.stats.transactions.Add(1)
 	key := limitKey{s.AgentID, s.Kind}
+	first := true
 	err = p.write(ctx, "insert", onceSent, func() (touched, error) {
 		var err error
-		res, err = p.insertStmt(ctx, s, md, req, !p.noQueue.Load() && p.contended.is(key))
+		queued := !p.noQueue.Load() && p.contended.is(key)
+		if first && !queued {
+			// The first attempt may share a transaction with issues that
+			// arrive with it (issuebatch.go); reruns go alone.
+			first = false
+			var r issueResult
+			var sent bool
+			r, sent, err = p.issues.do(ctx, issueCall{s: s, md: md, req: req})
+			switch {
+			case err != nil && !sent:
+				return touched{}, outcomeKnown{err}
+			case err != nil:
+				return touched{}, &commitError{err} // its batch may still commit it
+			case r.done:
+				res, err = r.res, r.err
+			default:
+				if r.conflict != nil {
+					p.stats.retries.Add(1)
+					p.observeRetry(ctx, RetryEvent{Op: "insert", Reason: RetrySerialization, Attempt: 1}, r.conflict)
+				}
+				res, err = p.insertStmt(ctx, s, md, req, false)
+			}
+		} else {
+			res, err = p.insertStmt(ctx, s, md, req, queued)
+		}
 		if isSerializationFailure(err) {
 			p.contended.mark(key) // queue this agent's next issues (queue.go)
 		}
