@@ -70,7 +70,8 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.BoolVar(&o.cfg.Compare, "compare", false, "also run pgbench and the Redis peer")
 	f.StringVar(&o.variants, "variants", bench.VariantLibrary, "comma-separated store variants: "+strings.Join(bench.VariantNames, ", ")+
 		" (cte: the library on SERIALIZABLE pools; cached: the library with its verified-session cache on; "+
-		"singleflight: a prototype letting one issue per agent per instance reach the database at a time)")
+		"singleflight: a prototype letting one issue per agent per instance reach the database at a time; "+
+		"unbatched: every issue in a transaction of its own, as before issue batching)")
 	f.StringVar(&o.cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis for --compare")
 	f.StringVar(&o.cfg.PgbenchPath, "pgbench", "pgbench", "pgbench executable for --compare")
 	f.BoolVar(&o.cfg.DurableRedis, "durable-redis", true, "with --compare, also run the Redis peer on a redis-server the bench starts on a private port with appendonly yes and appendfsync always")

@@ -65,9 +65,12 @@ const (
 	// EngineSingleFlight is the library with one Insert per agent in
 	// flight per instance (a prototype; see gate.go).
 	EngineSingleFlight = "agentsessions-singleflight"
-	EnginePgbench      = "pgbench"     // pgbench replaying the library's statements
-	EnginePgbenchCTE   = "pgbench-cte" // pgbench replaying what the cte variant sends
-	EngineRedis        = "redis"
+	// EngineUnbatched is the library with every issue in a transaction
+	// of its own (pgxstore.Config.IssueBatches = the pool's size).
+	EngineUnbatched  = "agentsessions-unbatched"
+	EnginePgbench    = "pgbench"     // pgbench replaying the library's statements
+	EnginePgbenchCTE = "pgbench-cte" // pgbench replaying what the cte variant sends
+	EngineRedis      = "redis"
 	// EngineRedisDurable is the Redis peer on a redis-server the bench
 	// starts with appendonly yes and appendfsync always.
 	EngineRedisDurable = "redis-durable"
@@ -89,10 +92,12 @@ const (
 	VariantCachedIdle = "cached-idle"
 	// VariantSingleFlight queues same-agent issues inside each instance.
 	VariantSingleFlight = "singleflight"
+	// VariantUnbatched runs every issue in a transaction of its own.
+	VariantUnbatched = "unbatched"
 )
 
 // VariantNames lists the variants in the order they run.
-var VariantNames = []string{VariantLibrary, VariantCTE, VariantCached, VariantIdle, VariantCachedIdle, VariantSingleFlight}
+var VariantNames = []string{VariantLibrary, VariantCTE, VariantCached, VariantIdle, VariantCachedIdle, VariantSingleFlight, VariantUnbatched}
 
 // reference names the engine each engine's Ratio is computed against:
 // each PostgreSQL engine against pgbench running its own statements, and
@@ -101,6 +106,7 @@ var reference = map[string]string{
 	EngineOurs: EnginePgbench, EngineCTE: EnginePgbenchCTE, EngineRedis: EnginePgbench,
 	EngineCached:       EnginePgbench, // it sends the library's SQL, when the cache misses
 	EngineSingleFlight: EnginePgbench, // the library's SQL, fewer at once
+	EngineUnbatched:    EnginePgbench, // the library's SQL, one issue per transaction as pgbench runs it
 	EngineIdle:         EnginePgbench, // and so do the idle variants (plus batches of last uses)
 	EngineCachedIdle:   EnginePgbench,
 	EnginePgbench:      EnginePgbench, EnginePgbenchCTE: EnginePgbenchCTE,

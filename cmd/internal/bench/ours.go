@@ -83,13 +83,25 @@ var (
 			return gatedStore{libStore: st.(libStore), gate: newAgentGate()}, nil
 		}}
 
+	// The library with as many issue slots as connections, so that an
+	// issue never shares its transaction (pgxstore.Config.IssueBatches):
+	// what batching adds, in the same run.
+	variantUnbatched = variant{engine: EngineUnbatched,
+		newStore: func(pool *pgxpool.Pool, maxAttempts int) (benchStore, error) {
+			ps, err := pgxstore.New(pool, &pgxstore.Config{MaxAttempts: maxAttempts, IssueBatches: int(pool.Config().MaxConns)})
+			if err != nil {
+				return nil, err
+			}
+			return libStore{ps}, nil
+		}}
+
 	// The idle variants: the same with an idle timeout, so that the cost
 	// of recording uses shows beside the same workload without it.
 	variantIdle       = variant{engine: EngineIdle, idle: true, newStore: variantLibrary.newStore}
 	variantCachedIdle = variant{engine: EngineCachedIdle, cache: true, idle: true, newStore: variantLibrary.newStore}
 
 	variants = map[string]variant{VariantLibrary: variantLibrary, VariantCTE: variantCTE, VariantCached: variantCached,
-		VariantIdle: variantIdle, VariantCachedIdle: variantCachedIdle, VariantSingleFlight: variantSingleFlight}
+		VariantIdle: variantIdle, VariantCachedIdle: variantCachedIdle, VariantSingleFlight: variantSingleFlight, VariantUnbatched: variantUnbatched}
 )
 
 // poolConfig returns a copy of base set up for the variant.

@@ -30,7 +30,7 @@ func TestRunEveryWorkloadAndEngine(t *testing.T) {
 	if !rep.Pgbench.Ran {
 		t.Logf("pgbench skipped: %s", rep.Pgbench.Skipped)
 	}
-	wantEngines := []string{EngineOurs, EngineCTE, EngineCached, EngineIdle, EngineCachedIdle, EngineSingleFlight}
+	wantEngines := []string{EngineOurs, EngineCTE, EngineCached, EngineIdle, EngineCachedIdle, EngineSingleFlight, EngineUnbatched}
 	if rep.Pgbench.Ran {
 		wantEngines = append(wantEngines, EnginePgbench, EnginePgbenchCTE)
 	}
