@@ -63,7 +63,7 @@ const (
 	AttrErrorCode     = attribute.Key("agentsessions.error.code")     // sessions.HTTPError(err).Code
 	AttrFailureReason = attribute.Key("agentsessions.failure_reason") // finer reason: sessions.FailureReason
 	AttrStoreOp       = attribute.Key("agentsessions.store.operation")
-	AttrRetryReason   = attribute.Key("agentsessions.retry.reason") // pgxstore.RetrySerialization, RetryReconnect
+	AttrRetryReason   = attribute.Key("agentsessions.retry.reason") // pgxstore.RetrySerialization, RetrySharedMemory, RetryReconnect
 	AttrRetryAttempt  = attribute.Key("agentsessions.retry.attempt")
 	AttrRetryBackoff  = attribute.Key("agentsessions.retry.backoff") // seconds
 	AttrRetryGaveUp   = attribute.Key("agentsessions.retry.gave_up")

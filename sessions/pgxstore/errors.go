@@ -3,8 +3,9 @@ package pgxstore
 import "errors"
 
 // ErrRetriesExhausted is in the chain of a [sessions.StoreError] when the PostgreSQL
-// store gave up on a call that kept failing with serialization failures or
-// deadlocks (SQLSTATE 40001/40P01) after its configured number of attempts
+// store gave up on a call that kept failing with serialization failures,
+// deadlocks or a full lock table (SQLSTATE 40001/40P01/53200) after its
+// configured number of attempts
 // ([Config.MaxAttempts]). Callers may retry later; nothing was
 // written.
 var ErrRetriesExhausted = errors.New("pgxstore: serialization retries exhausted")

@@ -19,7 +19,7 @@ import (
 // transaction and its predicate locks, and the commit's WAL flush. So
 // issues are coalesced (coalesce.go) like lookups: while Config.IssueBatches
 // limit transactions are in flight, later issues queue, and the next free
-// slot sends up to maxIssueBatch of them as one SERIALIZABLE statement
+// slot sends up to maxIssueBatch (16) of them as one SERIALIZABLE statement
 // (queries/sessions.sql, IssueSessionBatch) with one commit. That
 // statement is IssueSession's fast path for many agents at once: each
 // issue whose agent is below its limit with nothing expired bumps its
@@ -37,9 +37,15 @@ import (
 // was sent) reports that to each of its issues, as a lone issue would.
 // docs/performance.md has the numbers.
 
-// maxIssueBatch bounds the issues of one batch transaction: its predicate
-// locks, and how long it holds a connection.
-const maxIssueBatch = 32
+// maxIssueBatch bounds the issues of one batch transaction, and so how
+// long it holds a connection and how many predicate locks it takes: one
+// index page of agent_session_counts per issue at most. PostgreSQL turns
+// a transaction's page locks on one relation into a lock on the whole
+// relation beyond max_pred_locks_per_relation (by default half of
+// max_pred_locks_per_transaction, 32 with the default 64), which would
+// make the batch conflict with every concurrent issue; 16 stays well
+// below that.
+const maxIssueBatch = 16
 
 type issueCall struct {
 	s   sessions.Session
@@ -51,8 +57,8 @@ type issueResult struct {
 	res  sessions.InsertResult
 	err  error
 	done bool // res and err are the outcome; false: not decided, run IssueSession
-	// conflict is the batch's serialization failure, if that is why the
-	// issue was not decided: running it alone is then a rerun.
+	// conflict is the batch's serialization failure (or 53200), if that
+	// is why the issue was not decided: running it alone is then a rerun.
 	conflict error
 }
 
@@ -113,7 +119,7 @@ func (p *Store) insertBatch(ctx context.Context, cs []issueCall) []issueResult {
 			}
 			return out
 		}
-		if isSerializationFailure(err) {
+		if needsBackoff(err) {
 			for i := range out {
 				out[i].conflict = err // a rerun each, counted by its caller
 			}

@@ -37,6 +37,10 @@ const (
 	// RetrySerialization: PostgreSQL aborted the attempt with a
 	// serialization failure or deadlock (SQLSTATE 40001, 40P01).
 	RetrySerialization = "serialization_failure"
+	// RetrySharedMemory: PostgreSQL's lock table was full (SQLSTATE
+	// 53200, "out of shared memory"); see max_pred_locks_per_transaction
+	// in docs/operations.md.
+	RetrySharedMemory = "out_of_shared_memory"
 	// RetryReconnect: the attempt's connection broke before it could
 	// have committed; it is rerun at once on another one.
 	RetryReconnect = "reconnect"
@@ -45,7 +49,7 @@ const (
 // RetryEvent is one rerun of a store call, or its giving up.
 type RetryEvent struct {
 	Op       string        // the store call: "insert", "get", "delete", "extend", "list", ...
-	Reason   string        // RetrySerialization or RetryReconnect
+	Reason   string        // RetrySerialization, RetrySharedMemory or RetryReconnect
 	Attempt  int           // the failed attempts of this Reason so far, from 1
 	Backoff  time.Duration // the wait before the rerun; 0 for reconnects and when GaveUp
 	SQLState string        // the error's SQLSTATE, "" if it had none

@@ -34,7 +34,8 @@ import (
 type Config struct {
 	// MaxAttempts is how many times a call (the limit transaction, Get or
 	// Delete) runs when PostgreSQL aborts it with a serialization failure
-	// or deadlock (SQLSTATE 40001/40P01) before giving up with
+	// or deadlock (SQLSTATE 40001/40P01), or because its lock table is
+	// full (53200, "out of shared memory"), before giving up with
 	// [ErrRetriesExhausted]. Default: 20.
 	MaxAttempts int
 
@@ -58,7 +59,7 @@ type Config struct {
 
 	// IssueBatches is how many issue transactions may be in flight at
 	// once. Issues that arrive while all are busy wait and then go out
-	// together, up to 32 in one SERIALIZABLE transaction with one commit
+	// together, up to 16 in one SERIALIZABLE transaction with one commit
 	// (issuebatch.go has how the limit is kept); an issue that finds one
 	// free goes out at once, alone. Fewer in flight means bigger batches
 	// and less server work per issue; more means less waiting behind a
@@ -144,7 +145,7 @@ type pgStats struct {
 // of all its calls.
 type Stats struct {
 	Transactions uint64 // Insert calls
-	Retries      uint64 // attempts retried after 40001/40P01 (any call)
+	Retries      uint64 // attempts retried after 40001/40P01/53200 (any call)
 	Exhausted    uint64 // calls that gave up with ErrRetriesExhausted
 	Reconnects   uint64 // attempts rerun because their connection broke before commit
 	Lookups      uint64 // session lookups (Get) sent to the database
@@ -234,9 +235,9 @@ func (p *Store) Stats() Stats {
 const maxReconnects = 4
 
 // retry runs attempt until it succeeds or fails for good. It reruns
-// attempts that certainly did not commit: serialization failures and
-// deadlocks (with backoff, up to MaxAttempts) and broken connections (at
-// once, up to maxReconnects).
+// attempts that certainly did not commit: serialization failures,
+// deadlocks and a full lock table (with backoff, up to MaxAttempts; see
+// needsBackoff) and broken connections (at once, up to maxReconnects).
 func (p *Store) retry(ctx context.Context, op string, attempt func() error) error {
 	var conflicts, reconnects int
 	for {
@@ -244,21 +245,22 @@ func (p *Store) retry(ctx context.Context, op string, attempt func() error) erro
 		switch {
 		case err == nil:
 			return nil
-		case ctx.Err() != nil && isSerializationFailure(err):
+		case ctx.Err() != nil && needsBackoff(err):
 			// As below: a serialization failure never reaches callers raw.
 			return &sessions.StoreError{Op: op, Err: fmt.Errorf("%w while retrying a serialization failure", ctx.Err())}
 		case ctx.Err() != nil:
 			return p.wrap(ctx, op, err)
-		case isSerializationFailure(err):
+		case needsBackoff(err):
 			conflicts++
+			reason := backoffReason(err)
 			if conflicts >= p.cfg.MaxAttempts {
 				p.stats.exhausted.Add(1)
-				p.observeRetry(ctx, RetryEvent{Op: op, Reason: RetrySerialization, Attempt: conflicts, GaveUp: true}, err)
+				p.observeRetry(ctx, RetryEvent{Op: op, Reason: reason, Attempt: conflicts, GaveUp: true}, err)
 				return &sessions.StoreError{Op: op, Err: fmt.Errorf("%w after %d attempts: %w", ErrRetriesExhausted, conflicts, err)}
 			}
 			p.stats.retries.Add(1)
 			wait := p.backoff(conflicts)
-			p.observeRetry(ctx, RetryEvent{Op: op, Reason: RetrySerialization, Attempt: conflicts, Backoff: wait}, err)
+			p.observeRetry(ctx, RetryEvent{Op: op, Reason: reason, Attempt: conflicts, Backoff: wait}, err)
 			if err := sleepCtx(ctx, wait); err != nil {
 				// The serialization failure stays out of the chain: callers
 				// see one only as ErrRetriesExhausted.
@@ -422,6 +424,28 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 func isSerializationFailure(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+}
+
+// outOfSharedMemory reports SQLSTATE 53200, which PostgreSQL raises when a
+// shared lock table is full. At SERIALIZABLE that is mostly the predicate
+// lock table (sized by max_pred_locks_per_transaction), filled for the
+// moment by other transactions' locks (a prune pass beside a burst of
+// issues did it in the bench): once they end there is room again, so the
+// statement, which committed nothing, is worth rerunning after a backoff.
+func outOfSharedMemory(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "53200"
+}
+
+// needsBackoff reports the errors retry reruns after a backoff.
+func needsBackoff(err error) bool { return isSerializationFailure(err) || outOfSharedMemory(err) }
+
+// backoffReason is the [RetryEvent.Reason] of a needsBackoff error.
+func backoffReason(err error) string {
+	if outOfSharedMemory(err) {
+		return RetrySharedMemory
+	}
+	return RetrySerialization
 }
 
 // wrap makes err a *sessions.StoreError, names a duplicate session ID plainly, and

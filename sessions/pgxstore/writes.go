@@ -127,8 +127,14 @@ func (p *Store) Insert(ctx context.Context, s sessions.Session, req sessions.Ins
 				res, err = r.res, r.err
 			default:
 				if r.conflict != nil {
+					// Its batch conflicted, with this issue's agent or another's;
+					// mark it as if alone, so that a hot agent's next issues
+					// queue (queue.go) instead of failing batch after batch.
+					if isSerializationFailure(r.conflict) {
+						p.contended.mark(key)
+					}
 					p.stats.retries.Add(1)
-					p.observeRetry(ctx, RetryEvent{Op: "insert", Reason: RetrySerialization, Attempt: 1}, r.conflict)
+					p.observeRetry(ctx, RetryEvent{Op: "insert", Reason: backoffReason(r.conflict), Attempt: 1}, r.conflict)
 				}
 				res, err = p.insertStmt(ctx, s, md, req, false)
 			}
