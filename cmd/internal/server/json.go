@@ -20,22 +20,30 @@ import (
 // Session is a session as the API (and the CLI's --json) shows it. The
 // token digest is never shown.
 type Session struct {
-	ID        string            `json:"id"`
-	AgentID   string            `json:"agent_id"`
-	IssuedAt  string            `json:"issued_at"`  // RFC 3339, UTC
-	ExpiresAt string            `json:"expires_at"` // RFC 3339, UTC
-	Metadata  map[string]string `json:"metadata,omitempty"`
+	ID        string `json:"id"`
+	AgentID   string `json:"agent_id"`
+	IssuedAt  string `json:"issued_at"`  // RFC 3339, UTC
+	ExpiresAt string `json:"expires_at"` // RFC 3339, UTC
+	// LastUsedAt is the last use the store has (RFC 3339, UTC): recorded
+	// in batches under an idle timeout or the evict-least-recently-used
+	// policy, else the issue time.
+	LastUsedAt string            `json:"last_used_at,omitempty"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
 }
 
 // NewSession converts a library session to its JSON form.
 func NewSession(s sessions.Session) Session {
-	return Session{
+	out := Session{
 		ID:        s.ID,
 		AgentID:   s.AgentID,
 		IssuedAt:  s.IssuedAt.UTC().Format(time.RFC3339),
 		ExpiresAt: s.ExpiresAt.UTC().Format(time.RFC3339),
 		Metadata:  s.Metadata,
 	}
+	if !s.LastUsedAt.IsZero() {
+		out.LastUsedAt = s.LastUsedAt.UTC().Format(time.RFC3339)
+	}
+	return out
 }
 
 // IssuedResponse is the body of a successful issue or refresh.

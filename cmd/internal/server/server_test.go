@@ -272,6 +272,10 @@ func TestSessionLifecycle(t *testing.T) {
 	if len(list.Sessions) != 2 || list.Sessions[0].ID != first.Session.ID || list.Sessions[1].ID != second.Session.ID {
 		t.Fatalf("list: %+v", list)
 	}
+	// No idle timeout: uses are not recorded, so last use is the issue.
+	if first.Session.LastUsedAt != first.Session.IssuedAt || list.Sessions[1].LastUsedAt != second.Session.IssuedAt {
+		t.Fatalf("last_used_at: issued %+v, listed %+v", first.Session, list.Sessions[1])
+	}
 	if bytes.Contains(r.body, []byte(first.Token)) {
 		t.Fatal("list shows a token")
 	}
