@@ -67,6 +67,7 @@ func newBenchCmd(g *globalOpts) *cobra.Command {
 	f.DurationVar(&o.cfg.TTL, "ttl", time.Hour, "session lifetime")
 	f.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", time.Minute, "the idle variants' idle timeout (--variants idle,cached-idle; whole seconds)")
 	f.IntVar(&o.cfg.MaxAttempts, "max-attempts", 20, "tries per call on serialization failure (store and pgbench --max-tries)")
+	f.BoolVar(&o.cfg.Prewarm, "prewarm", false, "load the session table and its indexes into shared buffers (pg_prewarm, PostgreSQL's contrib) before each of our runs, so a short run on a large table measures a warm cache")
 	f.BoolVar(&o.cfg.Compare, "compare", false, "also run pgbench and the Redis peer")
 	f.StringVar(&o.variants, "variants", bench.VariantLibrary, "comma-separated store variants: "+strings.Join(bench.VariantNames, ", ")+
 		" (cte: the library on SERIALIZABLE pools; cached: the library with its verified-session cache on; "+

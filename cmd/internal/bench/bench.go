@@ -156,6 +156,13 @@ type Config struct {
 	// nothing goes idle during a run, so every authenticate takes the
 	// common path of recording a use).
 	IdleTimeout time.Duration
+	// Prewarm loads the session table and its indexes into PostgreSQL's
+	// shared buffers (pg_prewarm) after each prefill of our engines,
+	// before the clock starts, so that a short run on a large table
+	// measures a warm cache instead of its first reads. It needs the
+	// pg_prewarm extension (PostgreSQL's contrib) and the right to create
+	// it in the bench's schema.
+	Prewarm bool
 
 	Compare bool // also run pgbench and Redis references
 	// Variants of the store to run (default: library only; see
@@ -353,6 +360,7 @@ type Settings struct {
 	Variants    []string  `json:"variants"`
 	Rate        float64   `json:"rate,omitempty"`
 	OpenLoop    []float64 `json:"open_loop_percent,omitempty"`
+	Prewarm     bool      `json:"prewarm,omitempty"`
 	Schema      string    `json:"schema"`
 }
 
@@ -515,7 +523,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		Instances: cfg.Instances, Workers: cfg.Workers, Clients: cfg.Clients(), Ops: cfg.Ops, Rounds: cfg.Rounds,
 		Workloads: cfg.Workloads, Agents: cfg.Agents, HotAgents: cfg.HotAgents, Sessions: cfg.Sessions,
 		Limit: cfg.Limit, TTL: cfg.TTL.String(), MaxAttempts: cfg.MaxAttempts, Compare: cfg.Compare, Variants: cfg.Variants, Schema: schema,
-		Rate: cfg.Rate, OpenLoop: cfg.OpenLoop,
+		Rate: cfg.Rate, OpenLoop: cfg.OpenLoop, Prewarm: cfg.Prewarm,
 	}
 	if slices.Contains(cfg.Workloads, WorkloadIssuePrune) {
 		rep.Settings.Expired = cfg.Expired

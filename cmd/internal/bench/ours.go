@@ -284,6 +284,21 @@ func (o *ours) warm(ctx context.Context) error {
 	return nil
 }
 
+// prewarm reads the session tables and their indexes into shared
+// buffers (Config.Prewarm). The statements are constant: the extension
+// goes into the bench's schema (the pool's search_path), so it is dropped
+// with it.
+func prewarm(ctx context.Context, pool *pgxpool.Pool) (blocks int64, err error) {
+	if _, err := pool.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_prewarm"); err != nil {
+		return 0, fmt.Errorf("bench: --prewarm: create extension pg_prewarm (PostgreSQL's contrib; needs the right to create it): %w", err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT coalesce(sum(pg_prewarm(c.oid)), 0)::bigint FROM pg_class c
+		WHERE c.relnamespace = current_schema()::regnamespace AND c.relname LIKE 'agent_session%' AND c.relkind IN ('r', 'i')`).Scan(&blocks); err != nil {
+		return 0, fmt.Errorf("bench: --prewarm: %w", err)
+	}
+	return blocks, nil
+}
+
 // instance returns the manager worker w belongs to: workers are split
 // evenly, Workers per instance.
 func (o *ours) instance(w *worker) *sessions.Manager { return o.mgrs[w.id/o.cfg.Workers] }
@@ -516,6 +531,13 @@ func (o *ours) run(ctx context.Context, workload string, l load) (Result, error)
 	}
 	if err := o.warm(ctx); err != nil {
 		return Result{}, err
+	}
+	if o.cfg.Prewarm {
+		blocks, err := prewarm(ctx, o.pools[0])
+		if err != nil {
+			return Result{}, err
+		}
+		o.cfg.Log("prewarmed %d blocks of the session tables", blocks)
 	}
 	var prune *pruneJob
 	if workload == WorkloadIssuePrune {

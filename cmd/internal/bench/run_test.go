@@ -214,3 +214,31 @@ func TestRunCanceled(t *testing.T) {
 		t.Fatalf("unreachable database: %v", err)
 	}
 }
+
+// --prewarm loads the session tables into shared buffers before the clock
+// starts, and says how many blocks it read.
+func TestRunPrewarm(t *testing.T) {
+	d := testdb.NewEmpty(t)
+	var logs bytes.Buffer
+	cfg := Config{
+		DatabaseURL: d.URL, Instances: 1, Workers: 2, Ops: 20, Agents: 100, Sessions: 500, Limit: 10,
+		Workloads: []string{WorkloadAuthenticate}, Prewarm: true, Progress: &bytes.Buffer{},
+		Log: func(format string, args ...any) { fmt.Fprintf(&logs, format+"\n", args...) },
+	}
+	rep, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("%v\nlog:\n%s", err, logs.String())
+	}
+	if !rep.Settings.Prewarm {
+		t.Error("settings do not say prewarm")
+	}
+	var blocks int
+	for line := range strings.SplitSeq(logs.String(), "\n") {
+		if _, err := fmt.Sscanf(line, "prewarmed %d blocks", &blocks); err == nil {
+			break
+		}
+	}
+	if blocks <= 0 {
+		t.Errorf("no blocks prewarmed; log:\n%s", logs.String())
+	}
+}
