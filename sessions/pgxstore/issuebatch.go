@@ -58,7 +58,8 @@ type issueResult struct {
 	err  error
 	done bool // res and err are the outcome; false: not decided, run IssueSession
 	// conflict is the batch's serialization failure (or 53200), if that
-	// is why the issue was not decided: running it alone is then a rerun.
+	// is why the issue was not decided: the caller's attempt failed with
+	// it, and the retry loop reruns it alone.
 	conflict error
 }
 

@@ -101,7 +101,10 @@ func TestOutOfSharedMemoryIsRetried(t *testing.T) {
 	}
 	sawRefusal := make(chan struct{})
 	var once sync.Once
+	hogDone := make(chan struct{})
+	defer func() { <-hogDone }() // before the deferred close of its connection
 	go func() {
+		defer close(hogDone)
 		// End the hog once the issue has been refused for lack of room.
 		for {
 			if evs, _, _, _ := obs.snapshot(); len(evs) > 0 {

@@ -123,19 +123,16 @@ func (p *Store) Insert(ctx context.Context, s sessions.Session, req sessions.Ins
 				return touched{}, outcomeKnown{err}
 			case err != nil:
 				return touched{}, &commitError{err} // its batch may still commit it
+			case r.conflict != nil:
+				// Its batch conflicted (with this issue's agent or another's)
+				// or found the lock table full: a failed attempt like any
+				// other, rerun alone after a backoff. The agent is marked
+				// below, so that a hot agent's next issues queue (queue.go)
+				// instead of failing batch after batch.
+				err = r.conflict
 			case r.done:
 				res, err = r.res, r.err
 			default:
-				if r.conflict != nil {
-					// Its batch conflicted, with this issue's agent or another's;
-					// mark it as if alone, so that a hot agent's next issues
-					// queue (queue.go) instead of failing batch after batch.
-					if isSerializationFailure(r.conflict) {
-						p.contended.mark(key)
-					}
-					p.stats.retries.Add(1)
-					p.observeRetry(ctx, RetryEvent{Op: "insert", Reason: backoffReason(r.conflict), Attempt: 1}, r.conflict)
-				}
 				res, err = p.insertStmt(ctx, s, md, req, false)
 			}
 		} else {
