@@ -18,9 +18,10 @@ type coalescer[C, R any] struct {
 	slots int // batches (or lone calls) in flight at most
 	max   int // calls per batch at most, so a batch never holds a connection for long
 
-	// alone runs one call on its caller's goroutine, under its context.
+	// alone runs one call: on its caller's goroutine under its context,
+	// or as a batch of one (under the batch's context).
 	alone func(ctx context.Context, c C) R
-	// batch runs the calls of one batch (one or more) under a context of
+	// batch runs the calls of one batch of two or more under a context of
 	// its own (batchContext) and returns their results in order.
 	batch func(ctx context.Context, cs []C) []R
 
@@ -130,6 +131,11 @@ func (b *coalescer[C, R]) take() []*waiter[C, R] {
 func (b *coalescer[C, R]) send(batch []*waiter[C, R]) {
 	ctx, cancel := batchContext(batch)
 	defer cancel()
+	if len(batch) == 1 {
+		batch[0].r = b.alone(ctx, batch[0].c)
+		close(batch[0].done)
+		return
+	}
 	cs := make([]C, len(batch))
 	for i, w := range batch {
 		cs[i] = w.c

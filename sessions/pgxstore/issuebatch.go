@@ -64,24 +64,18 @@ type issueResult struct {
 }
 
 func newIssues(p *Store, slots int) *coalescer[issueCall, issueResult] {
-	alone := func(ctx context.Context, c issueCall) issueResult {
-		res, err := p.insertStmt(ctx, c.s, c.md, c.req, false)
-		return issueResult{res: res, err: err, done: true}
-	}
 	return &coalescer[issueCall, issueResult]{
 		slots: max(slots, 1),
 		max:   maxIssueBatch,
-		alone: alone,
-		batch: func(ctx context.Context, cs []issueCall) []issueResult {
-			if len(cs) == 1 {
-				return []issueResult{alone(ctx, cs[0])}
-			}
-			return p.insertBatch(ctx, cs)
+		alone: func(ctx context.Context, c issueCall) issueResult {
+			res, err := p.insertStmt(ctx, c.s, c.md, c.req, false)
+			return issueResult{res: res, err: err, done: true}
 		},
+		batch: p.insertBatch,
 	}
 }
 
-// insertBatch sends the fast paths of cs as one transaction.
+// insertBatch sends the fast paths of cs (two or more) as one transaction.
 func (p *Store) insertBatch(ctx context.Context, cs []issueCall) []issueResult {
 	out := make([]issueResult, len(cs))
 	// Sorted by (agent, kind): batches that share agents bump their count
