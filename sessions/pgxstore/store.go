@@ -195,16 +195,15 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 		return nil, err
 	}
 	p := &Store{pool: pool, q: db.New(pool), cfg: c}
-	slots := c.LookupBatches
-	if slots == 0 {
-		slots = max(1, min(runtime.GOMAXPROCS(0)/2, int(pool.Config().MaxConns)))
+	// LookupBatches and IssueBatches: the same default.
+	slots := func(n int) int {
+		if n == 0 {
+			n = max(1, min(runtime.GOMAXPROCS(0)/2, int(pool.Config().MaxConns)))
+		}
+		return n
 	}
-	p.lookups = newLookups(p, slots)
-	slots = c.IssueBatches
-	if slots == 0 {
-		slots = max(1, min(runtime.GOMAXPROCS(0)/2, int(pool.Config().MaxConns)))
-	}
-	p.issues = newIssues(p, slots)
+	p.lookups = newLookups(p, slots(c.LookupBatches))
+	p.issues = newIssues(p, slots(c.IssueBatches))
 	p.batchOne = db.New(serializableRow{pool: pool, before: planForLookups})
 	if serializableByDefault(pool) {
 		p.one = p.q // each statement is its own SERIALIZABLE transaction already
