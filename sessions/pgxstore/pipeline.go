@@ -84,16 +84,7 @@ func (r *pipelinedRow) Scan(dest ...any) (err error) {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// A failed statement leaves the connection in an aborted
-		// transaction; roll back so the pool can reuse it.
-		if err != nil && conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), time.Second)
-			_, _ = conn.Exec(rctx, "ROLLBACK")
-			cancel()
-		}
-		conn.Release()
-	}()
+	defer conn.Release()
 	_, err = sendSerializable(r.ctx, conn, r.before, r.sql, r.args, dest, "")
 	return err
 }
@@ -106,7 +97,8 @@ func (r *pipelinedRow) Scan(dest ...any) (err error) {
 // follow the retry loop's rules: a server error means nothing was
 // committed (the server skips the rest of a failed batch, COMMIT
 // included); any other failure after sending is a commitError, as the
-// COMMIT went out with it.
+// COMMIT went out with it. A failed batch leaves conn in an aborted
+// transaction; it is rolled back here, so the pool can reuse conn.
 func sendSerializable(ctx context.Context, conn *pgxpool.Conn, before, sql string, args, dest []any, after string, afterArgs ...any) (afterOK bool, err error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL SERIALIZABLE")
@@ -136,6 +128,11 @@ func sendSerializable(ctx context.Context, conn *pgxpool.Conn, before, sql strin
 	}
 	if cerr := br.Close(); err == nil && cerr != nil {
 		err = &commitError{cerr}
+	}
+	if err != nil && conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_, _ = conn.Exec(rctx, "ROLLBACK")
+		cancel()
 	}
 	var pgErr *pgconn.PgError
 	if err != nil && !errors.As(err, &pgErr) && !pgconn.SafeToRetry(err) {

@@ -122,16 +122,12 @@ func (r *queuedScan) Scan(dest ...any) (err error) {
 	}
 	locked, unlocked := false, false
 	defer func() {
-		c := conn.Conn()
-		if !c.IsClosed() && (err != nil && c.PgConn().TxStatus() != 'I' || locked && !unlocked) {
+		// sendSerializable rolled a failed batch back; the lock is ours
+		// to release.
+		if c := conn.Conn(); locked && !unlocked && !c.IsClosed() {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), time.Second)
-			if c.PgConn().TxStatus() != 'I' {
-				_, _ = c.Exec(rctx, "ROLLBACK")
-			}
-			if locked && !unlocked {
-				if _, uerr := c.Exec(rctx, "SELECT pg_advisory_unlock($1)", r.key); uerr != nil {
-					_ = c.Close(rctx) // closing the session releases its locks
-				}
+			if _, uerr := c.Exec(rctx, "SELECT pg_advisory_unlock($1)", r.key); uerr != nil {
+				_ = c.Close(rctx) // closing the session releases its locks
 			}
 			cancel()
 		}
