@@ -37,6 +37,17 @@ type batchOutcome struct {
 	err error
 }
 
+// oneSlotStore is a store with one issue slot: issues that arrive while
+// one is in flight wait for it and then go out as a batch.
+func oneSlotStore(t *testing.T, d *testdb.DB) *pgxstore.Store {
+	t.Helper()
+	store, err := pgxstore.New(d.Pool(t), &pgxstore.Config{IssueBatches: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
 // inBatch holds a store's only issue slot (IssueBatches 1) with an
 // issue blocked on its agent's count row, which another transaction has
 // locked; starts one Insert per session, waits until all of them queue
@@ -90,10 +101,7 @@ func inBatch(t *testing.T, d *testdb.DB, store *pgxstore.Store, limit int, ctxs 
 func TestIssueBatchDecidesTheFastPathsTogether(t *testing.T) {
 	d := testdb.New(t)
 	ctx := context.Background()
-	store, err := pgxstore.New(d.Pool(t), &pgxstore.Config{IssueBatches: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := oneSlotStore(t, d)
 	fast := []string{"did:agentmesh:b1", "did:agentmesh:b2", "did:agentmesh:b3"}
 	ensureCounts(t, d, fast...)
 	full := "did:agentmesh:full"
@@ -142,10 +150,7 @@ func TestIssueBatchDecidesTheFastPathsTogether(t *testing.T) {
 func TestIssueBatchFailureFallsBackToEachAlone(t *testing.T) {
 	d := testdb.New(t)
 	ctx := context.Background()
-	store, err := pgxstore.New(d.Pool(t), &pgxstore.Config{IssueBatches: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := oneSlotStore(t, d)
 	agents := []string{"did:agentmesh:c1", "did:agentmesh:c2", "did:agentmesh:c3"}
 	ensureCounts(t, d, agents...)
 	if res, err := store.Insert(ctx, batchSession("taken", agents[2]), sessions.InsertRequest{Limit: 5, Now: batchNow}); err != nil || !res.Inserted {
@@ -179,10 +184,7 @@ func TestIssueBatchFailureFallsBackToEachAlone(t *testing.T) {
 // and the issues queued with it go out without it.
 func TestIssueBatchCallerGivesUpWhileQueued(t *testing.T) {
 	d := testdb.New(t)
-	store, err := pgxstore.New(d.Pool(t), &pgxstore.Config{IssueBatches: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := oneSlotStore(t, d)
 	agents := []string{"did:agentmesh:d1", "did:agentmesh:d2", "did:agentmesh:d3"}
 	ensureCounts(t, d, agents...)
 	gone, cancel := context.WithCancel(context.Background())
@@ -215,19 +217,7 @@ func TestIssueBatchCallerGivesUpWhileQueued(t *testing.T) {
 func TestInvariantIssueBatchesFourInstances(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
-	clock := newClock(1_700_000_000)
-	insts := make([]instance, 4)
-	for i := range insts {
-		store, err := pgxstore.New(d.Pool(t), &pgxstore.Config{IssueBatches: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		mgr, err := sessions.New(store, sessions.Config{Secret: []byte(secret), TTL: time.Hour, Limit: 5, Clock: clock.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		insts[i] = instance{store: store, mgr: mgr}
-	}
+	insts := newInstancesWith(t, d, 4, 5, newClock(1_700_000_000), &pgxstore.Config{IssueBatches: 1})
 	agents := make([]string, 16)
 	for i := range agents {
 		agents[i] = fmt.Sprintf("did:agentmesh:batched-%02d", i)

@@ -26,9 +26,16 @@ type instance struct {
 
 func newInstances(t *testing.T, d *testdb.DB, n, limit int, clock *fakeClock) []instance {
 	t.Helper()
+	return newInstancesWith(t, d, n, limit, clock, nil)
+}
+
+// newInstancesWith is newInstances with stores configured by cfg (nil:
+// the defaults).
+func newInstancesWith(t *testing.T, d *testdb.DB, n, limit int, clock *fakeClock, cfg *pgxstore.Config) []instance {
+	t.Helper()
 	out := make([]instance, n)
 	for i := range out {
-		store, err := pgxstore.New(d.Pool(t), nil)
+		store, err := pgxstore.New(d.Pool(t), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
