@@ -11,11 +11,20 @@ import (
 	"github.com/agentsessions/agentsessions/sessions/pgxstore"
 )
 
-// advisoryLocks counts the holders of the queue lock of agent's sessions
+// Advisory locks are database-wide, and other tests running in parallel
+// (here and in other packages) queue on the key of the shared test agent
+// too, now that any conflict of a batch marks its agents contended; these
+// tests use agents of their own, so the count sees only their locks.
+const (
+	lockAgent  = "did:agentmesh:queue-lock"
+	stormAgent = "did:agentmesh:queue-storm"
+)
+
+// advisoryLocks counts the holders of the queue lock of agentID's sessions
 // now (a bigint key shows in pg_locks as its high and low 32 bits).
-func advisoryLocks(t *testing.T, d *testdb.DB) int {
+func advisoryLocks(t *testing.T, d *testdb.DB, agentID string) int {
 	t.Helper()
-	key := pgxstore.QueueLockKey(agent, sessions.KindSession)
+	key := pgxstore.QueueLockKey(agentID, sessions.KindSession)
 	var n int
 	if err := d.Pool(t).QueryRow(context.Background(), `
 		SELECT count(*) FROM pg_locks
@@ -38,24 +47,24 @@ func TestQueuedIssueReleasesItsLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Unix(1_700_000_000, 0).UTC()
-	s := sessions.Session{ID: "q-1", AgentID: agent, Kind: sessions.KindSession, IssuedAt: now, ExpiresAt: now.Add(time.Hour), TokenDigest: digest("q-1")}
+	s := sessions.Session{ID: "q-1", AgentID: lockAgent, Kind: sessions.KindSession, IssuedAt: now, ExpiresAt: now.Add(time.Hour), TokenDigest: digest("q-1")}
 	req := sessions.InsertRequest{Limit: 1, Now: now}
 	// The count sees the lock when it is held (so 0 below means released).
 	holder := d.Conn(t)
-	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1)", pgxstore.QueueLockKey(agent, sessions.KindSession)); err != nil {
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1)", pgxstore.QueueLockKey(lockAgent, sessions.KindSession)); err != nil {
 		t.Fatal(err)
 	}
-	if n := advisoryLocks(t, d); n != 1 {
+	if n := advisoryLocks(t, d, lockAgent); n != 1 {
 		t.Fatalf("a held queue lock counts %d, want 1", n)
 	}
-	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1)", pgxstore.QueueLockKey(agent, sessions.KindSession)); err != nil {
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1)", pgxstore.QueueLockKey(lockAgent, sessions.KindSession)); err != nil {
 		t.Fatal(err)
 	}
-	pgxstore.MarkContended(store, agent, sessions.KindSession)
+	pgxstore.MarkContended(store, lockAgent, sessions.KindSession)
 	if res, err := store.Insert(ctx, s, req); err != nil || !res.Inserted {
 		t.Fatalf("queued insert: %+v %v", res, err)
 	}
-	if n := advisoryLocks(t, d); n != 0 {
+	if n := advisoryLocks(t, d, lockAgent); n != 0 {
 		t.Fatalf("%d advisory locks held after a queued insert", n)
 	}
 	s2 := s
@@ -66,7 +75,7 @@ func TestQueuedIssueReleasesItsLock(t *testing.T) {
 	if _, err := store.Insert(ctx, s, sessions.InsertRequest{Limit: 5, Now: now}); !errors.Is(err, sessions.ErrDuplicateSessionID) {
 		t.Fatalf("queued insert of a duplicate ID: %v, want ErrDuplicateSessionID", err)
 	}
-	if n := advisoryLocks(t, d); n != 0 {
+	if n := advisoryLocks(t, d, lockAgent); n != 0 {
 		t.Fatalf("%d advisory locks held after a refused and a failed queued insert", n)
 	}
 	// And the store's connections can all take the lock again at once.
@@ -88,17 +97,17 @@ func TestInvariantQueuedStormFourInstances(t *testing.T) {
 	clock := newClock(1_700_000_000)
 	insts := newInstances(t, d, 4, 5, clock)
 	for _, in := range insts { // as after an earlier conflict
-		pgxstore.MarkContended(in.store, agent, sessions.KindSession)
+		pgxstore.MarkContended(in.store, stormAgent, sessions.KindSession)
 	}
-	tl := issueAtOnce(insts, []string{agent}, 64)
+	tl := issueAtOnce(insts, []string{stormAgent}, 64)
 	checkNoRawErrors(t, tl)
-	if tl.ok[agent] != 5 || tl.limited[agent] != 59 {
-		t.Fatalf("%d issued, %d refused; want 5 and 59", tl.ok[agent], tl.limited[agent])
+	if tl.ok[stormAgent] != 5 || tl.limited[stormAgent] != 59 {
+		t.Fatalf("%d issued, %d refused; want 5 and 59", tl.ok[stormAgent], tl.limited[stormAgent])
 	}
-	if n := rowsPerAgent(t, d.Pool(t))[agent]; n != 5 {
+	if n := rowsPerAgent(t, d.Pool(t))[stormAgent]; n != 5 {
 		t.Fatalf("%d rows, want 5", n)
 	}
-	if n := advisoryLocks(t, d); n != 0 {
+	if n := advisoryLocks(t, d, stormAgent); n != 0 {
 		t.Fatalf("%d advisory locks left", n)
 	}
 	checkCounts(t, d.Pool(t))
