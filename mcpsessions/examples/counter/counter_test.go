@@ -355,7 +355,10 @@ func TestCounterTwoInstancesBehindALoadBalancer(t *testing.T) {
 // A counter whose handle expires loses its row when the pruner deletes
 // the handle: the "expired" event.
 func TestCounterExpiryRemovesTheValue(t *testing.T) {
-	e := newEnv(t, sessions.HandleKind{Name: Kind, TTL: time.Second, Limit: 10}, nil)
+	// Two seconds, not one: expiry is in whole seconds, so a 1s handle
+	// is already expired if the clock crosses a second between its
+	// creation and the Resolve that create_counter ends with (seen in CI).
+	e := newEnv(t, sessions.HandleKind{Name: Kind, TTL: 2 * time.Second, Limit: 10}, nil)
 	alice := e.client(t, "agent-alice")
 	id := mustOK(t, call(t, alice, "create_counter", nil), "create_counter")["counter_id"].(string)
 	if got := value(t, alice, "increment", id); got != 1 {
